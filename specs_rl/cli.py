@@ -1,0 +1,72 @@
+"""``specs-rl``: one console command that launches the entry points of the workbenches.
+
+Each subcommand names a module with ``main(argv) -> int`` (a recipe in ``eval/``, ``theory/`` or ``train/``) that is
+imported only when that subcommand runs, so ``specs-rl search`` never pays for the trainer imports. The launcher
+knows the recipes by module name only (as ``tune run`` does); the library proper imports no workbench.
+"""
+
+from __future__ import annotations
+
+import functools
+import importlib
+import sys
+from collections.abc import Callable, Sequence
+
+from specs_rl.errors import SpecsError
+
+COMMANDS: dict[str, tuple[str, str]] = {
+    "search": ("eval.search", "run one search method over a task and write results.jsonl + summary.json"),
+    "demo": (
+        "eval.demo",
+        "the embedded default: SPECS against beam search and baselines, no GPU, no download",
+    ),
+    "compare": (
+        "eval.compare",
+        "compare methods over a dataset slice, an n grid and seeds (W&B, plot, summary)",
+    ),
+    "merge": ("eval.merge", "merge the outputs of sharded compare runs into one summary"),
+    "bench": ("eval.bench_loop", "benchmark the inference loop (overhead, growth with prefix length)"),
+    "theory converge": ("theory.converge", "exact convergence of SPECS to the KL-regularized optimum"),
+    "theory real": ("theory.real_task", "the convergence check with real models"),
+    "train prm": ("train.prm", "train a step-level process reward model"),
+    "train orm": ("train.orm", "train an outcome reward model"),
+    "train draft": ("train.draft", "train a draft model by distillation"),
+}
+
+
+def entry_point(fn: Callable[[Sequence[str] | None], int]) -> Callable[[Sequence[str] | None], int]:
+    """Wrap a recipe's ``main``: bad input (a :class:`SpecsError`) prints one line and returns 2, no traceback."""
+
+    @functools.wraps(fn)
+    def wrapper(argv: Sequence[str] | None = None) -> int:
+        try:
+            return fn(argv) or 0
+        except SpecsError as e:
+            print(f"error: {e}", file=sys.stderr)
+            return 2
+
+    return wrapper
+
+
+def _usage() -> str:
+    width = max(len(k) for k in COMMANDS)
+    rows = "\n".join(f"  {k:<{width}}  {help_}" for k, (_, help_) in COMMANDS.items())
+    return f"usage: specs-rl COMMAND [--config PATH] [key=value ...]\n\ncommands:\n{rows}\n"
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    if not argv or argv[0] in ("-h", "--help"):
+        print(_usage())
+        return 0 if argv else 2
+    for words in (2, 1):
+        key = " ".join(argv[:words])
+        if key in COMMANDS:
+            module = importlib.import_module(COMMANDS[key][0])
+            return int(module.main(argv[words:]) or 0)
+    print(f"error: unknown command {' '.join(argv[:2])!r}\n\n{_usage()}", file=sys.stderr)
+    return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())

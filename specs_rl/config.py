@@ -1,0 +1,254 @@
+"""Nested dataclass configs: defaults <- YAML file <- ``a.b=value`` overrides.
+
+Unknown keys and wrong types are errors that name the key (:class:`ConfigError`), raised before anything expensive
+starts. Values in overrides are parsed as YAML scalars (``n=8``, ``beta=2.0``, ``tau_reject=-inf``,
+``models.draft=null``). Floats accept ``inf``/``-inf``.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import math
+import types
+import typing
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any, TypeVar
+
+import yaml
+
+from specs_rl.errors import SpecsError
+
+T = TypeVar("T")
+
+
+class ConfigError(SpecsError):
+    """A config file or override that cannot be applied; the message names the key."""
+
+
+def _parse_scalar(text: str) -> Any:
+    low = text.strip().lower()
+    if low in ("inf", "+inf", "infinity"):
+        return math.inf
+    if low in ("-inf", "-infinity"):
+        return -math.inf
+    try:
+        return yaml.safe_load(text)
+    except yaml.YAMLError:
+        return text
+
+
+def _coerce(value: Any, tp: Any, key: str) -> Any:
+    """Check ``value`` against the annotation ``tp`` (converting where lossless) or raise ConfigError."""
+    origin = typing.get_origin(tp)
+    if tp is Any:
+        return value
+    if origin in (typing.Union, types.UnionType):
+        args = typing.get_args(tp)
+        if value is None and type(None) in args:
+            return None
+        errors = []
+        for a in args:
+            if a is type(None):
+                continue
+            try:
+                return _coerce(value, a, key)
+            except ConfigError as e:
+                errors.append(str(e))
+        raise ConfigError(errors[0] if errors else f"{key}: cannot be {value!r}")
+    if origin is typing.Literal:
+        allowed = typing.get_args(tp)
+        if value not in allowed:
+            raise ConfigError(f"{key} must be one of {allowed}, got {value!r}")
+        return value
+    if origin in (list, tuple, Sequence):
+        (inner, *_) = typing.get_args(tp) or (Any,)
+        if isinstance(value, str) and origin is not str:
+            value = [_parse_scalar(v) for v in value.split(",")] if value else []
+        if not isinstance(value, (list, tuple)):
+            raise ConfigError(f"{key} must be a list, got {value!r}")
+        return [_coerce(v, inner, f"{key}[{i}]") for i, v in enumerate(value)]
+    if origin is dict:
+        if not isinstance(value, dict):
+            raise ConfigError(f"{key} must be a mapping, got {value!r}")
+        return dict(value)
+    if dataclasses.is_dataclass(tp):
+        if not isinstance(value, dict):
+            raise ConfigError(f"{key} must be a mapping of {tp.__name__} fields, got {value!r}")
+        return _build(tp, value, prefix=f"{key}.")
+    if tp is bool:
+        if isinstance(value, bool):
+            return value
+        raise ConfigError(f"{key} must be true or false, got {value!r}")
+    if tp is int:
+        if isinstance(value, int) and not isinstance(value, bool):
+            return value
+        if isinstance(value, float) and value.is_integer():
+            return int(value)
+        raise ConfigError(f"{key} must be an integer, got {value!r}")
+    if tp is float:
+        if isinstance(value, (int, float)) and not isinstance(value, bool):
+            return float(value)
+        if isinstance(value, str):
+            parsed = _parse_scalar(value)
+            if isinstance(parsed, (int, float)) and not isinstance(parsed, bool):
+                return float(parsed)
+        raise ConfigError(f"{key} must be a number, got {value!r}")
+    if tp is str:
+        if isinstance(value, str):
+            return value
+        if isinstance(value, (int, float)) and not isinstance(value, bool):
+            return str(value)
+        raise ConfigError(f"{key} must be a string, got {value!r}")
+    return value
+
+
+def _hints(cls: type) -> dict[str, Any]:
+    return typing.get_type_hints(cls)
+
+
+def _build(cls: type[T], data: dict[str, Any], prefix: str = "") -> T:
+    names = {f.name: f for f in dataclasses.fields(cls)}
+    unknown = [k for k in data if k not in names]
+    if unknown:
+        raise ConfigError(
+            f"unknown config key {prefix}{unknown[0]!r}; known keys: {', '.join(sorted(names))}"
+        )
+    hints = _hints(cls)
+    kwargs = {k: _coerce(v, hints[k], f"{prefix}{k}") for k, v in data.items()}
+    return cls(**kwargs)
+
+
+def _merge(base: dict[str, Any], update: dict[str, Any]) -> dict[str, Any]:
+    out = dict(base)
+    for k, v in update.items():
+        if isinstance(v, dict) and isinstance(out.get(k), dict):
+            out[k] = _merge(out[k], v)
+        else:
+            out[k] = v
+    return out
+
+
+def to_dict(cfg: Any) -> dict[str, Any]:
+    """A JSON-safe dict of a config (inf written as the strings 'inf' / '-inf')."""
+
+    def clean(x: Any) -> Any:
+        if isinstance(x, float) and math.isinf(x):
+            return "inf" if x > 0 else "-inf"
+        if isinstance(x, dict):
+            return {k: clean(v) for k, v in x.items()}
+        if isinstance(x, (list, tuple)):
+            return [clean(v) for v in x]
+        return x
+
+    return clean(dataclasses.asdict(cfg))
+
+
+def parse_overrides(overrides: Sequence[str]) -> dict[str, Any]:
+    """``["a.b=1", "c=x"]`` -> ``{"a": {"b": 1}, "c": "x"}``."""
+    out: dict[str, Any] = {}
+    for item in overrides:
+        if "=" not in item:
+            raise ConfigError(f"override {item!r} must look like key=value")
+        key, _, text = item.partition("=")
+        key = key.strip()
+        if not key:
+            raise ConfigError(f"override {item!r} has an empty key")
+        node = out
+        parts = key.split(".")
+        for p in parts[:-1]:
+            node = node.setdefault(p, {})
+            if not isinstance(node, dict):
+                raise ConfigError(f"override {item!r} conflicts with another override of {p!r}")
+        node[parts[-1]] = _parse_scalar(text)
+    return out
+
+
+def load_yaml(path: str | Path) -> dict[str, Any]:
+    p = Path(path)
+    if not p.is_file():
+        raise ConfigError(f"config file not found: {p}")
+    try:
+        data = yaml.safe_load(p.read_text()) or {}
+    except yaml.YAMLError as e:
+        raise ConfigError(f"{p}: not valid YAML ({str(e).splitlines()[0]})") from None
+    if not isinstance(data, dict):
+        raise ConfigError(f"{p}: the top level must be a mapping")
+    return data
+
+
+def load_config(cls: type[T], path: str | Path | None = None, overrides: Sequence[str] = ()) -> T:
+    """Defaults of ``cls`` <- YAML at ``path`` <- ``key=value`` overrides; validated if ``cls`` has ``validate()``.
+
+    ``validate`` may raise ValueError; it is re-raised as ConfigError so entry points need one except clause.
+    """
+    data = load_yaml(path) if path is not None else {}
+    data = _merge(data, parse_overrides(overrides))
+    cfg = _build(cls, data)
+    if hasattr(cfg, "validate"):
+        try:
+            cfg.validate()
+        except ValueError as e:
+            raise ConfigError(str(e)) from None
+    return cfg
+
+
+def save_config(cfg: Any, path: str | Path) -> None:
+    """Write the resolved config as YAML (JSON-safe values) beside the results."""
+    Path(path).write_text(yaml.safe_dump(to_dict(cfg), sort_keys=False))
+
+
+def config_json(cfg: Any) -> str:
+    return json.dumps(to_dict(cfg), sort_keys=True)
+
+
+def describe(cls: type, prefix: str = "") -> list[str]:
+    """One line per field (nested fields dotted): name, type, default, help text."""
+    lines = []
+    hints = _hints(cls)
+    for f in dataclasses.fields(cls):
+        tp = hints[f.name]
+        if dataclasses.is_dataclass(tp):
+            lines.extend(describe(tp, f"{prefix}{f.name}."))
+            continue
+        default = (
+            f.default
+            if f.default is not dataclasses.MISSING
+            else (f.default_factory() if f.default_factory is not dataclasses.MISSING else None)
+        )
+        tname = getattr(tp, "__name__", str(tp).replace("typing.", ""))
+        lines.append(f"  {prefix}{f.name} ({tname}, default {default!r}): {f.metadata.get('help', '')}")
+    return lines
+
+
+def config_from_argv(cls: type[T], argv: Sequence[str], prog: str, default_config: str | None = None) -> T:
+    """Parse ``[--config PATH] [key=value ...]`` (``--help`` lists every key) into a validated ``cls``."""
+    argv = list(argv)
+    if any(a in ("-h", "--help") for a in argv):
+        print(f"usage: {prog} [--config PATH] [key=value ...]\n\nkeys:")
+        print("\n".join(describe(cls)))
+        raise SystemExit(0)
+    path = default_config
+    overrides = []
+    i = 0
+    while i < len(argv):
+        a = argv[i]
+        if a == "--config":
+            if i + 1 >= len(argv):
+                raise ConfigError("--config needs a path")
+            path, i = argv[i + 1], i + 2
+            continue
+        if a.startswith("--config="):
+            path = a.split("=", 1)[1]
+        elif a.startswith("--") and "=" not in a and i + 1 < len(argv) and "=" not in argv[i + 1]:
+            overrides.append(f"{a[2:].replace('-', '_')}={argv[i + 1]}")
+            i += 2
+            continue
+        elif a.startswith("--") and "=" in a:
+            key, _, val = a[2:].partition("=")
+            overrides.append(f"{key.replace('-', '_')}={val}")
+        else:
+            overrides.append(a)
+        i += 1
+    return load_config(cls, path, overrides)

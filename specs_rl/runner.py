@@ -1,0 +1,354 @@
+"""Run a search strategy over a task and write what happened: the record of each problem, a summary, the config.
+
+Shared by every entry point that searches (``specs-rl search``, ``compare``, ``demo``, the theory workbench).
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import statistics
+import warnings
+from collections.abc import Callable, Iterable, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from specs_rl.errors import SpecsError
+from specs_rl.interfaces import SearchParts
+from specs_rl.search import SearchConfig, run_search
+from specs_rl.tabular import CostModel, TabularBackend, TabularTree, TreeError, load_tree, random_tree
+from specs_rl.types import STAGES, Problem, SearchResult
+
+
+@dataclass
+class Task:
+    """Problems, the parts that search them, and a grader: ``grade(result) -> {"correct": bool|None, ...}``."""
+
+    name: str
+    problems: list[Problem]
+    parts: SearchParts
+    grade: Callable[[SearchResult], dict[str, Any]]
+
+
+# ------------------------------------------------------------------------------------------------------------------
+# The tabular task
+
+
+@dataclass
+class TabularTaskConfig:
+    tree: str | None = field(
+        default=None, metadata={"help": "a tree JSON file; every problem is that tree (null: random trees)"}
+    )
+    problems: int = field(
+        default=100, metadata={"help": "number of problems (random trees, or samples of the given tree)"}
+    )
+    K: int = field(default=4, metadata={"help": "random trees: alphabet size"})  # noqa: N815
+    H: int = field(default=4, metadata={"help": "random trees: horizon (steps per response)"})  # noqa: N815
+    concentration: float = field(
+        default=0.5, metadata={"help": "random trees: Dirichlet concentration of target rows"}
+    )
+    coverage: float = field(
+        default=0.3, metadata={"help": "random trees: weight of the uniform law in the draft"}
+    )
+    draft_noise: float = field(
+        default=1.0, metadata={"help": "random trees: log-normal perturbation of the draft"}
+    )
+    tree_seed: int = field(default=0, metadata={"help": "random trees: problem i uses seed tree_seed + i"})
+    prm: str = field(
+        default="idealized", metadata={"help": "idealized (exact soft value V at beta) | table | outcome"}
+    )
+    cost: CostModel = field(default_factory=CostModel)
+
+    def validate(self) -> None:
+        if self.problems < 1:
+            raise ValueError(f"tabular.problems must be >= 1, got {self.problems}")
+        if self.prm not in ("idealized", "table", "outcome"):
+            raise ValueError(f"tabular.prm must be one of idealized, table, outcome; got {self.prm!r}")
+
+
+def build_tabular_task(cfg: TabularTaskConfig, beta: float) -> Task:
+    """Problems over random trees (or one tree file); correct means the true reward is at least 0.5."""
+    cfg.validate()
+    if cfg.tree is not None:
+        tree = load_tree(cfg.tree)
+        trees: dict[str, TabularTree] = {"tree": tree}
+        problems = [Problem(id=str(i), prompt="", meta={"tree": "tree"}) for i in range(cfg.problems)]
+    else:
+        trees = {
+            str(i): random_tree(
+                cfg.K,
+                cfg.H,
+                concentration=cfg.concentration,
+                coverage=cfg.coverage,
+                draft_noise=cfg.draft_noise,
+                seed=cfg.tree_seed + i,
+            )
+            for i in range(cfg.problems)
+        }
+        problems = [Problem(id=str(i), prompt="", meta={"tree": str(i)}) for i in range(cfg.problems)]
+    backend = TabularBackend(trees, beta=beta, prm=cfg.prm, cost=cfg.cost)
+
+    def grade(result: SearchResult) -> dict[str, Any]:
+        reward = backend.true_reward(result.problem.meta["tree"], result.answer)
+        return {"correct": reward >= 0.5, "reward": reward}
+
+    return Task("tabular", problems, backend.parts(), grade)
+
+
+TASK_BUILDERS: dict[str, Callable[[Any], Task]] = {}
+
+
+@dataclass
+class RunConfig(SearchConfig):
+    """``specs-rl search``: one method over one task. Algorithm fields (``n``, ``beta``, ...) are top-level."""
+
+    backend: str = field(default="tabular", metadata={"help": "tabular | hf"})
+    tabular: TabularTaskConfig = field(default_factory=TabularTaskConfig)
+    out: str = field(default="runs/search", metadata={"help": "output directory"})
+    seed: int = field(default=0, metadata={"help": "seed of the search's torch.Generator"})
+    batch_size: int = field(
+        default=1, metadata={"help": "problems searched together (1 = the paper's latency setting)"}
+    )
+
+    def validate(self) -> None:
+        super().validate()
+        if self.backend not in ("tabular", *TASK_BUILDERS):
+            raise ValueError(f"backend must be one of {('tabular', *TASK_BUILDERS)}, got {self.backend!r}")
+        if self.batch_size < 1:
+            raise ValueError(f"batch_size must be >= 1, got {self.batch_size}")
+        self.tabular.validate()
+
+
+def build_task(cfg: RunConfig) -> Task:
+    if cfg.backend == "tabular":
+        return build_tabular_task(cfg.tabular, cfg.beta)
+    return TASK_BUILDERS[cfg.backend](cfg)
+
+
+# ------------------------------------------------------------------------------------------------------------------
+# Records and summaries
+
+
+def result_record(result: SearchResult, grade: dict[str, Any], **extra: Any) -> dict[str, Any]:
+    """The per-problem record of ``results.jsonl`` (the foundation issue's schema, plus a few fields)."""
+    ledger = result.ledger.as_record()
+    rec = {
+        "id": result.problem.id,
+        "method": result.method,
+        "answer": result.answer,
+        "text": result.trace.text,
+        "correct": grade.get("correct"),
+        "steps": [s.as_record() for s in result.steps],
+        "latency_s": ledger["latency_s"],
+        "tokens": ledger["tokens"],
+        "final_score": None if math.isnan(result.final_reward) else result.final_reward,
+        "draft_step_fraction": result.draft_step_fraction,
+        "deferrals": result.deferrals,
+    }
+    rec.update({k: v for k, v in grade.items() if k != "correct"})
+    rec.update(extra)
+    return rec
+
+
+def wilson_interval(k: int, n: int, z: float = 1.959964) -> tuple[float, float]:
+    """95% Wilson score interval of a proportion ``k / n``."""
+    if n == 0:
+        return (float("nan"), float("nan"))
+    p = k / n
+    denom = 1 + z * z / n
+    centre = (p + z * z / (2 * n)) / denom
+    half = z * math.sqrt(p * (1 - p) / n + z * z / (4 * n * n)) / denom
+    return (max(0.0, centre - half), min(1.0, centre + half))
+
+
+def _quantile(xs: Sequence[float], q: float) -> float:
+    xs = sorted(xs)
+    if not xs:
+        return float("nan")
+    pos = q * (len(xs) - 1)
+    lo, hi = math.floor(pos), math.ceil(pos)
+    return xs[lo] + (xs[hi] - xs[lo]) * (pos - lo)
+
+
+def summarize(records: Iterable[dict[str, Any]]) -> dict[str, Any]:
+    """Accuracy (with a 95% Wilson interval) where graded, latency mean / p50 / p90 and per stage, draft-step
+    fraction, deferrals, tokens, and the mean true reward on tabular tasks."""
+    recs = list(records)
+    graded = [r for r in recs if r.get("correct") is not None]
+    totals = [r["latency_s"]["total"] for r in recs]
+    out: dict[str, Any] = {"problems": len(recs)}
+    if graded:
+        k = sum(bool(r["correct"]) for r in graded)
+        out["accuracy"] = k / len(graded)
+        out["accuracy_ci"] = list(wilson_interval(k, len(graded)))
+    else:
+        out["accuracy"], out["accuracy_ci"] = None, None
+    out["latency_mean_s"] = statistics.fmean(totals) if totals else float("nan")
+    out["latency_p50_s"] = _quantile(totals, 0.5)
+    out["latency_p90_s"] = _quantile(totals, 0.9)
+    out["latency_stage_mean_s"] = {
+        s: statistics.fmean(r["latency_s"][s] for r in recs) if recs else 0.0 for s in STAGES
+    }
+    steps = sum(len(r["steps"]) for r in recs)
+    draft_steps = sum(s["source"] == "draft" for r in recs for s in r["steps"])
+    out["draft_step_fraction"] = draft_steps / steps if steps else 0.0
+    out["deferrals_per_problem"] = sum(r.get("deferrals", 0) for r in recs) / max(len(recs), 1)
+    out["tokens_mean"] = {
+        m: statistics.fmean(r["tokens"][m] for r in recs) if recs else 0.0 for m in ("draft", "target")
+    }
+    rewards = [r["reward"] for r in recs if isinstance(r.get("reward"), (int, float))]
+    if rewards:
+        out["reward_mean"] = statistics.fmean(rewards)
+    return out
+
+
+class ResultsWriter:
+    """Append-only JSONL, one line per problem, flushed and fsynced, so a crash loses at most the problem in flight.
+
+    Opening an existing file reads the records already there (``done``); a corrupt last line (a write cut by a
+    crash) is dropped with a warning and the file truncated to the last good line.
+    """
+
+    def __init__(self, path: str | Path) -> None:
+        self.path = Path(path)
+        self.records: list[dict[str, Any]] = (
+            read_results(self.path, repair=True) if self.path.exists() else []
+        )
+        self._fh = self.path.open("a", encoding="utf-8")
+
+    @property
+    def done(self) -> set[tuple[str, ...]]:
+        return {_record_key(r) for r in self.records}
+
+    def write(self, record: dict[str, Any]) -> None:
+        self._fh.write(json.dumps(record, ensure_ascii=False) + "\n")
+        self._fh.flush()
+        os.fsync(self._fh.fileno())
+        self.records.append(record)
+
+    def close(self) -> None:
+        self._fh.close()
+
+    def __enter__(self) -> ResultsWriter:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+
+def _record_key(r: dict[str, Any]) -> tuple[str, ...]:
+    return (str(r.get("method")), str(r.get("n", "")), str(r.get("seed", "")), str(r["id"]))
+
+
+def read_results(path: str | Path, *, repair: bool = False) -> list[dict[str, Any]]:
+    """Read a results JSONL. A corrupt *last* line is dropped with a warning (and cut from the file when
+    ``repair``); a corrupt line anywhere else is an error naming the line."""
+    p = Path(path)
+    raw = p.read_bytes()
+    lines = raw.split(b"\n")
+    records, good_bytes = [], 0
+    for i, line in enumerate(lines):
+        if not line.strip():
+            good_bytes += len(line) + 1
+            continue
+        try:
+            records.append(json.loads(line))
+            good_bytes += len(line) + 1
+        except json.JSONDecodeError:
+            if any(rest.strip() for rest in lines[i + 1 :]):
+                raise SpecsError(f"{p}: line {i + 1} is not valid JSON and is not the last line") from None
+            warnings.warn(f"{p}: dropping a corrupt last line (an interrupted write)", stacklevel=2)
+            if repair:
+                with p.open("r+b") as fh:
+                    fh.truncate(good_bytes)
+            break
+    return records
+
+
+def search_task(
+    task: Task,
+    config: SearchConfig,
+    generator: torch.Generator,
+    *,
+    batch_size: int = 1,
+    skip: set[str] = frozenset(),
+    on_result: Callable[[dict[str, Any]], None] | None = None,
+    extra: dict[str, Any] | None = None,
+) -> list[dict[str, Any]]:
+    """Search every problem not in ``skip`` in batches; grade each result and hand its record to ``on_result``."""
+    todo = [p for p in task.problems if p.id not in skip]
+    out = []
+    for start in range(0, len(todo), batch_size):
+        batch = todo[start : start + batch_size]
+        for res in run_search(batch, config, task.parts, generator):
+            rec = result_record(res, task.grade(res), **(extra or {}))
+            out.append(rec)
+            if on_result is not None:
+                on_result(rec)
+    return out
+
+
+def write_json(path: str | Path, obj: Any) -> None:
+    """Write JSON atomically (temp file + rename), with inf/nan mapped to null."""
+    p = Path(path)
+    tmp = p.with_suffix(p.suffix + ".tmp")
+    tmp.write_text(json.dumps(_json_safe(obj), indent=2))
+    os.replace(tmp, p)
+
+
+def _json_safe(x: Any) -> Any:
+    if isinstance(x, float) and (math.isnan(x) or math.isinf(x)):
+        return None
+    if isinstance(x, dict):
+        return {k: _json_safe(v) for k, v in x.items()}
+    if isinstance(x, (list, tuple)):
+        return [_json_safe(v) for v in x]
+    return x
+
+
+__all__ = [
+    "RunConfig",
+    "ResultsWriter",
+    "TabularTaskConfig",
+    "Task",
+    "TreeError",
+    "build_task",
+    "prepare_run_dir",
+    "read_results",
+    "result_record",
+    "search_task",
+    "summarize",
+    "wilson_interval",
+    "write_json",
+]
+
+
+def prepare_run_dir(out: str | Path, config: Any, *, ignore: Sequence[str] = ("out",)) -> Path:
+    """Create ``out`` (or reuse it for a resumed run) and write ``config.yaml`` + ``config.json`` there.
+
+    A directory that already holds a run of a *different* config is refused (nothing there is touched); the
+    keys in ``ignore`` (where the output goes, how it is sharded) may differ.
+    """
+    from specs_rl.config import save_config, to_dict
+
+    out = Path(out)
+    resolved = {k: v for k, v in to_dict(config).items() if k not in ignore}
+    stamp = out / "config.json"
+    if stamp.exists():
+        try:
+            previous = json.loads(stamp.read_text())
+        except json.JSONDecodeError:
+            raise SpecsError(f"{stamp} is corrupt; move the directory away or pick another out=") from None
+        if previous != resolved:
+            diff = sorted(k for k in set(previous) | set(resolved) if previous.get(k) != resolved.get(k))
+            raise SpecsError(
+                f"{out} holds a run of a different config (differs in: {', '.join(diff[:5])}); pick another out= or remove it"
+            )
+    out.mkdir(parents=True, exist_ok=True)
+    stamp.write_text(json.dumps(resolved, indent=1, sort_keys=True))
+    save_config(config, out / "config.yaml")
+    return out

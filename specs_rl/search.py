@@ -1,0 +1,606 @@
+"""Search strategies as plain functions with one argument shape:
+
+    strategy(problems, config, parts, generator) -> list[SearchResult]
+
+All are batched over prompts: the problems advance in lockstep, one step per iteration, and every model call
+covers the whole batch. Each problem is charged the full time of every batched call it took part in (run with
+``batch_size: 1`` for the paper's one-problem-at-a-time latency). ``STRATEGIES`` maps method names to functions.
+"""
+
+from __future__ import annotations
+
+import math
+from collections import defaultdict
+from collections.abc import Callable, Sequence
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+
+import torch
+
+from specs_rl.interfaces import SearchParts, StepSampler
+from specs_rl.types import Candidate, Ledger, Mode, Problem, SearchResult, StepRecord, Trace
+from specs_rl.verify import keep_mask, next_mode, select, soft_scores
+
+METHODS = ("specs", "beam_search", "best_of_n", "dvts", "rsd", "target_only", "draft_only")
+
+
+@dataclass
+class SearchConfig:
+    """Algorithm settings shared by every strategy (names follow ALGORITHM.md; sources in each help text)."""
+
+    method: str = field(default="specs", metadata={"help": f"one of {METHODS}"})
+    n: int = field(
+        default=4, metadata={"help": "candidates per step (paper: 'beam width'); paper uses 4, 8, 16"}
+    )
+    beta: float = field(
+        default=1.0, metadata={"help": "reward inverse temperature (authors' rm_regularizer: 1 or 10)"}
+    )
+    temperature: float = field(
+        default=1.0,
+        metadata={"help": "selection temperature T; 1 is the exact form, authors' code uses 0.2-0.3"},
+    )
+    score_form: str = field(
+        default="exact",
+        metadata={
+            "help": "exact (sum of log ratio, theory) | mean (per-token mean, authors' code) | reward_only (no-target ablation)"
+        },
+    )
+    tau_reject: float = field(
+        default=-math.inf,
+        metadata={
+            "help": "drop drafts with score <= tau_reject; -inf never defers (authors: 5-7 with the mean form)"
+        },
+    )
+    tau_switch: float = field(
+        default=0.7, metadata={"help": "best target reward above which SPECS returns to the draft [code]"}
+    )
+    start_mode: str = field(
+        default="target", metadata={"help": "target (authors' final code) | draft (RSD-like)"}
+    )
+    target_select: str = field(
+        default="argmax", metadata={"help": "target mode: argmax reward [code] | soft (softmax(beta r))"}
+    )
+    random_switch: float | None = field(
+        default=None,
+        metadata={
+            "help": "ablation: each step goes to the target with this probability instead of the switch rule"
+        },
+    )
+    max_steps: int = field(
+        default=20, metadata={"help": "the last allowed step is generated to the end (authors: 10-30)"}
+    )
+    beam_width: int = field(
+        default=4, metadata={"help": "M: candidates per beam in beam_search / dvts; n // M beams survive"}
+    )
+    sampler: str = field(
+        default="target",
+        metadata={"help": "model that samples in beam_search / dvts / best_of_n: target | draft"},
+    )
+    bon_vote: str = field(
+        default="naive", metadata={"help": "best_of_n answer choice: naive | weighted | majority"}
+    )
+    aggregate: str = field(
+        default="last", metadata={"help": "how step rewards make a response score: last | min | prod"}
+    )
+    rsd_delta: float = field(
+        default=0.7, metadata={"help": "RSD acceptance threshold on the draft step's reward (RSD code: 0.7)"}
+    )
+    concurrent_scoring: bool = field(
+        default=False,
+        metadata={"help": "run target scoring and PRM scoring in two threads, as the authors' code does"},
+    )
+
+    def validate(self) -> None:
+        """Raise ValueError naming the first invalid setting."""
+        if self.method not in METHODS:
+            raise ValueError(f"method must be one of {METHODS}, got {self.method!r}")
+        if self.n < 1:
+            raise ValueError(f"n must be >= 1, got {self.n}")
+        if self.beta < 0:
+            raise ValueError(f"beta must be >= 0, got {self.beta}")
+        if self.temperature < 0:
+            raise ValueError(f"temperature must be >= 0, got {self.temperature}")
+        if self.max_steps < 1:
+            raise ValueError(f"max_steps must be >= 1, got {self.max_steps}")
+        choices = {
+            "score_form": ("exact", "mean", "reward_only"),
+            "start_mode": ("target", "draft"),
+            "target_select": ("argmax", "soft"),
+            "sampler": ("target", "draft"),
+            "bon_vote": ("naive", "weighted", "majority"),
+            "aggregate": ("last", "min", "prod"),
+        }
+        for name, allowed in choices.items():
+            if getattr(self, name) not in allowed:
+                raise ValueError(f"{name} must be one of {allowed}, got {getattr(self, name)!r}")
+        if self.random_switch is not None and not 0.0 <= self.random_switch <= 1.0:
+            raise ValueError(f"random_switch must be in [0, 1], got {self.random_switch}")
+        if self.method in ("beam_search", "dvts") and (self.beam_width < 1 or self.n % self.beam_width):
+            raise ValueError(f"beam_width must divide n (n={self.n}, beam_width={self.beam_width})")
+        if math.isnan(self.tau_reject) or math.isnan(self.tau_switch):
+            raise ValueError("tau_reject and tau_switch must be numbers, not nan")
+
+
+# ------------------------------------------------------------------------------------------------------------------
+# helpers shared by the strategies
+
+
+@dataclass
+class _State:
+    """One problem's search in progress (SPECS, RSD, sampling)."""
+
+    trace: Trace
+    mode: Mode
+    ledger: Ledger = field(default_factory=Ledger)
+    records: list[StepRecord] = field(default_factory=list)
+    start: float = 0.0
+
+
+def _timed(parts: SearchParts, fn: Callable, *args, **kwargs):
+    t0 = parts.clock.now()
+    out = fn(*args, **kwargs)
+    return out, parts.clock.now() - t0
+
+
+def _sample(parts: SearchParts, which: str) -> StepSampler:
+    return parts.drafter if which == "draft" else parts.target
+
+
+def _gen_stage(which: str) -> str:
+    return "draft" if which == "draft" else "target_generate"
+
+
+def _charge_tokens(ledger: Ledger, model: str, cands: Sequence[Candidate]) -> None:
+    ledger.tokens[model] += sum(c.num_tokens for c in cands)
+
+
+def _score_and_reward(parts: SearchParts, prefixes, cands, need_target: bool, concurrent: bool):
+    """Target log-probs (if needed) and PRM rewards of the same candidates, sequentially or in two threads."""
+    if not need_target:
+        rewards, dt_r = _timed(parts, parts.prm.score, prefixes, cands)
+        return None, rewards, 0.0, dt_r
+    if concurrent:
+        with ThreadPoolExecutor(max_workers=2) as pool:
+            f_t = pool.submit(_timed, parts, parts.scorer.score, prefixes, cands)
+            f_r = pool.submit(_timed, parts, parts.prm.score, prefixes, cands)
+            (target_lp, dt_t), (rewards, dt_r) = f_t.result(), f_r.result()
+        return target_lp, rewards, dt_t, dt_r
+    target_lp, dt_t = _timed(parts, parts.scorer.score, prefixes, cands)
+    rewards, dt_r = _timed(parts, parts.prm.score, prefixes, cands)
+    return target_lp, rewards, dt_t, dt_r
+
+
+def _aggregate(step_rewards: Sequence[float], how: str) -> float:
+    if not step_rewards:
+        return float("nan")
+    if how == "last":
+        return float(step_rewards[-1])
+    if how == "min":
+        return float(min(step_rewards))
+    return float(math.prod(step_rewards))
+
+
+def _finish(
+    states: Sequence[_State], problems: Sequence[Problem], method: str, parts: SearchParts
+) -> list[SearchResult]:
+    out = []
+    end = parts.clock.now()
+    for st, pb in zip(states, problems):
+        st.ledger.total_s = end - st.start
+        final = st.records[-1].reward if st.records else float("nan")
+        out.append(
+            SearchResult(pb, method, st.trace, parts.answer_of(st.trace), final, st.records, st.ledger)
+        )
+    return out
+
+
+def _target_step(
+    config: SearchConfig,
+    parts: SearchParts,
+    states: Sequence[_State],
+    generator: torch.Generator,
+    last: bool,
+    deferred: Sequence[bool],
+) -> None:
+    """Target mode for a batch of problems: n target samples, PRM scores, keep the best (or sample softmax(β r))."""
+    prefixes = [s.trace for s in states]
+    cands, dt_g = _timed(parts, parts.target.propose, prefixes, config.n, generator, to_end=last)
+    rewards, dt_r = _timed(parts, parts.prm.score, prefixes, cands)
+    for st, cs, rs, was_deferred in zip(states, cands, rewards, deferred):
+        st.ledger.charge("target_generate", dt_g)
+        st.ledger.charge("reward", dt_r)
+        _charge_tokens(st.ledger, "target", cs)
+        r = torch.tensor(rs, dtype=torch.float64)
+        if config.target_select == "argmax":
+            idx = int(torch.argmax(r))
+        else:
+            idx = select(config.beta * r, generator, temperature=1.0)
+        st.trace = st.trace.extend(cs[idx])
+        st.records.append(
+            StepRecord(
+                cs[idx].text,
+                Mode.TARGET,
+                was_deferred,
+                len(cs),
+                list(rs),
+                list(rs),
+                idx,
+                {"target_generate": dt_g, "reward": dt_r},
+            )
+        )
+        st.mode = next_mode(Mode.TARGET, best_target_reward=float(r.max()), tau_switch=config.tau_switch)
+
+
+# ------------------------------------------------------------------------------------------------------------------
+# SPECS
+
+
+def specs(
+    problems: Sequence[Problem], config: SearchConfig, parts: SearchParts, generator: torch.Generator
+) -> list[SearchResult]:
+    """SPECS (ALGORITHM.md §3): draft n steps, score them with one target pass and the PRM, keep one by soft
+    verification, defer to the target when every draft is rejected, switch back when the target's best reward
+    exceeds ``tau_switch``.
+
+    Ablations are options: ``score_form='reward_only'`` (no target), ``tau_reject=-inf`` (no deferral),
+    ``random_switch=p`` (each step's mode drawn at random with P(target) = p; deferral still applies).
+    """
+    config.validate()
+    start = Mode(config.start_mode)
+    states = [_State(Trace(p), start, start=parts.clock.now()) for p in problems]
+    for step in range(config.max_steps):
+        active = [s for s in states if not s.trace.finished]
+        if not active:
+            break
+        last = step == config.max_steps - 1
+        if config.random_switch is not None:
+            for s in active:
+                u = float(torch.rand((), generator=generator, dtype=torch.float64))
+                s.mode = Mode.TARGET if u < config.random_switch else Mode.DRAFT
+        in_draft = [s for s in active if s.mode == Mode.DRAFT]
+        to_target = [s for s in active if s.mode == Mode.TARGET]
+        deferred = [False] * len(to_target)
+        if in_draft:
+            for s in _draft_step(config, parts, in_draft, generator, last):
+                to_target.append(s)
+                deferred.append(True)
+        if to_target:
+            _target_step(config, parts, to_target, generator, last, deferred)
+    return _finish(states, problems, "specs", parts)
+
+
+def _draft_step(
+    config: SearchConfig, parts: SearchParts, states: Sequence[_State], generator: torch.Generator, last: bool
+) -> list[_State]:
+    """Draft mode for a batch; returns the states whose drafts were all rejected (to defer)."""
+    prefixes = [s.trace for s in states]
+    cands, dt_d = _timed(parts, parts.drafter.propose, prefixes, config.n, generator, to_end=last)
+    need_target = config.score_form != "reward_only"
+    target_lp, rewards, dt_t, dt_r = _score_and_reward(
+        parts, prefixes, cands, need_target, config.concurrent_scoring
+    )
+    deferred = []
+    for i, (st, cs, rs) in enumerate(zip(states, cands, rewards)):
+        st.ledger.charge("draft", dt_d)
+        st.ledger.charge("target_score", dt_t)
+        st.ledger.charge("reward", dt_r)
+        _charge_tokens(st.ledger, "draft", cs)
+        r = torch.tensor(rs, dtype=torch.float64)  # [n]
+        ld = torch.tensor([c.logprob for c in cs], dtype=torch.float64)  # [n]
+        dl = torch.tensor([c.num_tokens for c in cs], dtype=torch.float64)  # [n]
+        if need_target:
+            lt = torch.tensor([sum(t) for t in target_lp[i]], dtype=torch.float64)  # [n]
+            tl = torch.tensor([len(t) for t in target_lp[i]], dtype=torch.float64)  # [n]
+            st.ledger.tokens["target"] += int(tl.sum())
+        else:
+            lt, tl = ld, dl
+        scores = soft_scores(lt, ld, r, config.beta, form=config.score_form, target_len=tl, draft_len=dl)
+        keep = keep_mask(scores, config.tau_reject)
+        if not bool(keep.any()):
+            deferred.append(st)
+            continue
+        idx = select(scores, generator, keep, config.temperature)
+        st.trace = st.trace.extend(cs[idx])
+        st.records.append(
+            StepRecord(
+                cs[idx].text,
+                Mode.DRAFT,
+                False,
+                len(cs),
+                scores.tolist(),
+                list(rs),
+                idx,
+                {"draft": dt_d, "target_score": dt_t, "reward": dt_r},
+            )
+        )
+        st.mode = Mode.DRAFT
+    return deferred
+
+
+# ------------------------------------------------------------------------------------------------------------------
+# RSD and plain sampling
+
+
+def rsd(
+    problems: Sequence[Problem], config: SearchConfig, parts: SearchParts, generator: torch.Generator
+) -> list[SearchResult]:
+    """Reward-guided speculative decoding (Liao et al. 2025): the draft writes one step; it is kept if its reward is
+    at least ``rsd_delta``, otherwise the target writes the step (one sample)."""
+    config.validate()
+    states = [_State(Trace(p), Mode.DRAFT, start=parts.clock.now()) for p in problems]
+    for step in range(config.max_steps):
+        active = [s for s in states if not s.trace.finished]
+        if not active:
+            break
+        last = step == config.max_steps - 1
+        prefixes = [s.trace for s in active]
+        cands, dt_d = _timed(parts, parts.drafter.propose, prefixes, 1, generator, to_end=last)
+        rewards, dt_r = _timed(parts, parts.prm.score, prefixes, cands)
+        rejected = []
+        for st, cs, rs in zip(active, cands, rewards):
+            st.ledger.charge("draft", dt_d)
+            st.ledger.charge("reward", dt_r)
+            _charge_tokens(st.ledger, "draft", cs)
+            if rs[0] >= config.rsd_delta:
+                st.trace = st.trace.extend(cs[0])
+                st.records.append(StepRecord(cs[0].text, Mode.DRAFT, False, 1, list(rs), list(rs), 0))
+            else:
+                rejected.append(st)
+        if rejected:
+            prefixes = [s.trace for s in rejected]
+            cands, dt_g = _timed(parts, parts.target.propose, prefixes, 1, generator, to_end=last)
+            rewards, dt_r = _timed(parts, parts.prm.score, prefixes, cands)
+            for st, cs, rs in zip(rejected, cands, rewards):
+                st.ledger.charge("target_generate", dt_g)
+                st.ledger.charge("reward", dt_r)
+                _charge_tokens(st.ledger, "target", cs)
+                st.trace = st.trace.extend(cs[0])
+                st.records.append(StepRecord(cs[0].text, Mode.TARGET, True, 1, list(rs), list(rs), 0))
+    return _finish(states, problems, "rsd", parts)
+
+
+def _sample_only(which: str, method: str):
+    def strategy(
+        problems: Sequence[Problem], config: SearchConfig, parts: SearchParts, generator: torch.Generator
+    ) -> list[SearchResult]:
+        config.validate()
+        mode = Mode(which)
+        model = _sample(parts, which)
+        states = [_State(Trace(p), mode, start=parts.clock.now()) for p in problems]
+        for step in range(config.max_steps):
+            active = [s for s in states if not s.trace.finished]
+            if not active:
+                break
+            cands, dt = _timed(
+                parts,
+                model.propose,
+                [s.trace for s in active],
+                1,
+                generator,
+                to_end=step == config.max_steps - 1,
+            )
+            for st, cs in zip(active, cands):
+                st.ledger.charge(_gen_stage(which), dt)
+                _charge_tokens(st.ledger, which, cs)
+                st.trace = st.trace.extend(cs[0])
+                st.records.append(StepRecord(cs[0].text, mode, False, 1, [], [], 0))
+        return _finish(states, problems, method, parts)
+
+    strategy.__name__ = method
+    strategy.__doc__ = f"Plain sampling from the {which}, step by step, one response, no reward model."
+    return strategy
+
+
+target_only = _sample_only("target", "target_only")
+draft_only = _sample_only("draft", "draft_only")
+
+
+# ------------------------------------------------------------------------------------------------------------------
+# Tree searches: beam search and DVTS
+
+
+@dataclass
+class _Beam:
+    trace: Trace
+    records: list[StepRecord]
+    rewards: list[float]
+
+
+def _tree_search(
+    problems: Sequence[Problem],
+    config: SearchConfig,
+    parts: SearchParts,
+    generator: torch.Generator,
+    *,
+    compete: bool,
+    method: str,
+) -> list[SearchResult]:
+    """``n // beam_width`` beams per problem; each proposes ``beam_width`` steps that the PRM scores.
+
+    ``compete=True`` (beam search, search-and-learn): the best ``n // beam_width`` of all candidates survive.
+    ``compete=False`` (DVTS): every beam is its own subtree and keeps its own best candidate.
+    A beam whose kept step finishes the response leaves the active set; the answer is the finished beam with the
+    best aggregated reward (``aggregate``).
+    """
+    config.validate()
+    K, M = config.n // config.beam_width, config.beam_width  # noqa: N806
+    model = _sample(parts, config.sampler)
+    mode = Mode(config.sampler)
+    t0 = parts.clock.now()
+    active: list[list[_Beam]] = [[_Beam(Trace(p), [], []) for _ in range(K)] for p in problems]
+    done: list[list[_Beam]] = [[] for _ in problems]
+    ledgers = [Ledger() for _ in problems]
+    for step in range(config.max_steps):
+        flat = [(i, b) for i, beams in enumerate(active) for b in beams]
+        if not flat:
+            break
+        last = step == config.max_steps - 1
+        prefixes = [b.trace for _, b in flat]
+        cands, dt_g = _timed(parts, model.propose, prefixes, M, generator, to_end=last)
+        rewards, dt_r = _timed(parts, parts.prm.score, prefixes, cands)
+        pools: dict[int, list[tuple[float, int, _Beam, list[Candidate], list[float]]]] = defaultdict(list)
+        for (i, beam), cs, rs in zip(flat, cands, rewards):
+            if not compete:
+                best = int(torch.argmax(torch.tensor(rs)))
+                pools[i].append((rs[best], best, beam, cs, rs))
+            else:
+                for c in range(len(cs)):
+                    pools[i].append((rs[c], c, beam, cs, rs))
+        for i in set(i for i, _ in flat):
+            ledgers[i].charge(_gen_stage(config.sampler), dt_g)
+            ledgers[i].charge("reward", dt_r)
+            ledgers[i].tokens[config.sampler] += sum(
+                c.num_tokens for (k, b), cs in zip(flat, cands) if k == i for c in cs
+            )
+            pool = pools[i]
+            if compete:
+                # Stable sort by reward, highest first; ties keep proposal order.
+                pool = sorted(pool, key=lambda e: -e[0])[: len(active[i])]
+            new_active = []
+            for r, c, beam, cs, rs in pool:
+                rec = StepRecord(cs[c].text, mode, False, len(cs), list(rs), list(rs), c)
+                nb = _Beam(beam.trace.extend(cs[c]), [*beam.records, rec], [*beam.rewards, r])
+                (done[i] if nb.trace.finished else new_active).append(nb)
+            active[i] = new_active
+    end = parts.clock.now()
+    out = []
+    for i, pb in enumerate(problems):
+        finished = done[i] or active[i]
+        scores = [_aggregate(b.rewards, config.aggregate) for b in finished]
+        best = max(range(len(finished)), key=lambda k: scores[k])
+        b = finished[best]
+        ledgers[i].total_s = end - t0
+        out.append(
+            SearchResult(
+                pb,
+                method,
+                b.trace,
+                parts.answer_of(b.trace),
+                scores[best],
+                b.records,
+                ledgers[i],
+                {"completed": len(done[i])},
+            )
+        )
+    return out
+
+
+def beam_search(
+    problems: Sequence[Problem], config: SearchConfig, parts: SearchParts, generator: torch.Generator
+) -> list[SearchResult]:
+    """Beam search with a PRM (search-and-learn): ``n`` candidates per step, the best ``n // beam_width`` survive.
+    ``beam_width = n`` is the paper's single-survivor form. ``sampler`` picks BS(B) (target) or BS(S) (draft)."""
+    return _tree_search(problems, config, parts, generator, compete=True, method="beam_search")
+
+
+def dvts(
+    problems: Sequence[Problem], config: SearchConfig, parts: SearchParts, generator: torch.Generator
+) -> list[SearchResult]:
+    """Diverse verifier tree search: ``n // beam_width`` independent subtrees, each greedy on the PRM."""
+    return _tree_search(problems, config, parts, generator, compete=False, method="dvts")
+
+
+# ------------------------------------------------------------------------------------------------------------------
+# Best-of-n
+
+
+def best_of_n(
+    problems: Sequence[Problem], config: SearchConfig, parts: SearchParts, generator: torch.Generator
+) -> list[SearchResult]:
+    """``n`` whole responses from ``sampler``; each response's score aggregates its step rewards (``aggregate``);
+    the answer is the top-scored response (naive), the answer with the largest summed score (weighted), or the
+    most frequent answer (majority, ties to the larger summed score)."""
+    config.validate()
+    model = _sample(parts, config.sampler)
+    mode = Mode(config.sampler)
+    t0 = parts.clock.now()
+    traces = [[Trace(p) for _ in range(config.n)] for p in problems]
+    step_rewards = [[[] for _ in range(config.n)] for _ in problems]
+    records = [[[] for _ in range(config.n)] for _ in problems]
+    ledgers = [Ledger() for _ in problems]
+    for step in range(config.max_steps):
+        flat = [(i, j) for i in range(len(problems)) for j in range(config.n) if not traces[i][j].finished]
+        if not flat:
+            break
+        cands, dt_g = _timed(
+            parts,
+            model.propose,
+            [traces[i][j] for i, j in flat],
+            1,
+            generator,
+            to_end=step == config.max_steps - 1,
+        )
+        # Only finished responses need a score under 'last'; min/prod need every step.
+        to_score = [k for k, cs in enumerate(cands) if config.aggregate != "last" or cs[0].finished]
+        rewards, dt_r = ({}, 0.0)
+        if to_score:
+            rs, dt_r = _timed(
+                parts,
+                parts.prm.score,
+                [traces[flat[k][0]][flat[k][1]] for k in to_score],
+                [cands[k] for k in to_score],
+            )
+            rewards = {k: r[0] for k, r in zip(to_score, rs)}
+        for i in {i for i, _ in flat}:
+            ledgers[i].charge(_gen_stage(config.sampler), dt_g)
+            ledgers[i].charge("reward", dt_r if any(flat[k][0] == i for k in to_score) else 0.0)
+        for k, ((i, j), cs) in enumerate(zip(flat, cands)):
+            ledgers[i].tokens[config.sampler] += cs[0].num_tokens
+            traces[i][j] = traces[i][j].extend(cs[0])
+            r = rewards.get(k, float("nan"))
+            if k in rewards:
+                step_rewards[i][j].append(r)
+            records[i][j].append(StepRecord(cs[0].text, mode, False, 1, [r], [r], 0))
+    end = parts.clock.now()
+    out = []
+    for i, pb in enumerate(problems):
+        scores = [_aggregate(step_rewards[i][j], config.aggregate) for j in range(config.n)]
+        answers = [parts.answer_of(t) for t in traces[i]]
+        totals: dict[str, float] = defaultdict(float)
+        counts: dict[str, int] = defaultdict(int)
+        for a, s in zip(answers, scores):
+            totals[a] += 0.0 if math.isnan(s) else s
+            counts[a] += 1
+        if config.bon_vote == "naive":
+            best = max(range(config.n), key=lambda j: scores[j] if not math.isnan(scores[j]) else -math.inf)
+        else:
+            rank = {
+                a: (totals[a],) if config.bon_vote == "weighted" else (counts[a], totals[a]) for a in totals
+            }
+            winner = max(rank, key=rank.__getitem__)
+            best = max((j for j in range(config.n) if answers[j] == winner), key=lambda j: scores[j])
+        ledgers[i].total_s = end - t0
+        out.append(
+            SearchResult(
+                pb,
+                "best_of_n",
+                traces[i][best],
+                answers[best],
+                scores[best],
+                records[i][best],
+                ledgers[i],
+                {"answers": answers, "scores": scores},
+            )
+        )
+    return out
+
+
+STRATEGIES: dict[
+    str, Callable[[Sequence[Problem], SearchConfig, SearchParts, torch.Generator], list[SearchResult]]
+] = {
+    "specs": specs,
+    "beam_search": beam_search,
+    "best_of_n": best_of_n,
+    "dvts": dvts,
+    "rsd": rsd,
+    "target_only": target_only,
+    "draft_only": draft_only,
+}
+
+
+def run_search(
+    problems: Sequence[Problem], config: SearchConfig, parts: SearchParts, generator: torch.Generator
+) -> list[SearchResult]:
+    """Dispatch on ``config.method``."""
+    config.validate()
+    return STRATEGIES[config.method](problems, config, parts, generator)
