@@ -28,7 +28,9 @@ CORPUS = [
 ]
 
 
-def make_tokenizer(vocab_size: int = 300, corpus: Sequence[str] = CORPUS, model_max_length: int = 2048) -> Any:
+def make_tokenizer(
+    vocab_size: int = 300, corpus: Sequence[str] = CORPUS, model_max_length: int = 2048
+) -> Any:
     """A byte-level BPE tokenizer trained in-process (merges like "\\n\\n" with neighbours happen, as in real ones)."""
     from tokenizers import Tokenizer, decoders, models, pre_tokenizers, processors, trainers
     from transformers import PreTrainedTokenizerFast
@@ -90,14 +92,18 @@ def tiny_causal_lm(tok: Any, arch: str = "llama", seed: int = 0, vocab_pad: int 
     return model.eval()
 
 
-def tiny_token_classifier(tok: Any, arch: str = "llama", seed: int = 0, num_labels: int = 2, **overrides: Any) -> Any:
+def tiny_token_classifier(
+    tok: Any, arch: str = "llama", seed: int = 0, num_labels: int = 2, **overrides: Any
+) -> Any:
     """A random token-classification PRM head (label 1 = the step is correct)."""
     import torch
     from transformers import AutoModelForTokenClassification
 
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(seed)
-        model = AutoModelForTokenClassification.from_config(tiny_config(tok, arch, num_labels=num_labels, **overrides))
+        model = AutoModelForTokenClassification.from_config(
+            tiny_config(tok, arch, num_labels=num_labels, **overrides)
+        )
     return model.eval()
 
 
@@ -108,5 +114,7 @@ def tiny_seq_classifier(tok: Any, arch: str = "llama", seed: int = 0, **override
 
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(seed)
-        model = AutoModelForSequenceClassification.from_config(tiny_config(tok, arch, num_labels=1, **overrides))
+        model = AutoModelForSequenceClassification.from_config(
+            tiny_config(tok, arch, num_labels=1, **overrides)
+        )
     return model.eval()
