@@ -17,7 +17,9 @@ from typing import Any
 
 import torch
 
+from specs_rl.datasets import DataConfig
 from specs_rl.errors import SpecsError
+from specs_rl.hf.config import HFConfig
 from specs_rl.interfaces import SearchParts
 from specs_rl.search import SearchConfig, run_search
 from specs_rl.tabular import CostModel, TabularBackend, TabularTree, TreeError, load_tree, random_tree
@@ -99,7 +101,14 @@ def build_tabular_task(cfg: TabularTaskConfig, beta: float) -> Task:
     return Task("tabular", problems, backend.parts(), grade)
 
 
-TASK_BUILDERS: dict[str, Callable[[Any], Task]] = {}
+def _build_hf_task(cfg: Any) -> Task:
+    from specs_rl.hf.task import build_hf_task  # torch models: imported only when asked for
+
+    return build_hf_task(cfg)
+
+
+# backend name -> builder of a Task from a RunConfig (the tabular one is built in build_task).
+TASK_BUILDERS: dict[str, Callable[[Any], Task]] = {"hf": _build_hf_task}
 
 
 @dataclass
@@ -108,6 +117,8 @@ class RunConfig(SearchConfig):
 
     backend: str = field(default="tabular", metadata={"help": "tabular | hf"})
     tabular: TabularTaskConfig = field(default_factory=TabularTaskConfig)
+    hf: HFConfig = field(default_factory=HFConfig)
+    data: DataConfig = field(default_factory=DataConfig)
     out: str = field(default="runs/search", metadata={"help": "output directory"})
     seed: int = field(default=0, metadata={"help": "seed of the search's torch.Generator"})
     batch_size: int = field(
@@ -121,6 +132,9 @@ class RunConfig(SearchConfig):
         if self.batch_size < 1:
             raise ValueError(f"batch_size must be >= 1, got {self.batch_size}")
         self.tabular.validate()
+        if self.backend == "hf":
+            self.hf.validate()
+            self.data.validate()
 
 
 def build_task(cfg: RunConfig) -> Task:

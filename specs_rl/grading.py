@@ -1,0 +1,134 @@
+"""Trustworthy grading: the last ``\\boxed{}`` answer, compared with the gold answer by Math-Verify.
+
+Math-Verify uses ``signal.alarm`` for its timeouts, which only works on the main thread; here its internal
+timeouts are disabled and every comparison is bounded by a worker process instead (``Grader``), so grading is safe
+from threads and a pathological expression cannot hang a run. The grader's name and version go with every result.
+"""
+
+from __future__ import annotations
+
+import importlib.metadata
+import multiprocessing as mp
+from concurrent.futures import ProcessPoolExecutor
+from concurrent.futures import TimeoutError as FutureTimeout
+from dataclasses import dataclass
+from typing import Any
+
+
+def extract_boxed(text: str) -> str | None:
+    """Content of the last ``\\boxed{...}`` (or ``\\fbox{...}``) in ``text``, nested braces respected.
+
+    >>> extract_boxed(r"so \\boxed{\\frac{1}{2}} and then \\boxed{x^{2}}")
+    'x^{2}'
+    >>> extract_boxed("no box") is None
+    True
+    """
+    for marker in ("\\boxed", "\\fbox"):
+        start = text.rfind(marker)
+        if start < 0:
+            continue
+        i = start + len(marker)
+        while i < len(text) and text[i] == " ":
+            i += 1
+        if i >= len(text) or text[i] != "{":
+            # \boxed 5  (space form)
+            rest = text[i:].split("$")[0].strip()
+            return rest.split()[0] if rest else None
+        depth, j = 0, i
+        while j < len(text):
+            if text[j] == "{":
+                depth += 1
+            elif text[j] == "}":
+                depth -= 1
+                if depth == 0:
+                    return text[i + 1 : j]
+            j += 1
+        return None
+    return None
+
+
+def _verify(gold: str, pred: str) -> bool:
+    """Math-Verify comparison with its signal-based timeouts disabled (runs inside a worker process)."""
+    import logging
+
+    from math_verify import parse, verify
+
+    logging.getLogger("math_verify").setLevel(logging.ERROR)
+    g = parse(f"${gold}$", parsing_timeout=None)
+    p = parse(f"${pred}$", parsing_timeout=None)
+    if not g or not p:
+        return gold.strip() == pred.strip()
+    return bool(verify(g, p, timeout_seconds=None))
+
+
+def grader_info() -> dict[str, str]:
+    try:
+        version = importlib.metadata.version("math-verify")
+    except importlib.metadata.PackageNotFoundError:
+        version = "missing"
+    return {"name": "math-verify", "version": version}
+
+
+@dataclass
+class Grade:
+    correct: bool
+    pred: str | None
+    gold: str
+    timed_out: bool = False
+
+    def as_dict(self) -> dict[str, Any]:
+        return {"correct": self.correct, "pred": self.pred, "gold": self.gold, "timed_out": self.timed_out}
+
+
+class Grader:
+    """Grades answers in a pool of worker processes, each call bounded by ``timeout_s``.
+
+    Without math-verify installed it falls back to exact string comparison of the normalized answers (and says
+    so in ``info``)."""
+
+    def __init__(self, timeout_s: float = 10.0, workers: int = 1) -> None:
+        self.timeout_s = timeout_s
+        self.workers = workers
+        self._pool: ProcessPoolExecutor | None = None
+        self.info = grader_info()
+
+    def _get_pool(self) -> ProcessPoolExecutor:
+        if self._pool is None:
+            self._pool = ProcessPoolExecutor(self.workers, mp_context=mp.get_context("spawn"))
+        return self._pool
+
+    def equal(self, gold: str, pred: str) -> tuple[bool, bool]:
+        """(equal, timed_out)."""
+        if self.info["version"] == "missing":
+            return _normalize(gold) == _normalize(pred), False
+        fut = self._get_pool().submit(_verify, gold, pred)
+        try:
+            return fut.result(timeout=self.timeout_s), False
+        except FutureTimeout:
+            self.close(kill=True)
+            return False, True
+
+    def grade(self, text: str, gold: str) -> Grade:
+        pred = extract_boxed(text)
+        if pred is None:
+            return Grade(False, None, gold)
+        ok, timed_out = self.equal(gold, pred)
+        return Grade(ok, pred, gold, timed_out)
+
+    def close(self, kill: bool = False) -> None:
+        if self._pool is not None:
+            if kill:
+                for p in list(getattr(self._pool, "_processes", {}).values()):
+                    p.kill()
+            self._pool.shutdown(wait=not kill, cancel_futures=True)
+            self._pool = None
+
+    def __enter__(self) -> Grader:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+
+def _normalize(s: str) -> str:
+    return s.replace(" ", "").replace("\\!", "").rstrip(".").strip("$")

@@ -1,0 +1,1 @@
+"""The Hugging Face backend (draft, target, scorer, PRM over transformers models). Placeholder until it lands."""
