@@ -248,6 +248,7 @@ def specs(
     config.validate()
     start = Mode(config.start_mode)
     states = [_State(Trace(p), start, start=parts.clock.now()) for p in problems]
+    id_order = {id(s): k for k, s in enumerate(states)}
     for step in range(config.max_steps):
         active = [s for s in states if not s.trace.finished]
         if not active:
@@ -260,11 +261,18 @@ def specs(
         in_draft = [s for s in active if s.mode == Mode.DRAFT]
         to_target = [s for s in active if s.mode == Mode.TARGET]
         deferred = [False] * len(to_target)
-        if in_draft:
+        if in_draft and config.tau_reject == math.inf:
+            # Every draft would be rejected: defer without drafting (same law, no wasted draft work).
+            to_target += in_draft
+            deferred += [True] * len(in_draft)
+        elif in_draft:
             for s in _draft_step(config, parts, in_draft, generator, last):
                 to_target.append(s)
                 deferred.append(True)
         if to_target:
+            # Problem order, not mode order: the random stream is consumed the same way whatever the modes.
+            order = sorted(range(len(to_target)), key=lambda k: id_order[id(to_target[k])])
+            to_target, deferred = [to_target[k] for k in order], [deferred[k] for k in order]
             _target_step(config, parts, to_target, generator, last, deferred)
     return _finish(states, problems, "specs", parts)
 
