@@ -213,8 +213,8 @@ def test_best_of_n_votes():
             elif vote == "majority":
                 assert answers.count(r.answer) == max(answers.count(a) for a in answers)
             else:
-                total = lambda a: sum(s for x, s in zip(answers, scores) if x == a)  # noqa: E731
-                assert total(r.answer) == pytest.approx(max(total(a) for a in answers))
+                total = {a: sum(s for x, s in zip(answers, scores) if x == a) for a in answers}
+                assert total[r.answer] == pytest.approx(max(total.values()))
 
 
 def test_rsd_accepts_drafts_above_delta_only():
