@@ -113,7 +113,7 @@ def _build(cls: type[T], data: dict[str, Any], prefix: str = "") -> T:
     unknown = [k for k in data if k not in names]
     if unknown:
         raise ConfigError(
-            f"unknown config key {prefix}{unknown[0]!r}; known keys: {', '.join(sorted(names))}"
+            f"unknown config key {prefix + unknown[0]!r}; known keys: {', '.join(sorted(names))}"
         )
     hints = _hints(cls)
     kwargs = {k: _coerce(v, hints[k], f"{prefix}{k}") for k, v in data.items()}

@@ -331,6 +331,7 @@ __all__ = [
     "Task",
     "TreeError",
     "build_task",
+    "format_table",
     "prepare_run_dir",
     "read_results",
     "result_record",
@@ -366,3 +367,19 @@ def prepare_run_dir(out: str | Path, config: Any, *, ignore: Sequence[str] = ("o
     stamp.write_text(json.dumps(resolved, indent=1, sort_keys=True))
     save_config(config, out / "config.yaml")
     return out
+
+
+def format_table(rows: Sequence[dict[str, Any]]) -> str:
+    """A plain-text comparison table of summary rows (method, n, accuracy ± CI, latency, draft share, deferrals)."""
+    head = f"{'method':<22} {'n':>3} {'probs':>5} {'accuracy':>17} {'lat mean s':>10} {'p50':>8} {'p90':>8} {'draft%':>6} {'defer/pb':>8}"
+    lines = [head, "-" * len(head)]
+    for r in rows:
+        acc = r.get("accuracy")
+        ci = r.get("accuracy_ci") or [float("nan"), float("nan")]
+        acc_s = "n/a" if acc is None else f"{100 * acc:5.1f} [{100 * ci[0]:4.1f},{100 * ci[1]:5.1f}]"
+        lines.append(
+            f"{r['method']:<22} {r.get('n', ''):>3} {r['problems']:>5} {acc_s:>17} {r['latency_mean_s']:>10.4f} "
+            f"{r['latency_p50_s']:>8.4f} {r['latency_p90_s']:>8.4f} {100 * r['draft_step_fraction']:>6.1f} "
+            f"{r.get('deferrals_per_problem', 0.0):>8.2f}"
+        )
+    return "\n".join(lines)

@@ -1,0 +1,156 @@
+"""Entry points, called in-process: `specs-rl search`, `specs-rl demo`, the launcher, and bad input."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+
+import pytest
+
+from eval import demo, search
+from specs_rl import cli
+from specs_rl.config import ConfigError, load_config
+from specs_rl.runner import RunConfig, read_results
+from tests.conftest import REPO
+
+TABULAR = str(REPO / "configs" / "search" / "tabular.yaml")
+
+
+def test_search_writes_results_summary_and_config(tmp_path):
+    out = tmp_path / "run"
+    assert search.main(["--config", TABULAR, "n=4", "beta=2.0", f"out={out}", "tabular.problems=6"]) == 0
+    recs = read_results(out / "results.jsonl")
+    assert len(recs) == 6
+    for r in recs:
+        assert set(r) >= {"id", "method", "answer", "text", "correct", "steps", "latency_s", "tokens"}
+        assert set(r["latency_s"]) == {"draft", "target_score", "target_generate", "reward", "total"}
+        assert r["latency_s"]["total"] > 0 and r["tokens"]["target"] > 0
+        assert all(s["source"] in ("draft", "target") for s in r["steps"])
+        assert r["correct"] == (r["reward"] >= 0.5)
+    summary = json.loads((out / "summary.json").read_text())
+    assert summary["problems"] == 6 and summary["accuracy"] == sum(r["correct"] for r in recs) / 6
+    assert 0 <= summary["draft_step_fraction"] <= 1 and "reward_mean" in summary
+    resolved = load_config(RunConfig, out / "config.yaml")
+    assert resolved.n == 4 and resolved.beta == 2.0 and resolved.tabular.problems == 6
+    # the same command again resumes: nothing recomputed, nothing duplicated
+    assert search.main(["--config", TABULAR, "n=4", "beta=2.0", f"out={out}", "tabular.problems=6"]) == 0
+    assert len(read_results(out / "results.jsonl")) == 6
+
+
+@pytest.mark.parametrize(
+    "args, message",
+    [
+        (["nn=3"], "unknown config key 'nn'"),
+        (["n=abc"], "n must be an integer"),
+        (["n=0"], "n must be >= 1"),
+        (["beta=-1"], "beta must be >= 0"),
+        (["tabular.K=x"], "tabular.K must be an integer"),
+        (["tabular.colour=1"], "unknown config key 'tabular.colour'"),
+        (["method=magic"], "method must be one of"),
+    ],
+)
+def test_bad_input_is_one_line_exit_2_and_no_files(tmp_path, capsys, args, message):
+    out = tmp_path / "never"
+    assert search.main(["--config", TABULAR, f"out={out}", *args]) == 2
+    err = capsys.readouterr().err
+    assert message in err and err.count("\n") == 1 and "Traceback" not in err
+    assert not out.exists()
+
+
+def test_bad_tree_file_is_rejected_before_writing(tmp_path, capsys):
+    tree = tmp_path / "tree.json"
+    tree.write_text(
+        json.dumps(
+            {
+                "alphabet": ["a", "b"],
+                "horizon": 1,
+                "target": {"": [0.5, 0.6]},
+                "draft": {"": [0.5, 0.5]},
+                "reward": {"a": 0.1, "b": 0.2},
+            }
+        )
+    )
+    out = tmp_path / "never"
+    assert search.main(["--config", TABULAR, f"out={out}", f"tabular.tree={tree}"]) == 2
+    assert "target[''] sums to 1.1, not 1" in capsys.readouterr().err
+    assert not out.exists()
+    assert search.main(["--config", TABULAR, f"out={out}", f"tabular.tree={tmp_path / 'missing.json'}"]) == 2
+    assert "tree file not found" in capsys.readouterr().err
+
+
+def test_missing_config_file_and_a_different_config_in_the_same_dir(tmp_path, capsys):
+    assert search.main(["--config", str(tmp_path / "nope.yaml")]) == 2
+    assert "config file not found" in capsys.readouterr().err
+    out = tmp_path / "run"
+    assert search.main(["--config", TABULAR, f"out={out}", "tabular.problems=2"]) == 0
+    before = (out / "results.jsonl").read_bytes()
+    assert search.main(["--config", TABULAR, f"out={out}", "tabular.problems=2", "n=16"]) == 2
+    assert "different config" in capsys.readouterr().err
+    assert (out / "results.jsonl").read_bytes() == before  # nothing already written is lost
+
+
+def test_tree_file_run(tmp_path):
+    from specs_rl.tabular import random_tree
+
+    tree = tmp_path / "t.json"
+    random_tree(3, 2, seed=4).save(tree)
+    out = tmp_path / "run"
+    assert search.main(["--config", TABULAR, f"out={out}", f"tabular.tree={tree}", "tabular.problems=5"]) == 0
+    assert len(read_results(out / "results.jsonl")) == 5
+
+
+def test_demo_prints_the_comparison_and_writes_summary_rows(tmp_path, capsys):
+    out = tmp_path / "demo"
+    assert demo.main([f"out={out}", "tabular.problems=10", "methods=[specs,beam_search_target]"]) == 0
+    text = capsys.readouterr().out
+    assert "SPECS / beam search (target): latency x" in text
+    rows = json.loads((out / "summary.json").read_text())["rows"]
+    assert [r["method"] for r in rows] == ["specs", "beam_search_target"]
+    for r in rows:
+        assert set(r) >= {
+            "method",
+            "n",
+            "seed",
+            "problems",
+            "accuracy",
+            "accuracy_ci",
+            "latency_mean_s",
+            "latency_p50_s",
+            "latency_p90_s",
+            "draft_step_fraction",
+        }
+        assert r["problems"] == 10
+    assert demo.main([f"out={tmp_path / 'x'}", "methods=[specs,nope]"]) == 2
+
+
+def test_config_overrides_parse_infinities_and_lists():
+    cfg = load_config(RunConfig, TABULAR, ["tau_reject=-inf", "tau_switch=inf", "random_switch=null"])
+    assert cfg.tau_reject == float("-inf") and cfg.tau_switch == float("inf") and cfg.random_switch is None
+    with pytest.raises(ConfigError, match="must look like key=value"):
+        load_config(RunConfig, TABULAR, ["n"])
+
+
+def test_launcher_dispatch_and_usage(capsys):
+    assert cli.main([]) == 2
+    assert cli.main(["--help"]) == 0
+    assert "theory converge" in capsys.readouterr().out
+    assert cli.main(["frobnicate"]) == 2
+    assert "unknown command" in capsys.readouterr().err
+
+
+def test_console_script_and_module_entry_points(tmp_path):
+    exe = REPO / ".venv" / "bin" / "specs-rl"
+    cmd = [str(exe)] if exe.exists() else [sys.executable, "-m", "specs_rl.cli"]
+    proc = subprocess.run(
+        [*cmd, "search", "--config", TABULAR, f"out={tmp_path / 'r'}", "tabular.problems=2"],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert proc.returncode == 0, proc.stderr
+    assert json.loads(proc.stdout)["problems"] == 2
+    proc = subprocess.run(
+        [*cmd, "search", "--config", TABULAR, "n=-3"], capture_output=True, text=True, timeout=120
+    )
+    assert proc.returncode == 2 and proc.stderr.strip() == "error: n must be >= 1, got -3"
