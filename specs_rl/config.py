@@ -67,7 +67,7 @@ def _coerce(value: Any, tp: Any, key: str) -> Any:
         if isinstance(value, str) and origin is not str:
             value = [_parse_scalar(v) for v in value.split(",")] if value else []
         if not isinstance(value, (list, tuple)):
-            raise ConfigError(f"{key} must be a list, got {value!r}")
+            value = [value]  # a one-element list given as a scalar: n=8
         return [_coerce(v, inner, f"{key}[{i}]") for i, v in enumerate(value)]
     if origin is dict:
         if not isinstance(value, dict):

@@ -380,16 +380,24 @@ class _Sampler:
                 raise ValueError(f"cannot extend a complete response {tree.key(start)!r}")
             length = tree.horizon - len(start) if to_end else 1
             longest = max(longest, length)
-            seqs = [list() for _ in range(n)]
+            seqs: list[list[int]] = [list() for _ in range(n)]
             lps: list[list[float]] = [list() for _ in range(n)]
-            for j in range(n):
-                sym = start
-                for _ in range(length):
-                    p = _row_probs(tree, self.which, sym)
-                    a = int(torch.multinomial(torch.from_numpy(p), 1, generator=generator))
+            if length == 1:  # one draw of n symbols from the same row
+                p = _row_probs(tree, self.which, start)
+                for j, a in enumerate(
+                    torch.multinomial(torch.from_numpy(p), n, replacement=True, generator=generator).tolist()
+                ):
                     seqs[j].append(a)
                     lps[j].append(math.log(p[a]))
-                    sym = (*sym, a)
+            else:
+                for j in range(n):
+                    sym = start
+                    for _ in range(length):
+                        p = _row_probs(tree, self.which, sym)
+                        a = int(torch.multinomial(torch.from_numpy(p), 1, generator=generator))
+                        seqs[j].append(a)
+                        lps[j].append(math.log(p[a]))
+                        sym = (*sym, a)
             out.append(
                 [
                     Candidate(

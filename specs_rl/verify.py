@@ -59,10 +59,12 @@ def soft_scores(
 def keep_mask(scores: torch.Tensor, tau_reject: float) -> torch.Tensor:
     """Rejection rule [code]: candidates with ``score <= tau_reject`` are dropped. ``[n] -> [n] bool``.
 
-    ``tau_reject = -inf`` keeps everything (never defers); ``+inf`` drops everything (always defers).
+    ``tau_reject = -inf`` keeps every candidate of nonzero weight (never defers unless the target gives every draft
+    probability 0); ``+inf`` drops everything (always defers). A score of ``-inf`` (weight ``w = 0``) is always
+    dropped: there is nothing to select it by.
     """
     if math.isinf(tau_reject) and tau_reject < 0:
-        return torch.ones_like(scores, dtype=torch.bool)
+        return scores > -math.inf
     return scores > tau_reject
 
 

@@ -70,7 +70,8 @@ def test_rejection_rule_and_infinite_thresholds():
     assert keep_mask(s, 0.0).tolist() == [False, False, True]  # score <= tau is dropped
     assert keep_mask(s, -math.inf).all()
     assert not keep_mask(s, math.inf).any()
-    assert keep_mask(torch.tensor([-math.inf]), -math.inf).all()  # -inf never rejects, even a -inf score
+    # -inf never rejects a candidate of nonzero weight, but a -inf score (target probability 0) has none
+    assert keep_mask(torch.tensor([-math.inf, -1e9]), -math.inf).tolist() == [False, True]
     with pytest.raises(ValueError, match="deferred"):
         selection_log_probs(s, keep_mask(s, math.inf))
 
