@@ -12,14 +12,13 @@ import json
 import sys
 from collections.abc import Sequence
 
-import torch
-
 from specs_rl.cli import entry_point
 from specs_rl.config import config_from_argv
 from specs_rl.runner import (
     ResultsWriter,
     RunConfig,
     build_task,
+    check_run_dir,
     prepare_run_dir,
     search_task,
     summarize,
@@ -30,15 +29,15 @@ from specs_rl.runner import (
 @entry_point
 def main(argv: Sequence[str] | None = None) -> int:
     cfg = config_from_argv(RunConfig, sys.argv[1:] if argv is None else argv, "specs-rl search")
+    check_run_dir(cfg.out, cfg)  # a directory of another config is refused before any model loads
     task = build_task(cfg)  # loads data / models: every input error surfaces before a file is written
     out = prepare_run_dir(cfg.out, cfg)
-    generator = torch.Generator().manual_seed(cfg.seed)
     with ResultsWriter(out / "results.jsonl") as writer:
         skip = {r["id"] for r in writer.records}
         search_task(
             task,
             cfg,
-            generator,
+            cfg.seed,
             batch_size=cfg.batch_size,
             skip=skip,
             on_result=writer.write,

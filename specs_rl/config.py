@@ -39,8 +39,22 @@ def _parse_scalar(text: str) -> Any:
         return text
 
 
+class RawValue(str):
+    """The text of a ``key=value`` override, parsed only once the field's type is known: a string field keeps the
+    text as typed (``data.prompt_template={problem}`` is not a YAML mapping), any other field gets it parsed."""
+
+
+def _accepts_str(tp: Any) -> bool:
+    if tp is str:
+        return True
+    return typing.get_origin(tp) in (typing.Union, types.UnionType) and str in typing.get_args(tp)
+
+
 def _coerce(value: Any, tp: Any, key: str) -> Any:
     """Check ``value`` against the annotation ``tp`` (converting where lossless) or raise ConfigError."""
+    if isinstance(value, RawValue):
+        parsed = _parse_scalar(value)
+        value = str(value) if _accepts_str(tp) and isinstance(parsed, (dict, list)) else parsed
     origin = typing.get_origin(tp)
     if tp is Any:
         return value
@@ -161,7 +175,7 @@ def parse_overrides(overrides: Sequence[str]) -> dict[str, Any]:
             node = node.setdefault(p, {})
             if not isinstance(node, dict):
                 raise ConfigError(f"override {item!r} conflicts with another override of {p!r}")
-        node[parts[-1]] = _parse_scalar(text)
+        node[parts[-1]] = RawValue(text)
     return out
 
 

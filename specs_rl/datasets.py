@@ -1,11 +1,15 @@
-"""Benchmark problems: MATH-500, AMC23, GSM8K from JSONL files or Hugging Face dataset ids, mapped to ``Problem``.
+"""Benchmark problems: MATH-500, AMC23, GSM8K from JSONL files or Hugging Face dataset ids, OlympiadBench by hub
+id, and the generated toy-math task, mapped to ``Problem``.
 
 A ``DataConfig`` names a dataset (a known name, a ``.jsonl`` path, or a hub id) and the slice to run. Rows are
-validated while loading: a missing column or an empty problem is a :class:`SpecsError` naming the file and the row.
+validated while loading: a missing column, an empty problem or a missing gold answer is a :class:`SpecsError`
+naming the file and the line (row). The slice is ``start``/``limit`` first, then ``shard=i/k`` keeps every k-th
+problem of the slice from position i, so the k shards partition the slice.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import re
 from dataclasses import dataclass, field
@@ -13,6 +17,9 @@ from pathlib import Path
 from typing import Any
 
 from specs_rl.errors import SpecsError
+from specs_rl.toymath import SPLITS as TOYMATH_SPLITS
+from specs_rl.toymath import ToyMathConfig
+from specs_rl.toymath import generate as generate_toymath
 from specs_rl.types import Problem
 
 PAPER_PROMPT = "Please reason step by step, and put your final answer within \\boxed{}."
@@ -46,6 +53,9 @@ KNOWN: dict[str, dict[str, Any]] = {
     "olympiadbench": {
         "file": None,
         "hub": "Hothan/OlympiadBench",
+        # text-only, open-ended, English competition maths (674 problems): the set math papers report
+        "subset": "OE_TO_maths_en_COMP",
+        "splits": {"test": "train"},  # the hub publishes the benchmark as its only split, "train"
         "problem": "question",
         "answer": "final_answer",
         "id": "id",
@@ -64,12 +74,21 @@ def shared_data_dir() -> Path:
 class DataConfig:
     dataset: str = field(
         default="math500",
-        metadata={"help": "math500 | amc23 | gsm8k | olympiadbench | a .jsonl path | a hub id"},
+        metadata={"help": "math500 | amc23 | gsm8k | olympiadbench | toymath | a .jsonl path | a hub id"},
     )
     path: str | None = field(
         default=None, metadata={"help": "file to read instead of the known copy in ../shared/data"}
     )
-    split: str = field(default="test", metadata={"help": "hub split"})
+    split: str = field(
+        default="test",
+        metadata={
+            "help": "split (OlympiadBench's test set is the hub's 'train'); toymath: train | tune | test"
+        },
+    )
+    subset: str | None = field(
+        default=None,
+        metadata={"help": "hub config name (default per dataset: OlympiadBench OE_TO_maths_en_COMP)"},
+    )
     problem_column: str | None = field(
         default=None, metadata={"help": "column with the problem text (default per dataset)"}
     )
@@ -84,7 +103,12 @@ class DataConfig:
     shard: str | None = field(default=None, metadata={"help": "i/k: keep problems whose position % k == i"})
     prompt_template: str = field(
         default="{problem}\n\n" + PAPER_PROMPT,
-        metadata={"help": "how a problem becomes the user message (paper's instruction)"},
+        metadata={
+            "help": "how a problem becomes the user message (paper's instruction; toy models use '{problem}\\n\\n')"
+        },
+    )
+    toymath: ToyMathConfig = field(
+        default_factory=ToyMathConfig, metadata={"help": "generator settings of dataset: toymath"}
     )
 
     def validate(self) -> None:
@@ -96,6 +120,12 @@ class DataConfig:
             parse_shard(self.shard)
         if "{problem}" not in self.prompt_template:
             raise ValueError("data.prompt_template must contain {problem}")
+        if self.dataset == "toymath":
+            self.toymath.validate()
+            if self.split not in TOYMATH_SPLITS:
+                raise ValueError(
+                    f"data.split must be one of {TOYMATH_SPLITS} for toymath, got {self.split!r}"
+                )
 
 
 def parse_shard(shard: str) -> tuple[int, int]:
@@ -117,14 +147,33 @@ def _gold(value: Any, kind: str) -> str:
     if kind == "gsm8k":
         return gsm8k_gold(str(value))
     if kind == "list" and isinstance(value, list):
-        return ", ".join(str(v) for v in value)
+        if not value:
+            raise ValueError("empty answer list")
+        return ", ".join(
+            str(v).strip().strip("$").strip() for v in value
+        )  # ["$\\frac{1}{2}$"] -> \frac{1}{2}
     if isinstance(value, float) and value.is_integer():
         return str(int(value))
     return str(value)
 
 
-def _read_rows(cfg: DataConfig) -> tuple[list[dict[str, Any]], str, dict[str, Any]]:
+def _toymath_rows(cfg: DataConfig) -> list[dict[str, Any]]:
+    # problem i does not depend on how many are generated: generate no more than the slice needs
+    count = cfg.toymath.problems if cfg.limit is None else min(cfg.toymath.problems, cfg.start + cfg.limit)
+    gen = dataclasses.replace(cfg.toymath, problems=max(count, 1))
+    return [
+        {"problem": p.text, "answer": str(p.answer), "id": f"toymath-{cfg.split}-{i}"}
+        for i, p in enumerate(generate_toymath(gen, cfg.split))
+    ]
+
+
+def _read_rows(cfg: DataConfig) -> tuple[list[dict[str, Any]], list[str], str, dict[str, Any]]:
+    """Rows, where each row is (``line N`` of a file, ``row N`` of a hub split), the source, the column spec."""
     name = cfg.dataset
+    if name == "toymath" and cfg.path is None:
+        rows = _toymath_rows(cfg)
+        spec = {"problem": "problem", "answer": "answer", "id": "id", "gold": "plain"}
+        return rows, [f"problem {i}" for i in range(len(rows))], f"toymath:{cfg.split}", spec
     spec = (
         KNOWN.get(name)
         or KNOWN.get(HUB_TO_KNOWN.get(name, ""))
@@ -141,18 +190,26 @@ def _read_rows(cfg: DataConfig) -> tuple[list[dict[str, Any]], str, dict[str, An
             raise SpecsError(f"dataset {name}: {path} not found and there is no hub id for it")
         if not path.is_file():
             path = None
+    elif name in HUB_TO_KNOWN and spec["file"] and cfg.split == "test":
+        # a known hub id whose test split has a verified offline copy (same bytes): read the copy
+        local = shared_data_dir() / spec["file"]
+        path = local if local.is_file() else None
     if path is not None:
         if not path.is_file():
             raise SpecsError(f"dataset file not found: {path}")
-        rows = []
+        rows, where = [], []
         for i, line in enumerate(path.read_text(encoding="utf-8").splitlines()):
             if not line.strip():
                 continue
             try:
-                rows.append(json.loads(line))
+                row = json.loads(line)
             except json.JSONDecodeError:
                 raise SpecsError(f"{path}: line {i + 1} is not valid JSON") from None
-        return rows, str(path), spec
+            if not isinstance(row, dict):
+                raise SpecsError(f"{path}: line {i + 1} is not a JSON object")
+            rows.append(row)
+            where.append(f"line {i + 1}")
+        return rows, where, str(path), spec
     hub = spec.get("hub") or name
     try:
         import datasets
@@ -160,42 +217,74 @@ def _read_rows(cfg: DataConfig) -> tuple[list[dict[str, Any]], str, dict[str, An
         raise SpecsError(
             f"loading {hub!r} from the hub needs the 'datasets' package (pip install specs-rl[train])"
         ) from None
+    subset = cfg.subset if cfg.subset is not None else spec.get("subset")
+    split = spec.get("splits", {}).get(cfg.split, cfg.split)
     try:
-        ds = datasets.load_dataset(hub, split=cfg.split)
+        ds = datasets.load_dataset(hub, subset, split=split)
     except Exception as e:  # noqa: BLE001 - any hub failure becomes one line
         raise SpecsError(
-            f"could not load dataset {hub!r} split {cfg.split!r}: {str(e).splitlines()[0]}"
+            f"could not load dataset {hub!r} subset {subset!r} split {split!r}: {str(e).splitlines()[0]}"
         ) from None
-    return [dict(r) for r in ds], hub, spec
+    rows = [dict(r) for r in ds]
+    return rows, [f"row {i}" for i in range(len(rows))], hub, spec
+
+
+def select_positions(
+    n_rows: int, start: int = 0, limit: int | None = None, shard: str | None = None
+) -> list[int]:
+    """Row positions of the slice ``[start, start + limit)`` and, with ``shard="i/k"``, of its shard i: the
+    slice positions ``p`` with ``p % k == i`` (so the k shards partition the slice).
+
+    >>> select_positions(10, start=2, limit=5, shard="1/2")
+    [3, 5]
+    """
+    end = n_rows if limit is None else min(n_rows, start + limit)
+    positions = list(range(min(start, n_rows), end))
+    if shard is not None:
+        i, k = parse_shard(shard)
+        positions = positions[i::k]
+    return positions
 
 
 def load_problems(cfg: DataConfig) -> list[Problem]:
-    """The configured slice as ``Problem``s (``prompt`` already templated; ``meta["problem"]`` the raw text)."""
-    cfg.validate()
-    rows, source, spec = _read_rows(cfg)
+    """The configured slice as ``Problem``s (``prompt`` already templated; ``meta["problem"]`` the raw text).
+
+    Raises :class:`SpecsError` naming the line (row) of the first bad row of the slice, or when the slice is
+    empty."""
+    try:
+        cfg.validate()
+    except SpecsError:
+        raise
+    except ValueError as e:
+        raise SpecsError(str(e)) from None
+    rows, where, source, spec = _read_rows(cfg)
     pcol = cfg.problem_column or spec["problem"]
     acol = cfg.answer_column or spec["answer"]
     icol = cfg.id_column if cfg.id_column is not None else spec["id"]
-    end = None if cfg.limit is None else cfg.start + cfg.limit
-    chosen = list(enumerate(rows))[cfg.start : end]
-    if cfg.shard is not None:
-        i, k = parse_shard(cfg.shard)
-        chosen = [(j, r) for pos, (j, r) in enumerate(chosen) if pos % k == i]
+    positions = select_positions(len(rows), cfg.start, cfg.limit, cfg.shard)
+    if not positions:
+        raise SpecsError(
+            f"{source}: the slice is empty ({len(rows)} rows, start={cfg.start}, limit={cfg.limit}, "
+            f"shard={cfg.shard})"
+        )
     problems = []
-    for j, row in chosen:
+    for j in positions:
+        row, at = rows[j], where[j]
         for col in (pcol, acol) + ((icol,) if icol else ()):
             if col not in row:
-                raise SpecsError(
-                    f"{source}: row {j} has no column {col!r} (columns: {', '.join(sorted(row))})"
-                )
+                raise SpecsError(f"{source}: {at} has no column {col!r} (columns: {', '.join(sorted(row))})")
         text = row[pcol]
         if not isinstance(text, str) or not text.strip():
-            raise SpecsError(f"{source}: row {j} has an empty problem")
+            raise SpecsError(f"{source}: {at} has an empty problem in column {pcol!r}")
+        if row[acol] is None or (isinstance(row[acol], str) and not row[acol].strip()):
+            raise SpecsError(f"{source}: {at} has no gold answer in column {acol!r}")
         try:
             gold = _gold(row[acol], spec["gold"])
         except ValueError as e:
-            raise SpecsError(f"{source}: row {j}: bad gold answer ({e})") from None
+            raise SpecsError(f"{source}: {at}: bad gold answer in column {acol!r} ({e})") from None
         pid = str(row[icol]) if icol else str(j)
+        if icol and (row[icol] is None or not pid.strip()):
+            raise SpecsError(f"{source}: {at} has an empty id in column {icol!r}")
         problems.append(
             Problem(
                 id=pid,
@@ -204,7 +293,12 @@ def load_problems(cfg: DataConfig) -> list[Problem]:
                 meta={"problem": text, "source": source, "row": j},
             )
         )
-    ids = [p.id for p in problems]
-    if len(set(ids)) != len(ids):
-        raise SpecsError(f"{source}: ids are not unique in column {icol!r}")
+    seen: dict[str, str] = {}
+    for p in problems:
+        at = where[p.meta["row"]]
+        if p.id in seen:
+            raise SpecsError(
+                f"{source}: id {p.id!r} appears twice ({seen[p.id]} and {at}) in column {icol!r}"
+            )
+        seen[p.id] = at
     return problems

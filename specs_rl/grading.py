@@ -9,8 +9,10 @@ from __future__ import annotations
 
 import importlib.metadata
 import multiprocessing as mp
+import threading
 from concurrent.futures import ProcessPoolExecutor
 from concurrent.futures import TimeoutError as FutureTimeout
+from concurrent.futures.process import BrokenProcessPool
 from dataclasses import dataclass
 from typing import Any
 
@@ -61,6 +63,13 @@ def _verify(gold: str, pred: str) -> bool:
     return bool(verify(g, p, timeout_seconds=None))
 
 
+def _warm() -> bool:
+    """Import math-verify in a fresh worker (so the first timed call pays no import)."""
+    import math_verify  # noqa: F401
+
+    return True
+
+
 def grader_info() -> dict[str, str]:
     try:
         version = importlib.metadata.version("math-verify")
@@ -86,27 +95,46 @@ class Grader:
     Without math-verify installed it falls back to exact string comparison of the normalized answers (and says
     so in ``info``)."""
 
-    def __init__(self, timeout_s: float = 10.0, workers: int = 1) -> None:
+    def __init__(self, timeout_s: float = 10.0, workers: int = 1, startup_timeout_s: float = 120.0) -> None:
         self.timeout_s = timeout_s
+        self.startup_timeout_s = startup_timeout_s
         self.workers = workers
         self._pool: ProcessPoolExecutor | None = None
+        self._lock = threading.Lock()
         self.info = grader_info()
 
     def _get_pool(self) -> ProcessPoolExecutor:
-        if self._pool is None:
-            self._pool = ProcessPoolExecutor(self.workers, mp_context=mp.get_context("spawn"))
-        return self._pool
+        """The worker pool, started and warmed (math-verify imported) before any timed call: the start-up of a
+        spawned worker (seconds) must not count against ``timeout_s``."""
+        with self._lock:  # several threads may grade at once: one pool
+            if self._pool is None:
+                pool = ProcessPoolExecutor(self.workers, mp_context=mp.get_context("spawn"))
+                try:
+                    for f in [pool.submit(_warm) for _ in range(self.workers)]:
+                        f.result(timeout=self.startup_timeout_s)
+                except BaseException:
+                    for p in list(getattr(pool, "_processes", {}).values()):
+                        p.kill()
+                    pool.shutdown(wait=False, cancel_futures=True)
+                    raise
+                self._pool = pool
+            return self._pool
 
     def equal(self, gold: str, pred: str) -> tuple[bool, bool]:
-        """(equal, timed_out)."""
+        """(equal, timed_out). A call past ``timeout_s`` kills the workers (a fresh pool serves the next call)
+        and counts as not equal; so does a worker that dies twice in a row."""
         if self.info["version"] == "missing":
             return _normalize(gold) == _normalize(pred), False
-        fut = self._get_pool().submit(_verify, gold, pred)
-        try:
-            return fut.result(timeout=self.timeout_s), False
-        except FutureTimeout:
-            self.close(kill=True)
-            return False, True
+        for _attempt in range(2):
+            try:
+                fut = self._get_pool().submit(_verify, gold, pred)
+                return fut.result(timeout=self.timeout_s), False
+            except FutureTimeout:
+                self.close(kill=True)
+                return False, True
+            except BrokenProcessPool:
+                self.close(kill=True)
+        return False, True
 
     def grade(self, text: str, gold: str) -> Grade:
         pred = extract_boxed(text)

@@ -31,13 +31,22 @@ METHOD_PRESETS: dict[str, dict[str, Any]] = {
 }
 
 
+# Strategies that draw one sample per step: n changes nothing, so a grid runs them once per seed.
+N_FREE_STRATEGIES = ("target_only", "draft_only", "rsd")
+
+
+def uses_n(name: str) -> bool:
+    """Whether the preset's result depends on ``n``."""
+    return METHOD_PRESETS[name]["method"] not in N_FREE_STRATEGIES
+
+
 def preset(base: C, name: str, **overrides: Any) -> C:
     """``base`` with the preset ``name`` applied (then ``overrides``), validated."""
     if name not in METHOD_PRESETS:
         raise SpecsError(f"unknown method {name!r}; known: {', '.join(METHOD_PRESETS)}")
     values = {**METHOD_PRESETS[name], **overrides}
     if "beam_width" in values and values["beam_width"] is None:
-        values["beam_width"] = base.n
+        values["beam_width"] = values.get("n", base.n)
     cfg = dataclasses.replace(base, **values)
     try:
         cfg.validate()

@@ -10,14 +10,16 @@ import math
 import os
 import statistics
 import warnings
-from collections.abc import Callable, Iterable, Sequence
+import zlib
+from collections.abc import Callable, Container, Iterable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import torch
 
-from specs_rl.datasets import DataConfig
+from specs_rl.datasets import DataConfig, parse_shard
 from specs_rl.errors import SpecsError
 from specs_rl.hf.config import HFConfig
 from specs_rl.interfaces import SearchParts
@@ -138,8 +140,14 @@ class RunConfig(SearchConfig):
 
 
 def build_task(cfg: RunConfig) -> Task:
+    """The configured task; ``data.shard`` slices the problems of every backend (the hf task's loader does it
+    while reading; the tabular problems are sliced here)."""
     if cfg.backend == "tabular":
-        return build_tabular_task(cfg.tabular, cfg.beta)
+        task = build_tabular_task(cfg.tabular, cfg.beta)
+        if cfg.data.shard is not None:
+            i, k = parse_shard(cfg.data.shard)
+            task.problems = task.problems[i::k]
+        return task
     return TASK_BUILDERS[cfg.backend](cfg)
 
 
@@ -283,21 +291,31 @@ def read_results(path: str | Path, *, repair: bool = False) -> list[dict[str, An
     return records
 
 
+def problem_seed(seed: int, problem_id: str) -> int:
+    """The seed of one problem's search: a hash of (run seed, problem id), so a problem draws the same samples
+    whatever its position, shard, batch companions or resumption."""
+    return int(np.random.SeedSequence([seed, zlib.crc32(problem_id.encode())]).generate_state(1)[0])
+
+
 def search_task(
     task: Task,
     config: SearchConfig,
-    generator: torch.Generator,
+    seed: int,
     *,
     batch_size: int = 1,
-    skip: set[str] = frozenset(),
+    skip: Container[str] = frozenset(),
     on_result: Callable[[dict[str, Any]], None] | None = None,
     extra: dict[str, Any] | None = None,
 ) -> list[dict[str, Any]]:
-    """Search every problem not in ``skip`` in batches; grade each result and hand its record to ``on_result``."""
+    """Search every problem not in ``skip`` in batches; grade each result and hand its record to ``on_result``.
+
+    Each batch gets its own ``torch.Generator`` seeded by :func:`problem_seed` of its first problem, so with
+    ``batch_size=1`` every problem's result is independent of the others (resume and shards reproduce it)."""
     todo = [p for p in task.problems if p.id not in skip]
     out = []
     for start in range(0, len(todo), batch_size):
         batch = todo[start : start + batch_size]
+        generator = torch.Generator().manual_seed(problem_seed(seed, batch[0].id))
         for res in run_search(batch, config, task.parts, generator):
             rec = result_record(res, task.grade(res), **(extra or {}))
             out.append(rec)
@@ -331,8 +349,10 @@ __all__ = [
     "Task",
     "TreeError",
     "build_task",
-    "format_table",
+    "check_run_dir",
     "prepare_run_dir",
+    "problem_seed",
+    "run_identity",
     "read_results",
     "result_record",
     "search_task",
@@ -342,44 +362,58 @@ __all__ = [
 ]
 
 
-def prepare_run_dir(out: str | Path, config: Any, *, ignore: Sequence[str] = ("out",)) -> Path:
-    """Create ``out`` (or reuse it for a resumed run) and write ``config.yaml`` + ``config.json`` there.
-
-    A directory that already holds a run of a *different* config is refused (nothing there is touched); the
-    keys in ``ignore`` (where the output goes, how it is sharded) may differ.
-    """
-    from specs_rl.config import save_config, to_dict
-
-    out = Path(out)
-    resolved = {k: v for k, v in to_dict(config).items() if k not in ignore}
-    stamp = out / "config.json"
-    if stamp.exists():
-        try:
-            previous = json.loads(stamp.read_text())
-        except json.JSONDecodeError:
-            raise SpecsError(f"{stamp} is corrupt; move the directory away or pick another out=") from None
-        if previous != resolved:
-            diff = sorted(k for k in set(previous) | set(resolved) if previous.get(k) != resolved.get(k))
-            raise SpecsError(
-                f"{out} holds a run of a different config (differs in: {', '.join(diff[:5])}); pick another out= or remove it"
-            )
-    out.mkdir(parents=True, exist_ok=True)
-    stamp.write_text(json.dumps(resolved, indent=1, sort_keys=True))
-    save_config(config, out / "config.yaml")
+def _flat(d: dict[str, Any], prefix: str = "") -> dict[str, Any]:
+    out: dict[str, Any] = {}
+    for k, v in d.items():
+        if isinstance(v, dict):
+            out.update(_flat(v, f"{prefix}{k}."))
+        else:
+            out[f"{prefix}{k}"] = v
     return out
 
 
-def format_table(rows: Sequence[dict[str, Any]]) -> str:
-    """A plain-text comparison table of summary rows (method, n, accuracy ± CI, latency, draft share, deferrals)."""
-    head = f"{'method':<22} {'n':>3} {'probs':>5} {'accuracy':>17} {'lat mean s':>10} {'p50':>8} {'p90':>8} {'draft%':>6} {'defer/pb':>8}"
-    lines = [head, "-" * len(head)]
-    for r in rows:
-        acc = r.get("accuracy")
-        ci = r.get("accuracy_ci") or [float("nan"), float("nan")]
-        acc_s = "n/a" if acc is None else f"{100 * acc:5.1f} [{100 * ci[0]:4.1f},{100 * ci[1]:5.1f}]"
-        lines.append(
-            f"{r['method']:<22} {r.get('n', ''):>3} {r['problems']:>5} {acc_s:>17} {r['latency_mean_s']:>10.4f} "
-            f"{r['latency_p50_s']:>8.4f} {r['latency_p90_s']:>8.4f} {100 * r['draft_step_fraction']:>6.1f} "
-            f"{r.get('deferrals_per_problem', 0.0):>8.2f}"
-        )
-    return "\n".join(lines)
+def run_identity(config: Any, ignore: Sequence[str] = ("out",)) -> dict[str, Any]:
+    """What must match for two runs to share a directory: the resolved config without the ``ignore`` keys
+    (dotted keys such as ``data.shard`` reach into sections)."""
+    from specs_rl.config import to_dict
+
+    flat = _flat(to_dict(config))
+    return {k: v for k, v in sorted(flat.items()) if k not in ignore}
+
+
+def check_run_dir(out: str | Path, config: Any, *, ignore: Sequence[str] = ("out",)) -> None:
+    """Refuse, touching nothing, an ``out`` holding a run of a different config, or results without a config.
+
+    Cheap and read-only: entry points call it before loading any model."""
+    out = Path(out)
+    if out.exists() and not out.is_dir():
+        raise SpecsError(f"out={out} is a file, not a directory")
+    stamp = out / "config.json"
+    if stamp.exists():
+        try:
+            previous = _flat(json.loads(stamp.read_text()))
+        except json.JSONDecodeError:
+            raise SpecsError(f"{stamp} is corrupt; move the directory away or pick another out=") from None
+        current = run_identity(config, ignore)
+        diff = sorted(k for k in set(previous) | set(current) if previous.get(k, "<absent>") != current.get(k, "<absent>"))
+        if diff:
+            more = f" and {len(diff) - 5} more" if len(diff) > 5 else ""
+            raise SpecsError(
+                f"{out} holds a run of a different config (differs in: {', '.join(diff[:5])}{more}); "
+                "pick another out= or remove it"
+            )
+    elif (out / "results.jsonl").exists():
+        raise SpecsError(f"{out} holds a results.jsonl but no config.json; pick another out= or remove it")
+
+
+def prepare_run_dir(out: str | Path, config: Any, *, ignore: Sequence[str] = ("out",)) -> Path:
+    """Create ``out`` (or reuse it for a resumed run) after :func:`check_run_dir`, and write ``config.json`` (the
+    run's identity) and ``config.yaml`` (the full resolved config) there."""
+    from specs_rl.config import save_config
+
+    check_run_dir(out, config, ignore=ignore)
+    out = Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    (out / "config.json").write_text(json.dumps(run_identity(config, ignore), indent=1, sort_keys=True))
+    save_config(config, out / "config.yaml")
+    return out

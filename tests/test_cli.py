@@ -102,9 +102,12 @@ def test_tree_file_run(tmp_path):
 
 def test_demo_prints_the_comparison_and_writes_summary_rows(tmp_path, capsys):
     out = tmp_path / "demo"
-    assert demo.main([f"out={out}", "tabular.problems=10", "methods=[specs,beam_search_target]"]) == 0
+    assert (
+        demo.main([f"out={out}", "tabular.problems=10", "methods=[specs,beam_search_target]", "wandb=false"])
+        == 0
+    )
     text = capsys.readouterr().out
-    assert "SPECS / beam search (target): latency x" in text
+    assert "SPECS / beam search (target), n=8: latency x" in text
     rows = json.loads((out / "summary.json").read_text())["rows"]
     assert [r["method"] for r in rows] == ["specs", "beam_search_target"]
     for r in rows:
@@ -121,6 +124,7 @@ def test_demo_prints_the_comparison_and_writes_summary_rows(tmp_path, capsys):
             "draft_step_fraction",
         }
         assert r["problems"] == 10
+    assert (out / "accuracy_latency.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     assert demo.main([f"out={tmp_path / 'x'}", "methods=[specs,nope]"]) == 2
 
 

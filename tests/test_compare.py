@@ -1,0 +1,443 @@
+"""``specs-rl compare`` end to end on the tiny config: results, table, plot, W&B; resume after a kill or a torn
+write (nothing recomputed, nothing lost); a directory of another config refused before anything loads."""
+
+from __future__ import annotations
+
+import doctest
+import io
+import json
+import math
+import os
+import struct
+import subprocess
+import sys
+import time
+from collections import Counter
+from pathlib import Path
+
+import pytest
+
+import eval.compare as compare
+import specs_rl.runner as runner
+from specs_rl.config import load_config
+from specs_rl.tracking import find_offline_runs, read_offline_run
+
+from .conftest import REPO, SHARED_DATA
+
+needs_data = pytest.mark.skipif(not SHARED_DATA.is_dir(), reason="../shared/data is absent")
+
+TINY = str(REPO / "configs" / "eval" / "tiny.yaml")  # tiny random HF models on 5 MATH-500 problems
+TAB = str(
+    REPO / "configs" / "eval" / "tabular.yaml"
+)  # exact tabular worlds, simulated clock: fast, deterministic
+SMALL = [
+    "tabular.problems=8",
+    "methods=[specs,beam_search_target,beam_search_draft,best_of_n,target_only,draft_only]",
+    "n_grid=[2,4]",
+    "seeds=[42,43]",
+]
+QUIET = ["wandb=false", "plot=false", "progress=false"]
+ROW_KEYS = {"method", "n", "seed", "problems", "accuracy", "accuracy_ci", "latency_mean_s", "latency_p50_s"}
+ROW_KEYS |= {"latency_p90_s", "draft_step_fraction", "latency_stage_mean_s", "tokens_mean"}
+
+
+def _tab_cfg(*overrides: str) -> compare.CompareConfig:
+    return load_config(compare.CompareConfig, TAB, [*SMALL, *overrides])
+
+
+def _expected_records(cfg: compare.CompareConfig, problems: int) -> int:
+    return len(compare.plan_runs(cfg)) * problems
+
+
+def _lines(path: Path) -> list[str]:
+    return path.read_text().splitlines()
+
+
+def _key(r: dict) -> tuple:
+    return (r["method"], r["n"], r["seed"], r["id"])
+
+
+def _close(a, b) -> bool:
+    """Equal up to float rounding (the simulated clock's running sum makes latencies differ in the last bits)."""
+    if isinstance(a, float) or isinstance(b, float):
+        return (
+            isinstance(a, (int, float)) and isinstance(b, (int, float)) and math.isclose(a, b, abs_tol=1e-9)
+        )
+    if isinstance(a, dict) and isinstance(b, dict):
+        return a.keys() == b.keys() and all(_close(a[k], b[k]) for k in a)
+    if isinstance(a, list) and isinstance(b, list):
+        return len(a) == len(b) and all(_close(x, y) for x, y in zip(a, b))
+    return a == b
+
+
+def _same_records(a: list[str], b: list[str]) -> bool:
+    ra = {_key(r): r for r in map(json.loads, a)}
+    rb = {_key(r): r for r in map(json.loads, b)}
+    return len(ra) == len(a) and ra.keys() == rb.keys() and all(_close(ra[k], rb[k]) for k in ra)
+
+
+@pytest.fixture
+def count_searches(monkeypatch):
+    """Counts the problems actually searched (run_search is what search_task calls)."""
+    seen: list[str] = []
+    real = runner.run_search
+
+    def counting(problems, *args, **kwargs):
+        seen.extend(p.id for p in problems)
+        return real(problems, *args, **kwargs)
+
+    monkeypatch.setattr(runner, "run_search", counting)
+    return seen
+
+
+def _png_size(path: Path) -> tuple[int, int]:
+    data = path.read_bytes()
+    assert data[:8] == b"\x89PNG\r\n\x1a\n" and data[12:16] == b"IHDR" and data[-8:-4] == b"IEND"
+    return struct.unpack(">II", data[16:24])
+
+
+def test_end_to_end_on_tabular_worlds(tmp_path, monkeypatch, capsys):
+    monkeypatch.setenv("WANDB_MODE", "offline")
+    monkeypatch.setenv("WANDB_DIR", str(tmp_path / "wandb-env"))
+    out = tmp_path / "run"
+    assert compare.main(["--config", TAB, f"out={out}", *SMALL]) == 0
+    cfg = _tab_cfg()
+    problems = cfg.tabular.problems
+    runs = compare.plan_runs(cfg)
+    # 4 methods x 2 n + target_only, draft_only once (they ignore n), x 2 seeds
+    assert len(runs) == (4 * 2 + 2) * 2
+
+    records = [json.loads(x) for x in _lines(out / "results.jsonl")]
+    assert len(records) == len(runs) * problems == 160
+    assert len({_key(r) for r in records}) == len(records)
+    assert Counter((r["method"], r["n"]) for r in records)[("target_only", None)] == 2 * problems
+    assert all(r["grader"] == {"name": "tabular-true-reward>=0.5", "version": "0.1.0"} for r in records)
+    bs = [r for r in records if r["method"] == "beam_search_target"]
+    assert {r["strategy"] for r in bs} == {"beam_search"} and all(r["draft_step_fraction"] == 0 for r in bs)
+    assert all(r["draft_step_fraction"] == 1 for r in records if r["method"] == "draft_only")
+
+    summary = json.loads((out / "summary.json").read_text())
+    assert summary["grader"] == {"name": "tabular-true-reward>=0.5", "version": "0.1.0"}
+    assert summary["complete"] and summary["records"] == summary["expected_records"] == 160
+    assert [(r["method"], r["n"], r["seed"]) for r in summary["rows"]] == [
+        (r.method, r.n, r.seed) for r in runs
+    ]
+    for row in summary["rows"]:
+        assert set(row) >= ROW_KEYS
+        mine = [
+            r for r in records if (r["method"], r["n"], r["seed"]) == (row["method"], row["n"], row["seed"])
+        ]
+        assert row["problems"] == len(mine) == problems
+        assert row["accuracy"] == pytest.approx(sum(r["correct"] for r in mine) / problems)
+        lo, hi = row["accuracy_ci"]
+        assert lo <= row["accuracy"] <= hi + 1e-12 and lo >= 0 and hi <= 1
+        lat = sorted(r["latency_s"]["total"] for r in mine)
+        assert row["latency_mean_s"] == pytest.approx(sum(lat) / problems)
+        assert lat[0] <= row["latency_p50_s"] <= row["latency_p90_s"] <= lat[-1]
+    agg = summary["aggregate"]
+    assert len(agg) == 10 and all(a["seeds"] == [42, 43] for a in agg)
+    ref = {a["n"]: a["latency_mean_s"] for a in agg if a["method"] == "beam_search_target"}
+    for a in agg:
+        if a["n"] is not None:
+            assert a["latency_vs_beam_search_target"] == pytest.approx(a["latency_mean_s"] / ref[a["n"]])
+
+    printed = capsys.readouterr().out
+    assert "accuracy [95% CI]" in printed and "over seeds:" in printed and "vs BS(target)" in printed
+    assert all(m in printed for m in cfg.methods)
+
+    # the plot: a real PNG with one point per method and n (n-free methods once)
+    w, h = _png_size(out / "accuracy_latency.png")
+    assert (w, h) == (825, 550)
+    assert summary["plot"]["points"] == 10 == len(agg)
+    front = summary["plot"]["pareto"]
+    pts = {compare._point_label(a): (a["latency_mean_s"], a["accuracy"]) for a in agg}
+    for label in front:  # nothing is both faster and more accurate than a Pareto point
+        x, y = pts[label]
+        assert not any(px <= x and py > y or px < x and py >= y for px, py in pts.values())
+
+    # the W&B offline run holds the summary metrics, the config and the per-problem table
+    (run_dir,) = find_offline_runs(out)
+    assert summary["wandb"]["run_dir"] == str(run_dir)
+    wb = read_offline_run(run_dir)
+    for a in agg:
+        base = f"{a['method']}/n{a['n'] if a['n'] is not None else '-'}"
+        assert wb["summary"][f"{base}/accuracy"] == pytest.approx(a["accuracy"])
+        assert wb["summary"][f"{base}/latency_mean_s"] == pytest.approx(a["latency_mean_s"])
+    assert wb["summary"]["specs/n4/seed43/accuracy"] == pytest.approx(
+        next(r["accuracy"] for r in summary["rows"] if (r["method"], r["n"], r["seed"]) == ("specs", 4, 43))
+    )
+    assert wb["config"]["methods"] == cfg.methods and wb["config"]["n_grid"] == [2, 4]
+    (hist,) = wb["history"]
+    assert hist["problems_table/nrows"] == 160 and hist["summary_table/nrows"] == 10
+    assert hist["accuracy_latency/_type"] == "image-file"
+
+
+def test_resume_after_a_torn_write_recomputes_nothing_done(tmp_path, count_searches):
+    out = tmp_path / "run"
+    args = ["--config", TAB, f"out={out}", *SMALL, *QUIET]
+    assert compare.main(args) == 0
+    full = _lines(out / "results.jsonl")
+    assert len(count_searches) == len(full) == 160
+    # a crash: 37 records kept, the 38th cut mid-line
+    (out / "results.jsonl").write_text("\n".join(full[:37]) + "\n" + full[37][:50])
+    count_searches.clear()
+    with pytest.warns(UserWarning, match="dropping a corrupt last line"):
+        assert compare.main(args) == 0
+    assert len(count_searches) == 160 - 37  # only what was missing was searched
+    again = _lines(out / "results.jsonl")
+    assert again[:37] == full[:37]  # untouched
+    assert _same_records(again, full)  # per-problem seeds: the same records as the uninterrupted run
+    count_searches.clear()
+    assert compare.main(args) == 0  # a third run has nothing to do
+    assert count_searches == [] and _lines(out / "results.jsonl") == again
+
+
+def test_killed_process_resumes_without_loss(tmp_path, count_searches):
+    """A real SIGKILL in the middle of a run (searches slowed to 20 ms so the kill lands mid-run)."""
+    out = tmp_path / "killed"
+    overrides = [
+        "tabular.problems=150",
+        "methods=[specs,target_only]",
+        "n_grid=[4]",
+        "seeds=[42]",
+        *QUIET,
+    ]
+    code = (
+        "import sys, time, specs_rl.runner as r, eval.compare as c\n"
+        "real = r.run_search\n"
+        "def slow(*a, **k):\n    time.sleep(0.02)\n    return real(*a, **k)\n"
+        "r.run_search = slow\n"
+        "sys.exit(c.main(sys.argv[1:]))\n"
+    )
+    env = {**os.environ, "WANDB_MODE": "disabled", "PYTHONPATH": str(REPO)}
+    proc = subprocess.Popen(
+        [sys.executable, "-c", code, "--config", TAB, f"out={out}", *SMALL, *overrides],
+        cwd=REPO,
+        env=env,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    results = out / "results.jsonl"
+    deadline = time.monotonic() + 90
+    while time.monotonic() < deadline:
+        if results.exists() and len(_lines(results)) >= 20:
+            break
+        assert proc.poll() is None, "the run ended before it could be killed"
+        time.sleep(0.05)
+    proc.kill()
+    proc.wait()
+    before = [x for x in _lines(results)]
+    complete = [x for x in before if x.endswith("}")]
+    assert 20 <= len(complete) < 300
+    assert not (out / "summary.json").exists()  # it really died mid-run
+
+    count_searches.clear()
+    assert compare.main(["--config", TAB, f"out={out}", *SMALL, *overrides]) == 0
+    after = [json.loads(x) for x in _lines(results)]
+    assert len(after) == 300 and len({_key(r) for r in after}) == 300  # nothing lost, nothing twice
+    assert len(count_searches) == 300 - len(complete)  # nothing recomputed
+    assert [json.loads(x) for x in complete] == after[: len(complete)]
+
+    ref = tmp_path / "uninterrupted"
+    assert compare.main(["--config", TAB, f"out={ref}", *SMALL, *overrides]) == 0
+    assert _same_records([json.dumps(r) for r in after], _lines(ref / "results.jsonl"))
+
+
+def test_a_directory_of_another_config_is_refused_before_loading(tmp_path, monkeypatch, capsys):
+    out = tmp_path / "run"
+    assert compare.main(["--config", TAB, f"out={out}", *SMALL, *QUIET, "tabular.problems=3"]) == 0
+    snapshot = {p.name: p.read_bytes() for p in out.iterdir()}
+
+    def no_build(cfg):
+        raise AssertionError("the task must not be built for a refused directory")
+
+    monkeypatch.setattr(compare, "build_task", no_build)
+    capsys.readouterr()
+    assert (
+        compare.main(["--config", TAB, f"out={out}", *SMALL, *QUIET, "tabular.problems=3", "beta=3.0"]) == 2
+    )
+    err = capsys.readouterr().err
+    assert "holds a run of a different config (differs in: beta)" in err and err.count("\n") == 1
+    assert {p.name: p.read_bytes() for p in out.iterdir()} == snapshot
+    # results with no config stamp are refused too
+    stray = tmp_path / "stray"
+    stray.mkdir()
+    (stray / "results.jsonl").write_text("")
+    assert compare.main(["--config", TAB, f"out={stray}", *SMALL, *QUIET]) == 2
+    assert "no config.json" in capsys.readouterr().err
+    # presentation keys (wandb, plot, progress) may change on a resume
+    monkeypatch.undo()
+    assert (
+        compare.main(
+            ["--config", TAB, f"out={out}", *SMALL, "tabular.problems=3", "plot=true", "wandb=false"]
+        )
+        == 0
+    )
+    assert (out / "accuracy_latency.png").exists()
+
+
+@pytest.mark.parametrize(
+    ("override", "message"),
+    [
+        ("methods=[specs,nope]", "unknown method 'nope' in methods"),
+        ("n_grid=[]", "n_grid must not be empty"),
+        ("seeds=[1,1]", "seeds has duplicates"),
+        ("n_grid=[0]", "n_grid values must be >= 1"),
+        ("methods=[dvts] beam_width=4", "method dvts: beam_width must divide n (n=2, beam_width=4)"),
+        ("tau_switch=nan", "tau_switch must be a number"),
+        ("colour=red", "unknown config key 'colour'"),
+        ("tabular.problems=0", "tabular.problems must be >= 1"),
+    ],
+)
+def test_config_errors_write_nothing(tmp_path, capsys, override, message):
+    out = tmp_path / "never"
+    assert compare.main(["--config", TAB, f"out={out}", *SMALL, *override.split()]) == 2
+    err = capsys.readouterr().err
+    assert message in err and err.startswith("error: ") and err.count("\n") == 1
+    assert not out.exists()
+
+
+def test_plan_runs_per_method_n_seed():
+    runs = compare.plan_runs(
+        _tab_cfg("methods=[beam_search_target,specs,rsd]", "n_grid=[2,4]", "seeds=[1,2]")
+    )
+    assert [(r.method, r.n, r.seed) for r in runs] == [
+        ("beam_search_target", 2, 1),
+        ("beam_search_target", 2, 2),
+        ("beam_search_target", 4, 1),
+        ("beam_search_target", 4, 2),
+        ("specs", 2, 1),
+        ("specs", 2, 2),
+        ("specs", 4, 1),
+        ("specs", 4, 2),
+        ("rsd", None, 1),
+        ("rsd", None, 2),
+    ]
+    bs = [r.config for r in runs if r.method == "beam_search_target"]
+    assert [(c.method, c.sampler, c.n, c.beam_width) for c in bs[::2]] == [
+        ("beam_search", "target", 2, 2),  # one surviving beam: beam_width = n
+        ("beam_search", "target", 4, 4),
+    ]
+    assert all(type(r.config) is compare.SearchConfig for r in runs)
+    assert runner.problem_seed(42, "a") == runner.problem_seed(42, "a") != runner.problem_seed(43, "a")
+    assert runner.problem_seed(42, "a") != runner.problem_seed(42, "b")
+
+
+def test_warm_up_searches_each_method_once_unrecorded(count_searches):
+    cfg = _tab_cfg("tabular.problems=3")
+    task = runner.build_task(cfg)
+    runs = compare.plan_runs(cfg)
+    compare.warm_up(task, runs, 2)
+    assert count_searches == ["0", "1"] * len(cfg.methods)  # the first 2 problems, once per method
+    count_searches.clear()
+    compare.warm_up(task, runs, 0)
+    assert count_searches == []
+
+
+def test_progress_bar_and_pareto():
+    buf = io.StringIO()
+    bar = compare.Progress(4, done=1, stream=buf, log_every_s=0.0)
+    bar.advance(1, "specs n=4 seed=42")
+    bar.advance(2)
+    lines = buf.getvalue().splitlines()
+    assert lines[0].startswith("[############") and "2/4" in lines[0] and "ETA" in lines[0]
+    assert "4/4 100%" in lines[-1] and "specs n=4 seed=42" in lines[-1]
+
+    class Tty(io.StringIO):
+        def isatty(self):
+            return True
+
+    tty = Tty()
+    bar = compare.Progress(2, stream=tty)
+    bar.advance(2, "x")
+    bar.close()
+    assert tty.getvalue().startswith("\r[") and tty.getvalue().endswith("\n")
+    silent = io.StringIO()
+    compare.Progress(3, stream=silent, enabled=False).advance(3)
+    assert silent.getvalue() == ""
+    assert compare.pareto_front([(1, 0.5), (1, 0.7), (2, 0.7), (3, 0.9)]) == [1, 3]
+    assert doctest.testmod(compare).failed == 0
+
+
+def _tiny_hf_checks(out: Path, methods: list[str], seeds: list[int]) -> dict:
+    records = [json.loads(x) for x in _lines(out / "results.jsonl")]
+    n_runs = len(methods) * len(seeds)  # n_grid is [2]: one run per method and seed
+    assert len(records) == 5 * n_runs and len({_key(r) for r in records}) == len(records)
+    ids = [json.loads(x)["unique_id"] for x in (SHARED_DATA / "math500_test.jsonl").open()][:5]
+    assert {r["id"] for r in records} == set(ids)
+    assert all(r["grader"] == {"name": "math-verify", "version": "0.9.0"} for r in records)
+    assert all(r["correct"] is False and "gold" in r and "pred" in r for r in records)  # random models
+    assert all(r["draft_step_fraction"] == 1.0 for r in records if r["method"] == "draft_only")
+    assert all(r["tokens"]["draft"] == 0 for r in records if r["method"] == "beam_search_target")
+    summary = json.loads((out / "summary.json").read_text())
+    assert summary["grader"] == {"name": "math-verify", "version": "0.9.0"} and summary["complete"]
+    assert summary["task"] == "hf:math500" and summary["problems_in_slice"] == 5
+    for row in summary["rows"]:
+        assert row["accuracy"] == 0.0 and row["accuracy_ci"][0] == 0.0 and 0.4 < row["accuracy_ci"][1] < 0.45
+        assert row["latency_mean_s"] > 0 and row["latency_p50_s"] <= row["latency_p90_s"]
+    assert summary["plot"]["points"] == len(methods)
+    _png_size(out / "accuracy_latency.png")
+    (run_dir,) = find_offline_runs(out)
+    wb = read_offline_run(run_dir)
+    for a in summary["aggregate"]:
+        base = f"{a['method']}/n{a['n'] if a['n'] is not None else '-'}"
+        assert wb["summary"][f"{base}/latency_mean_s"] == pytest.approx(a["latency_mean_s"])
+        assert wb["summary"][f"{base}/accuracy"] == 0.0
+    return summary
+
+
+@needs_data
+def test_end_to_end_tiny_hf_models_on_5_math500_problems(tmp_path, monkeypatch, count_searches, capsys):
+    """The tiny config (random HF models, Math-Verify grading), cut to one seed and three methods for time."""
+    monkeypatch.setenv("WANDB_MODE", "offline")
+    out = tmp_path / "tiny"
+    args = ["--config", TINY, f"out={out}", "seeds=[42]", "methods=[specs,beam_search_target,draft_only]"]
+    assert compare.main([*args, "warmup=0"]) == 0  # warm-up: tested on the tabular backend below
+    assert len(count_searches) == 15  # 3 methods x 5 problems
+    _tiny_hf_checks(out, ["specs", "beam_search_target", "draft_only"], [42])
+    assert "specs" in capsys.readouterr().out
+    count_searches.clear()
+    assert compare.main([*args, "wandb=false"]) == 0  # resumed (warmup may differ): nothing to search
+    assert count_searches == []
+
+
+@needs_data
+def test_hf_input_errors_come_before_any_file(tmp_path, capsys):
+    out = tmp_path / "never"
+    for override, message in (
+        (f"data.path={tmp_path / 'missing.jsonl'}", "dataset file not found"),
+        (f"hf.target.name={tmp_path / 'no-such-model'}", "hf.target"),
+        ("data.shard=5/2", "shard must look like i/k"),
+    ):
+        assert compare.main(["--config", TINY, f"out={out}", override]) == 2
+        err = capsys.readouterr().err
+        assert message in err and err.count("\n") == 1, err
+        assert not out.exists()
+
+
+@pytest.mark.slow
+@needs_data
+def test_the_tiny_config_as_written(tmp_path, monkeypatch):
+    """``specs-rl compare --config configs/eval/tiny.yaml`` exactly as the YAML says (about a minute here)."""
+    monkeypatch.setenv("WANDB_MODE", "offline")
+    cfg = load_config(compare.CompareConfig, TINY)
+    assert compare.main(["--config", TINY, f"out={tmp_path / 'tiny'}"]) == 0
+    _tiny_hf_checks(tmp_path / "tiny", cfg.methods, cfg.seeds)
+
+
+@pytest.mark.parametrize("path", sorted((REPO / "configs" / "eval").glob("*.yaml")), ids=lambda p: p.name)
+def test_every_eval_config_loads_and_plans(path):
+    text = path.read_text()
+    assert text.startswith(f"# specs-rl compare --config configs/eval/{path.name}")
+    cfg = load_config(compare.CompareConfig, path)
+    runs = compare.plan_runs(cfg)  # every (method, n, seed) valid
+    assert len(runs) >= len(cfg.methods) * len(cfg.seeds)
+    if path.name.endswith("_qwen25.yaml"):  # the paper's settings (ALGORITHM.md §6)
+        assert cfg.n_grid == [4, 8, 16] and cfg.seeds == [42, 43, 45] and cfg.tau_switch == 0.7
+        assert 5 <= cfg.tau_reject <= 7 and cfg.beta in (1.0, 10.0) and 0.2 <= cfg.temperature <= 0.3
+        assert 10 <= cfg.max_steps <= 30 and 512 <= cfg.hf.max_step_tokens <= 2048 and cfg.batch_size == 1
+        assert cfg.hf.draft.name == "Qwen/Qwen2.5-Math-1.5B-Instruct"
+        assert cfg.hf.target.name == "Qwen/Qwen2.5-Math-7B-Instruct"
+        assert (
+            cfg.hf.system_prompt == "Please reason step by step, and put your final answer within \\boxed{}."
+        )
