@@ -1,0 +1,328 @@
+"""Step-level process reward model (PRM) training, in TRL's style on transformers building blocks.
+
+TRL 1.16 has no PRM trainer (its experimental one was removed in 1.14), so this module gives the same parts on
+``transformers.Trainer`` + ``AutoModelForTokenClassification(num_labels=2)``:
+
+- :class:`PRMConfig`: ``TrainingArguments`` plus the PRM fields (help text, defaults stated);
+- :func:`tokenize_row`: THE encoding (:func:`specs_rl.prm_format.encode_steps`): a label at the last token of each
+  step's separator (1 = correct, 0 = wrong), -100 elsewhere; optionally only at the last step;
+- :class:`PRMDataCollator`: right-pads ``input_ids`` with the pad id and ``labels`` with -100;
+- :func:`prm_metrics`: step accuracy, F1 on erroneous steps, ProcessBench first-error accuracy;
+- :func:`build_prm_trainer`: tokenizes stepwise rows, applies LoRA if asked, returns a ready ``Trainer``;
+- :func:`score_steps` and :func:`save_prm_format`: how the inference backend reads the checkpoint.
+
+The loss is the model's own token-classification cross-entropy over the labelled positions,
+
+    L = - (1/|S|) Σ_{(i,k) ∈ S} log softmax(logits[i, end_k])[y_{i,k}],
+
+with ``S`` the labelled step ends in the batch. The reward of step ``k`` at inference is
+``softmax(logits[end_k])[positive_label]`` (``positive_label = 1``).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from transformers import TrainingArguments
+
+from specs_rl.prm_format import PrmFormat, encode_steps
+
+POSITIVE_LABEL = 1  # class index meaning "this step is correct"; its softmax probability is the step reward
+IGNORE_INDEX = -100  # positions without a label (the cross-entropy ignores them)
+
+
+@dataclass
+class PRMConfig(TrainingArguments):
+    r"""Configuration of PRM training: ``transformers.TrainingArguments`` plus the fields below.
+
+    Parameters:
+        max_length (`int` or `None`, defaults to `1024`): longest tokenized solution (prompt + steps); longer ones
+            are cut, keeping the labels of the steps that end inside the window (a row with none left is dropped).
+        step_separator (`str`, defaults to `"\n\n"`): text appended after every step; its last token carries the
+            step's label. The project's step delimiter (ALGORITHM.md §1); TRL's removed trainer used `"\n"`.
+        train_on_last_step_only (`bool`, defaults to `False`): label only the last step of each training solution
+            (held-out metrics still use every step).
+        disable_dropout (`bool`, defaults to `True`): set dropout to 0 in the model (TRL's PRM default).
+        dataset_num_proc (`int` or `None`): processes for tokenization.
+
+    Defaults that differ from ``TrainingArguments``: ``learning_rate`` 1e-5 (TRL's PRM trainer), ``logging_steps``
+    10 (TRL), ``report_to`` "wandb" (offline unless the user chose a W&B mode; transformers 5 defaults to "none"),
+    ``average_tokens_across_devices`` false (measured here: with true, 2 CPU processes reported an eval loss of
+    1.343 for a model whose single-process eval loss is 0.672).
+    """
+
+    learning_rate: float = field(
+        default=1e-5,
+        metadata={"help": "Initial AdamW learning rate (default 1e-5, TRL's former PRM trainer)."},
+    )
+    logging_steps: float = field(
+        default=10,
+        metadata={
+            "help": "Log every X update steps (an integer, or a ratio of total steps if < 1); TRL's 10."
+        },
+    )
+    report_to: None | str | list[str] = field(
+        default="wandb",
+        metadata={"help": "Integrations to report to (default wandb, offline unless WANDB_MODE is set)."},
+    )
+    average_tokens_across_devices: bool = field(
+        default=False,
+        metadata={
+            "help": "Normalize the loss by the token count summed over processes (default false: each process "
+            "averages its own labels and DDP averages the gradients; with true, transformers 5.24 reports train "
+            "and eval losses multiplied by the number of processes)."
+        },
+    )
+    max_length: int | None = field(
+        default=1024,
+        metadata={"help": "Longest tokenized solution; longer ones are cut at this length (default 1024)."},
+    )
+    step_separator: str = field(
+        default="\n\n",
+        metadata={
+            "help": "Text after each step; its last token carries the step label (default a blank line)."
+        },
+    )
+    train_on_last_step_only: bool = field(
+        default=False,
+        metadata={"help": "Label only the last step of each training solution (default false)."},
+    )
+    disable_dropout: bool = field(
+        default=True, metadata={"help": "Set dropout to 0 in the model (default true)."}
+    )
+    dataset_num_proc: int | None = field(
+        default=None, metadata={"help": "Number of processes for tokenizing the dataset (default: one)."}
+    )
+
+
+def tokenize_row(
+    row: dict[str, Any],
+    tokenizer: Any,
+    separator: str = "\n\n",
+    max_length: int | None = None,
+    train_on_last_step_only: bool = False,
+) -> dict[str, list[int]]:
+    """``{"input_ids", "labels"}`` of one stepwise row: ``labels[end_k] = int(labels_k)``, -100 elsewhere.
+
+    Positions come from :func:`encode_steps` (the inference encoding). With ``max_length`` the sequence is cut and
+    steps ending beyond it lose their label; with ``train_on_last_step_only`` only the last kept step keeps one.
+    """
+    ids, ends = encode_steps(tokenizer, row["prompt"], row["completions"], separator)
+    step_labels = [int(bool(b)) for b in row["labels"]]
+    kept = list(zip(ends, step_labels))
+    if max_length is not None and len(ids) > max_length:
+        ids = ids[:max_length]
+        kept = [(e, y) for e, y in kept if e < max_length]
+    if train_on_last_step_only:
+        kept = kept[-1:]
+    labels = [IGNORE_INDEX] * len(ids)
+    for end, y in kept:
+        labels[end] = y
+    return {"input_ids": ids, "labels": labels}
+
+
+@dataclass
+class PRMDataCollator:
+    """Right-pads a batch: ``input_ids`` with ``pad_token_id``, ``labels`` with -100, ``attention_mask`` 1/0."""
+
+    pad_token_id: int
+    pad_to_multiple_of: int | None = None
+
+    def __call__(self, features: Sequence[dict[str, Any]]) -> dict[str, torch.Tensor]:
+        length = max(len(f["input_ids"]) for f in features)
+        if self.pad_to_multiple_of:
+            length = -(-length // self.pad_to_multiple_of) * self.pad_to_multiple_of
+        batch = len(features)
+        input_ids = torch.full((batch, length), self.pad_token_id, dtype=torch.long)  # [B, L]
+        attention_mask = torch.zeros((batch, length), dtype=torch.long)  # [B, L]
+        labels = torch.full((batch, length), IGNORE_INDEX, dtype=torch.long)  # [B, L]
+        for i, f in enumerate(features):
+            n = len(f["input_ids"])
+            input_ids[i, :n] = torch.as_tensor(f["input_ids"], dtype=torch.long)
+            attention_mask[i, :n] = 1
+            if "labels" in f:
+                labels[i, :n] = torch.as_tensor(f["labels"], dtype=torch.long)
+        return {"input_ids": input_ids, "attention_mask": attention_mask, "labels": labels}
+
+
+def first_error(p_correct: np.ndarray, threshold: float = 0.5) -> int:
+    """Index of the first step with ``p(correct) < threshold``, or -1 (ProcessBench's prediction rule)."""
+    wrong = np.flatnonzero(np.asarray(p_correct) < threshold)
+    return int(wrong[0]) if wrong.size else -1
+
+
+def prm_metrics(
+    p_correct: Sequence[np.ndarray], labels: Sequence[np.ndarray], threshold: float = 0.5
+) -> dict[str, float]:
+    """Held-out PRM metrics over solutions (``p_correct[i][k]``, ``labels[i][k]`` in {0, 1} for step k).
+
+    - ``step_accuracy``: fraction of labelled steps with ``(p >= threshold) == label``;
+    - ``error_precision`` / ``error_recall`` / ``error_f1``: erroneous steps (label 0) as the positive class,
+      predicted when ``p < threshold``;
+    - ``first_error_accuracy``: fraction of solutions whose predicted first wrong step (:func:`first_error`) equals
+      the true one (-1 when every step is correct). ProcessBench rows converted by
+      :func:`~specs_rl.training.prm_data.from_processbench` keep steps up to the first error only; that does not
+      change this number: a prediction equals the label ``k`` exactly when steps ``< k`` pass and step ``k`` fails;
+    - ``processbench_f1``: the harmonic mean of first-error accuracy on erroneous and on correct solutions
+      (ProcessBench's headline score).
+
+    >>> m = prm_metrics([np.array([0.9, 0.2]), np.array([0.8, 0.7])], [np.array([1, 0]), np.array([1, 0])])
+    >>> m["step_accuracy"], m["first_error_accuracy"], m["error_recall"]
+    (0.75, 0.5, 0.5)
+    """
+    p = np.concatenate([np.asarray(x, dtype=float) for x in p_correct]) if p_correct else np.zeros(0)
+    y = np.concatenate([np.asarray(x, dtype=int) for x in labels]) if labels else np.zeros(0, dtype=int)
+    pred_ok = p >= threshold
+    tp = float(np.sum(~pred_ok & (y == 0)))
+    fp = float(np.sum(~pred_ok & (y == 1)))
+    fn = float(np.sum(pred_ok & (y == 0)))
+    precision = tp / (tp + fp) if tp + fp else 0.0
+    recall = tp / (tp + fn) if tp + fn else 0.0
+    f1 = 2 * precision * recall / (precision + recall) if precision + recall else 0.0
+    truth = [first_error(np.asarray(lab, dtype=float), 0.5) for lab in labels]
+    hits = [first_error(pc, threshold) == t for pc, t in zip(p_correct, truth)]
+    err = [h for h, t in zip(hits, truth) if t != -1]
+    cor = [h for h, t in zip(hits, truth) if t == -1]
+    acc_err = float(np.mean(err)) if err else 0.0
+    acc_cor = float(np.mean(cor)) if cor else 0.0
+    pb_f1 = 2 * acc_err * acc_cor / (acc_err + acc_cor) if acc_err + acc_cor else 0.0
+    return {
+        "step_accuracy": float(np.mean(pred_ok == (y == 1))) if y.size else 0.0,
+        "error_precision": precision,
+        "error_recall": recall,
+        "error_f1": f1,
+        "first_error_accuracy": float(np.mean(hits)) if hits else 0.0,
+        "first_error_accuracy_erroneous": acc_err,
+        "first_error_accuracy_correct": acc_cor,
+        "processbench_f1": pb_f1,
+        "num_solutions": float(len(hits)),
+        "num_steps": float(y.size),
+    }
+
+
+def positive_probability(logits: Any, labels: Any = None) -> torch.Tensor:
+    """``preprocess_logits_for_metrics``: keep only ``softmax(logits)[..., positive]`` ([B, L]) for the metrics."""
+    if isinstance(logits, (tuple, list)):
+        logits = logits[0]
+    return logits.float().softmax(-1)[..., POSITIVE_LABEL]  # [B, L]
+
+
+def compute_prm_metrics(eval_pred: Any) -> dict[str, float]:
+    """``compute_metrics`` for the Trainer: per-solution step probabilities read at the labelled positions."""
+    probs, label_ids = (
+        eval_pred.predictions,
+        eval_pred.label_ids,
+    )  # [N, L], [N, L] (-100 = no label / padding)
+    if isinstance(probs, (tuple, list)):
+        probs = probs[0]
+    per_p, per_y = [], []
+    for p_row, y_row in zip(np.asarray(probs), np.asarray(label_ids)):
+        mask = y_row != IGNORE_INDEX
+        if mask.any():
+            per_p.append(p_row[mask])
+            per_y.append(y_row[mask])
+    return prm_metrics(per_p, per_y)
+
+
+def prepare_prm_dataset(
+    rows: Any, tokenizer: Any, args: PRMConfig, *, last_step_only: bool | None = None
+) -> Any:
+    """Stepwise rows (a list or a ``datasets.Dataset``) -> a tokenized ``datasets.Dataset`` (rows with no label left
+    after cutting at ``max_length`` are dropped). ``last_step_only`` defaults to ``args.train_on_last_step_only``."""
+    import datasets
+
+    if isinstance(rows, datasets.Dataset) and "input_ids" in rows.column_names:
+        return rows
+    ds = rows if isinstance(rows, datasets.Dataset) else datasets.Dataset.from_list(list(rows))
+    last = args.train_on_last_step_only if last_step_only is None else last_step_only
+    ds = ds.map(
+        _tokenize_for_map,
+        fn_kwargs={
+            "tokenizer": tokenizer,
+            "separator": args.step_separator,
+            "max_length": args.max_length,
+            "train_on_last_step_only": last,
+        },
+        remove_columns=ds.column_names,
+        num_proc=args.dataset_num_proc,
+    )
+    # A new column name, then a rename: mapping onto the input's "labels" column would keep its bool schema and
+    # turn -100 into True.
+    ds = ds.rename_column("token_labels", "labels")
+    return ds.filter(lambda r: any(y != IGNORE_INDEX for y in r["labels"]), num_proc=args.dataset_num_proc)
+
+
+def _tokenize_for_map(row: dict[str, Any], **kwargs: Any) -> dict[str, list[int]]:
+    out = tokenize_row(row, **kwargs)
+    return {"input_ids": out["input_ids"], "token_labels": out["labels"]}
+
+
+def build_prm_trainer(
+    model: Any,
+    args: PRMConfig,
+    train_dataset: Any,
+    processing_class: Any,
+    *,
+    eval_dataset: Any = None,
+    peft_config: Any = None,
+    callbacks: Sequence[Any] | None = None,
+) -> Any:
+    """A ``transformers.Trainer`` for a token-classification PRM, with the PRM collator and metrics.
+
+    ``train_dataset`` / ``eval_dataset``: stepwise rows or already-tokenized datasets. The eval set is always
+    labelled at every step (the metrics need them). ``peft_config``: a ``peft.LoraConfig`` (task type TOKEN_CLS)
+    or None.
+    """
+    from transformers import Trainer
+
+    if args.disable_dropout:
+        from specs_rl.training.models import disable_dropout
+
+        disable_dropout(model)
+    if peft_config is not None:
+        from peft import get_peft_model
+
+        model = get_peft_model(model, peft_config)
+    train = prepare_prm_dataset(train_dataset, processing_class, args)
+    evald = (
+        prepare_prm_dataset(eval_dataset, processing_class, args, last_step_only=False)
+        if eval_dataset is not None
+        else None
+    )
+    return Trainer(
+        model=model,
+        args=args,
+        data_collator=PRMDataCollator(processing_class.pad_token_id),
+        train_dataset=train,
+        eval_dataset=evald,
+        processing_class=processing_class,
+        compute_metrics=compute_prm_metrics if evald is not None else None,
+        preprocess_logits_for_metrics=positive_probability if evald is not None else None,
+        callbacks=list(callbacks) if callbacks else None,
+    )
+
+
+@torch.no_grad()
+def score_steps(
+    model: Any, tokenizer: Any, prompt: str, steps: Sequence[str], fmt: PrmFormat | None = None
+) -> list[float]:
+    """Step rewards the way the inference backend reads a token-classification PRM:
+    ``r_k = softmax(logits[end_k])[positive_label]`` over :func:`encode_steps` positions."""
+    fmt = fmt or PrmFormat()
+    ids, ends = encode_steps(tokenizer, prompt, steps, fmt.step_separator)
+    device = next(model.parameters()).device
+    logits = model(input_ids=torch.tensor([ids], device=device)).logits[0]  # [L, num_labels]
+    return logits[ends].float().softmax(-1)[:, fmt.positive_label].tolist()
+
+
+def save_prm_format(output_dir: str | Path, separator: str) -> PrmFormat:
+    """Write ``prm_config.json`` (token classification, the separator, positive label 1) beside the checkpoint."""
+    fmt = PrmFormat(kind="token_classification", step_separator=separator, positive_label=POSITIVE_LABEL)
+    Path(output_dir).mkdir(parents=True, exist_ok=True)
+    fmt.save(output_dir)
+    return fmt
