@@ -1,15 +1,270 @@
-"""Configuration of the Hugging Face backend. PLACEHOLDER: the HF-backend engineer replaces this file.
+"""Configuration of the Hugging Face backend: which draft, target and PRM to load, and how to sample steps.
 
-Contract: ``HFConfig`` is a dataclass whose fields all have defaults, with ``validate()`` raising ValueError;
-this module imports nothing heavy (no torch, no transformers) because ``specs_rl.runner`` imports it.
+``HFConfig`` is the ``hf:`` section of a run config (``specs_rl.runner.RunConfig.hf``). This module imports nothing
+heavy (no torch, no transformers): the runner imports it on every run, tabular ones included.
+
+Model sources (``ModelSpec.name`` / ``PrmSpec.name``):
+
+- ``tiny`` / ``tiny:llama`` / ``tiny:qwen2``: a random-weight model built in-process from ``tiny:`` settings over
+  the project's in-process BPE tokenizer (tests and smoke runs; no download);
+- a local directory (``save_pretrained`` output), or a ``.gguf`` file (or a directory / hub id plus ``gguf_file``;
+  needs the ``gguf`` and ``accelerate`` packages);
+- a hub id such as ``Qwen/Qwen2.5-Math-7B-Instruct`` (downloaded by transformers unless ``HF_HUB_OFFLINE=1``).
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+import math
+from dataclasses import dataclass, field
+
+DEVICES = ("auto", "cpu", "cuda", "mps")
+DTYPES = ("auto", "float32", "bfloat16", "float16")
+ARCHS = ("llama", "qwen2")
+
+
+@dataclass
+class TinySpec:
+    """Shape of a ``tiny:`` random model (only read when the source name starts with ``tiny``)."""
+
+    hidden_size: int = field(default=64, metadata={"help": "width (chosen here: tiny and fast on a CPU)"})
+    num_hidden_layers: int = field(default=2, metadata={"help": "depth (chosen here)"})
+    num_attention_heads: int = field(default=4, metadata={"help": "query heads (chosen here)"})
+    num_key_value_heads: int = field(
+        default=2,
+        metadata={"help": "key/value heads; fewer than query heads is GQA, as in Qwen2.5 (chosen here)"},
+    )
+    intermediate_size: int | None = field(
+        default=None, metadata={"help": "MLP width; null = 2 x hidden_size (specs_rl.tiny default)"}
+    )
+    vocab_pad: int = field(
+        default=0,
+        metadata={"help": "unused extra embedding rows, as Qwen2.5-7B has over 1.5B (chosen here: 0)"},
+    )
+    tokenizer_vocab: int = field(
+        default=300, metadata={"help": "vocabulary of the in-process BPE tokenizer (specs_rl.tiny default)"}
+    )
+    seed: int = field(default=0, metadata={"help": "seed of the random weights (chosen here)"})
+
+    def validate(self, key: str) -> None:
+        for name in ("hidden_size", "num_hidden_layers", "num_attention_heads", "num_key_value_heads"):
+            if getattr(self, name) < 1:
+                raise ValueError(f"{key}.{name} must be >= 1, got {getattr(self, name)}")
+        if self.hidden_size % self.num_attention_heads:
+            raise ValueError(
+                f"{key}.hidden_size ({self.hidden_size}) must be a multiple of num_attention_heads ({self.num_attention_heads})"
+            )
+        if self.num_attention_heads % self.num_key_value_heads:
+            raise ValueError(
+                f"{key}.num_attention_heads ({self.num_attention_heads}) must be a multiple of num_key_value_heads ({self.num_key_value_heads})"
+            )
+        if self.intermediate_size is not None and self.intermediate_size < 1:
+            raise ValueError(f"{key}.intermediate_size must be >= 1 or null, got {self.intermediate_size}")
+        if self.vocab_pad < 0:
+            raise ValueError(f"{key}.vocab_pad must be >= 0, got {self.vocab_pad}")
+        if self.tokenizer_vocab < 300:
+            raise ValueError(
+                f"{key}.tokenizer_vocab must be >= 300 (the byte alphabet + specials), got {self.tokenizer_vocab}"
+            )
+
+
+def _validate_source(key: str, name: str, gguf_file: str | None, device: str, dtype: str) -> None:
+    if not name or not name.strip():
+        raise ValueError(f"{key}.name must be a hub id, a local path, a .gguf file or tiny[:llama|:qwen2]")
+    if name.startswith("tiny"):
+        arch = name.partition(":")[2] or "llama"
+        if name not in ("tiny", "tiny:") and arch not in ARCHS:
+            raise ValueError(f"{key}.name {name!r}: tiny architecture must be one of {ARCHS}")
+        if gguf_file is not None:
+            raise ValueError(f"{key}.gguf_file cannot be used with a tiny model")
+    if gguf_file is not None and not gguf_file.endswith(".gguf"):
+        raise ValueError(f"{key}.gguf_file must name a .gguf file, got {gguf_file!r}")
+    if device not in DEVICES:
+        raise ValueError(f"{key}.device must be one of {DEVICES}, got {device!r}")
+    if dtype not in DTYPES:
+        raise ValueError(f"{key}.dtype must be one of {DTYPES}, got {dtype!r}")
+
+
+@dataclass
+class ModelSpec:
+    """A causal LM used as the draft or the target, and how it samples."""
+
+    name: str = field(
+        default="tiny",
+        metadata={"help": "hub id | local dir | .gguf file | tiny[:llama|:qwen2] (chosen here: tiny)"},
+    )
+    gguf_file: str | None = field(
+        default=None, metadata={"help": "GGUF file inside `name` (a dir or hub repo); null = not GGUF"}
+    )
+    tokenizer: str | None = field(
+        default=None, metadata={"help": "tokenizer source when it differs from `name` (null: same)"}
+    )
+    revision: str | None = field(default=None, metadata={"help": "hub revision (null: default branch)"})
+    trust_remote_code: bool = field(default=False, metadata={"help": "allow model code from the hub repo"})
+    device: str = field(
+        default="auto", metadata={"help": f"one of {DEVICES}; auto = cuda, then mps, then cpu (chosen here)"}
+    )
+    dtype: str = field(
+        default="auto",
+        metadata={"help": f"one of {DTYPES}; auto = bfloat16 on CUDA, float32 elsewhere (chosen here)"},
+    )
+    temperature: float = field(
+        default=0.8, metadata={"help": "sampling temperature (authors' code: 0.8; 0 = greedy)"}
+    )
+    top_p: float = field(default=1.0, metadata={"help": "nucleus sampling mass (authors' code: 1.0)"})
+    ignore_eos: bool = field(
+        default=False,
+        metadata={
+            "help": "never stop at end-of-sequence (benchmarks only: fixed-length steps) (chosen here)"
+        },
+    )
+    tiny: TinySpec = field(
+        default_factory=TinySpec, metadata={"help": "shape of a tiny: model (ignored otherwise)"}
+    )
+
+    def validate(self, key: str) -> None:
+        _validate_source(key, self.name, self.gguf_file, self.device, self.dtype)
+        if not (self.temperature >= 0 and math.isfinite(self.temperature)):
+            raise ValueError(f"{key}.temperature must be a finite number >= 0, got {self.temperature}")
+        if not 0.0 < self.top_p <= 1.0:
+            raise ValueError(f"{key}.top_p must be in (0, 1], got {self.top_p}")
+        if self.name.startswith("tiny"):
+            self.tiny.validate(f"{key}.tiny")
+
+
+PRM_KINDS = ("auto", "token_classification", "sequence_classification")
+AGGREGATES = ("last", "min", "prod")
+
+
+@dataclass
+class PrmSpec:
+    """The process reward model (or a sequence-classification reward model) and how it reads a solution.
+
+    ``kind``, ``step_separator`` and ``positive_label`` default to the checkpoint's ``prm_config.json``
+    (:class:`specs_rl.prm_format.PrmFormat`, written by the project's PRM trainer) when there is one, else to the
+    values below.
+    """
+
+    name: str = field(
+        default="tiny", metadata={"help": "hub id | local dir | tiny[:llama|:qwen2] (chosen here)"}
+    )
+    kind: str = field(
+        default="auto",
+        metadata={"help": f"one of {PRM_KINDS}; auto = prm_config.json, else token_classification"},
+    )
+    step_separator: str | None = field(
+        default=None,
+        metadata={
+            "help": "text placed after each step; null = prm_config.json, else '\\n\\n' (Qwen2.5-Math-PRM: '<extra_0>')"
+        },
+    )
+    positive_label: int | None = field(
+        default=None, metadata={"help": "class meaning 'step is correct'; null = prm_config.json, else 1"}
+    )
+    aggregate: str = field(
+        default="last",
+        metadata={"help": f"one of {AGGREGATES} over the steps of prefix+candidate (authors' code: last)"},
+    )
+    prompt_field: str = field(
+        default="problem",
+        metadata={
+            "help": "problem = the raw problem text | prompt = the templated prompt the generators see"
+        },
+    )
+    chat: bool = field(
+        default=False,
+        metadata={"help": "wrap the prompt in the PRM tokenizer's chat template (Qwen2.5-Math-PRM: true)"},
+    )
+    system_prompt: str | None = field(
+        default=None, metadata={"help": "system message when chat is true (null: none)"}
+    )
+    revision: str | None = field(default=None, metadata={"help": "hub revision (null: default branch)"})
+    trust_remote_code: bool = field(
+        default=False, metadata={"help": "allow model code from the hub repo (Qwen2.5-Math-PRM needs it)"}
+    )
+    device: str = field(
+        default="auto", metadata={"help": f"one of {DEVICES}; auto as for the generators (chosen here)"}
+    )
+    dtype: str = field(
+        default="auto", metadata={"help": f"one of {DTYPES}; auto as for the generators (chosen here)"}
+    )
+    tiny: TinySpec = field(
+        default_factory=TinySpec, metadata={"help": "shape of a tiny: model (ignored otherwise)"}
+    )
+
+    def validate(self, key: str = "hf.prm") -> None:
+        _validate_source(key, self.name, None, self.device, self.dtype)
+        if self.kind not in PRM_KINDS:
+            raise ValueError(f"{key}.kind must be one of {PRM_KINDS}, got {self.kind!r}")
+        if self.step_separator is not None and not self.step_separator:
+            raise ValueError(f"{key}.step_separator must be non-empty or null")
+        if self.positive_label is not None and self.positive_label < 0:
+            raise ValueError(f"{key}.positive_label must be >= 0, got {self.positive_label}")
+        if self.aggregate not in AGGREGATES:
+            raise ValueError(f"{key}.aggregate must be one of {AGGREGATES}, got {self.aggregate!r}")
+        if self.prompt_field not in ("problem", "prompt"):
+            raise ValueError(f"{key}.prompt_field must be problem or prompt, got {self.prompt_field!r}")
+        if self.name.startswith("tiny"):
+            self.tiny.validate(f"{key}.tiny")
 
 
 @dataclass
 class HFConfig:
+    """Draft, target and PRM over transformers models, and the step format they share."""
+
+    # Plain class defaults (no per-role factories): the config loader rebuilds a nested section from its class
+    # defaults, so a factory default would be silently lost by any override of that section. With the defaults
+    # the three roles are the same tiny model; configs/search/tiny_hf.yaml sets distinct ones.
+    draft: ModelSpec = field(
+        default_factory=ModelSpec,
+        metadata={"help": "the small model that drafts steps (paper: Qwen2.5-Math-1.5B-Instruct)"},
+    )
+    target: ModelSpec = field(
+        default_factory=ModelSpec,
+        metadata={"help": "the large model that scores and writes steps (paper: Qwen2.5-Math-7B-Instruct)"},
+    )
+    prm: PrmSpec = field(
+        default_factory=PrmSpec, metadata={"help": "the process reward model (paper: a 7B Qwen2.5 PRM)"}
+    )
+    step_delimiter: str = field(
+        default="\n\n",
+        metadata={"help": "a step ends with the token that completes this text (authors' code)"},
+    )
+    max_step_tokens: int = field(
+        default=512, metadata={"help": "token limit of one step (authors' recipes: 512-2048)"}
+    )
+    max_tokens: int = field(
+        default=2048,
+        metadata={"help": "token limit of a whole response; reaching it finishes the response (chosen here)"},
+    )
+    chat_template: bool = field(
+        default=True,
+        metadata={
+            "help": "wrap the prompt in the generator tokenizer's chat template when it has one (authors' code)"
+        },
+    )
+    system_prompt: str | None = field(
+        default=None,
+        metadata={
+            "help": "system message in the chat template (authors' code: the paper's instruction; null: none)"
+        },
+    )
+    cache_prompts: int = field(
+        default=16,
+        metadata={
+            "help": "problems whose KV caches each model keeps (least recently used evicted) (chosen here)"
+        },
+    )
+
     def validate(self) -> None:
-        return None
+        """Raise ValueError naming the first invalid key (``hf.<key>``)."""
+        self.draft.validate("hf.draft")
+        self.target.validate("hf.target")
+        self.prm.validate("hf.prm")
+        if not self.step_delimiter:
+            raise ValueError("hf.step_delimiter must be a non-empty string")
+        if self.max_step_tokens < 1:
+            raise ValueError(f"hf.max_step_tokens must be >= 1, got {self.max_step_tokens}")
+        if self.max_tokens < 1:
+            raise ValueError(f"hf.max_tokens must be >= 1, got {self.max_tokens}")
+        if self.cache_prompts < 1:
+            raise ValueError(f"hf.cache_prompts must be >= 1, got {self.cache_prompts}")

@@ -1,0 +1,191 @@
+"""Loading draft, target and reward models (hub id, local directory, GGUF file, or a ``tiny:`` random model).
+
+Every input problem (a missing file, a bad source) raises :class:`~specs_rl.errors.SpecsError` with one line; a load
+failure inside transformers is reported the same way, with its first line.
+"""
+
+from __future__ import annotations
+
+import functools
+import os
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from specs_rl.errors import SpecsError
+from specs_rl.hf.config import ModelSpec, PrmSpec, TinySpec
+from specs_rl.prm_format import PrmFormat
+
+
+def resolve_device(device: str) -> torch.device:
+    """``auto`` = cuda, then mps, then cpu; an explicit device that is not available is an error."""
+    if device == "auto":
+        if torch.cuda.is_available():
+            return torch.device("cuda")
+        if getattr(torch.backends, "mps", None) is not None and torch.backends.mps.is_available():
+            return torch.device("mps")
+        return torch.device("cpu")
+    if device == "cuda" and not torch.cuda.is_available():
+        raise SpecsError("device cuda was asked for but CUDA is not available (use device: auto or cpu)")
+    if device == "mps" and not (getattr(torch.backends, "mps", None) and torch.backends.mps.is_available()):
+        raise SpecsError("device mps was asked for but MPS is not available (use device: auto or cpu)")
+    return torch.device(device)
+
+
+def resolve_dtype(dtype: str, device: torch.device) -> torch.dtype:
+    """``auto`` = bfloat16 on a CUDA device that supports it, float32 elsewhere."""
+    if dtype == "auto":
+        if device.type == "cuda" and torch.cuda.is_bf16_supported():
+            return torch.bfloat16
+        return torch.float32
+    return {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}[dtype]
+
+
+@functools.lru_cache(maxsize=4)
+def tiny_tokenizer(vocab: int = 300) -> Any:
+    """The project's in-process BPE tokenizer (built once per vocabulary size)."""
+    from specs_rl.tiny import make_tokenizer
+
+    return make_tokenizer(vocab_size=vocab)
+
+
+def _tiny_kwargs(t: TinySpec) -> dict[str, Any]:
+    kw: dict[str, Any] = dict(
+        hidden_size=t.hidden_size,
+        num_hidden_layers=t.num_hidden_layers,
+        num_attention_heads=t.num_attention_heads,
+        num_key_value_heads=t.num_key_value_heads,
+    )
+    if t.intermediate_size is not None:
+        kw["intermediate_size"] = t.intermediate_size
+    return kw
+
+
+def _tiny_arch(name: str) -> str:
+    return name.partition(":")[2] or "llama"
+
+
+def split_source(name: str, gguf_file: str | None, key: str) -> tuple[str, str | None]:
+    """``(source, gguf_file)``: a ``.gguf`` path is split into its directory and file name.
+
+    Raises SpecsError for a local path that does not exist (a name that is not a path is taken as a hub id).
+    """
+    if gguf_file is None and name.endswith(".gguf"):
+        p = Path(name).expanduser()
+        if not p.is_file():
+            raise SpecsError(f"{key}: GGUF file not found: {name}")
+        return str(p.parent), p.name
+    looks_local = name.startswith(("/", "./", "../", "~")) or name.count("/") > 1
+    p = Path(name).expanduser()
+    if looks_local and not p.exists():
+        raise SpecsError(f"{key}: model path not found: {name}")
+    if gguf_file is not None and p.is_dir() and not (p / gguf_file).is_file():
+        raise SpecsError(f"{key}: GGUF file not found: {p / gguf_file}")
+    return (str(p) if p.exists() else name), gguf_file
+
+
+def check_sources(specs: dict[str, ModelSpec | PrmSpec]) -> None:
+    """Cheap checks of every source before any model is loaded."""
+    for key, spec in specs.items():
+        if not spec.name.startswith("tiny"):
+            split_source(spec.name, getattr(spec, "gguf_file", None), key)
+
+
+def _wrap_load_error(key: str, name: str, e: Exception) -> SpecsError:
+    first = (str(e).strip().splitlines() or [type(e).__name__])[0]
+    return SpecsError(f"could not load {key} {name!r}: {first[:300]}")
+
+
+def load_causal_lm(spec: ModelSpec, key: str) -> tuple[torch.nn.Module, Any]:
+    """``(model, tokenizer)`` for a draft or target, on ``spec.device`` in ``spec.dtype``, in eval mode."""
+    device = resolve_device(spec.device)
+    dtype = resolve_dtype(spec.dtype, device)
+    if spec.name.startswith("tiny"):
+        from specs_rl.tiny import tiny_causal_lm
+
+        tok = tiny_tokenizer(spec.tiny.tokenizer_vocab)
+        model = tiny_causal_lm(
+            tok,
+            _tiny_arch(spec.name),
+            seed=spec.tiny.seed,
+            vocab_pad=spec.tiny.vocab_pad,
+            **_tiny_kwargs(spec.tiny),
+        )
+        return model.to(device=device, dtype=dtype).eval(), tok
+    source, gguf = split_source(spec.name, spec.gguf_file, key)
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    kw: dict[str, Any] = {"trust_remote_code": spec.trust_remote_code}
+    if spec.revision is not None:
+        kw["revision"] = spec.revision
+    if gguf is not None:
+        kw["gguf_file"] = gguf
+    try:
+        tok = AutoTokenizer.from_pretrained(spec.tokenizer or source, **kw)
+        model_kw = dict(kw, dtype=dtype)
+        if device.type == "cuda":
+            model_kw["device_map"] = str(device)
+        model = AutoModelForCausalLM.from_pretrained(source, **model_kw)
+    except (OSError, ValueError, ImportError, RuntimeError, KeyError) as e:
+        raise _wrap_load_error(key, spec.name, e) from None
+    if device.type != "cuda":
+        model = model.to(device=device, dtype=dtype)
+    return model.eval(), tok
+
+
+def load_reward_model(spec: PrmSpec, key: str = "hf.prm") -> tuple[torch.nn.Module, Any, PrmFormat]:
+    """``(model, tokenizer, format)``: the format merges ``prm_config.json`` (if any) with the spec's overrides."""
+    device = resolve_device(spec.device)
+    dtype = resolve_dtype(spec.dtype, device)
+    saved = None
+    if not spec.name.startswith("tiny"):
+        source, _ = split_source(spec.name, None, key)
+        if os.path.isdir(source):
+            saved = PrmFormat.load(source)
+    base = saved or PrmFormat()
+    kind = spec.kind if spec.kind != "auto" else base.kind
+    fmt = PrmFormat(
+        kind=kind,
+        step_separator=spec.step_separator if spec.step_separator is not None else base.step_separator,
+        positive_label=spec.positive_label if spec.positive_label is not None else base.positive_label,
+    )
+    if spec.name.startswith("tiny"):
+        from specs_rl.tiny import tiny_seq_classifier, tiny_token_classifier
+
+        tok = tiny_tokenizer(spec.tiny.tokenizer_vocab)
+        build = tiny_seq_classifier if kind == "sequence_classification" else tiny_token_classifier
+        model = build(tok, _tiny_arch(spec.name), seed=spec.tiny.seed, **_tiny_kwargs(spec.tiny))
+        return model.to(device=device, dtype=dtype).eval(), tok, fmt
+    from transformers import (
+        AutoModel,
+        AutoModelForSequenceClassification,
+        AutoModelForTokenClassification,
+        AutoTokenizer,
+    )
+
+    kw: dict[str, Any] = {"trust_remote_code": spec.trust_remote_code}
+    if spec.revision is not None:
+        kw["revision"] = spec.revision
+    auto = (
+        AutoModelForSequenceClassification
+        if kind == "sequence_classification"
+        else AutoModelForTokenClassification
+    )
+    model_kw = dict(kw, dtype=dtype)
+    if device.type == "cuda":
+        model_kw["device_map"] = str(device)
+    try:
+        tok = AutoTokenizer.from_pretrained(source, **kw)
+        try:
+            model = auto.from_pretrained(source, **model_kw)
+        except ValueError:
+            if not spec.trust_remote_code:
+                raise
+            # Remote-code PRMs (Qwen2.5-Math-PRM) register only AutoModel in their auto_map.
+            model = AutoModel.from_pretrained(source, **model_kw)
+    except (OSError, ValueError, ImportError, RuntimeError, KeyError) as e:
+        raise _wrap_load_error(key, spec.name, e) from None
+    if device.type != "cuda":
+        model = model.to(device=device, dtype=dtype)
+    return model.eval(), tok, fmt

@@ -1,0 +1,155 @@
+"""Build the search parts (draft, target, scorer, PRM, clock) from an :class:`HFConfig`."""
+
+from __future__ import annotations
+
+import dataclasses
+from typing import Any
+
+from specs_rl.errors import SpecsError
+from specs_rl.grading import extract_boxed
+from specs_rl.hf.config import HFConfig, ModelSpec, PrmSpec, TinySpec
+from specs_rl.hf.lm import HFLM, HFSampler, HFScorer
+from specs_rl.hf.models import check_sources, load_causal_lm, load_reward_model
+from specs_rl.hf.prm import HFRewardModel
+from specs_rl.interfaces import Clock, SearchParts, WallClock
+from specs_rl.types import Trace
+
+
+def boxed_answer(trace: Trace) -> str:
+    """The last ``\\boxed{}`` of the response, or "" when there is none."""
+    return extract_boxed(trace.text) or ""
+
+
+def _model_key(spec: ModelSpec) -> tuple:
+    tiny = dataclasses.astuple(spec.tiny) if spec.name.startswith("tiny") else None
+    return (
+        spec.name,
+        spec.gguf_file,
+        spec.tokenizer,
+        spec.revision,
+        spec.trust_remote_code,
+        spec.device,
+        spec.dtype,
+        tiny,
+    )
+
+
+def same_tokenizer(a: Any, b: Any) -> bool:
+    """Token ids mean the same text in both (same vocabulary and special tokens)."""
+    if a is b:
+        return True
+    return a.get_vocab() == b.get_vocab() and list(a.all_special_tokens) == list(b.all_special_tokens)
+
+
+def build_parts(cfg: HFConfig, clock: Clock | None = None) -> SearchParts:
+    """Load the draft, target and PRM of ``cfg`` and wire them into :class:`SearchParts`.
+
+    Identical draft and target specs share one loaded model (and its cache). When the two tokenizers agree, token
+    ids are shared and sampling/scoring use the vocabulary range both models have; otherwise every step is
+    re-tokenized from its text (see :class:`~specs_rl.hf.lm.HFScorer`). ``clock`` defaults to
+    :class:`~specs_rl.interfaces.WallClock` (CUDA-synchronized).
+    """
+    try:
+        cfg.validate()
+    except ValueError as e:
+        raise SpecsError(str(e)) from None
+    check_sources({"hf.draft": cfg.draft, "hf.target": cfg.target, "hf.prm": cfg.prm})
+    common = dict(
+        chat_template=cfg.chat_template, system_prompt=cfg.system_prompt, cache_prompts=cfg.cache_prompts
+    )
+    d_model, d_tok = load_causal_lm(cfg.draft, "hf.draft")
+    lm_d = HFLM(d_model, d_tok, name="draft", **common)
+    if _model_key(cfg.target) == _model_key(cfg.draft):
+        lm_t = lm_d
+    else:
+        t_model, t_tok = load_causal_lm(cfg.target, "hf.target")
+        lm_t = HFLM(t_model, t_tok, name="target", **common)
+    if same_tokenizer(lm_d.tokenizer, lm_t.tokenizer):
+        shared = min(lm_d.vocab, lm_t.vocab)
+        lm_d.set_vocab(shared)
+        lm_t.set_vocab(shared)
+    else:
+        lm_d.native = lm_t.native = False
+    step = dict(delimiter=cfg.step_delimiter, max_step_tokens=cfg.max_step_tokens, max_tokens=cfg.max_tokens)
+    try:
+        drafter = HFSampler(
+            lm_d,
+            temperature=cfg.draft.temperature,
+            top_p=cfg.draft.top_p,
+            ignore_eos=cfg.draft.ignore_eos,
+            **step,
+        )
+        target = HFSampler(
+            lm_t,
+            temperature=cfg.target.temperature,
+            top_p=cfg.target.top_p,
+            ignore_eos=cfg.target.ignore_eos,
+            **step,
+        )
+    except ValueError as e:
+        raise SpecsError(str(e)) from None
+    p_model, p_tok, fmt = load_reward_model(cfg.prm)
+    try:
+        prm = HFRewardModel(
+            p_model,
+            p_tok,
+            fmt,
+            aggregate=cfg.prm.aggregate,
+            prompt_field=cfg.prm.prompt_field,
+            chat=cfg.prm.chat,
+            system_prompt=cfg.prm.system_prompt,
+            cache_prompts=cfg.cache_prompts,
+        )
+    except ValueError as e:
+        raise SpecsError(f"hf.prm: {e}") from None
+    return SearchParts(
+        drafter=drafter,
+        target=target,
+        scorer=HFScorer(lm_t, source=lm_d),
+        prm=prm,
+        clock=clock or WallClock(),
+        answer_of=boxed_answer,
+    )
+
+
+def tiny_parts(seed: int = 0, **kw: Any) -> SearchParts:
+    """Tiny random draft (Llama, width 32), target (Qwen2, width 64) and token-classification PRM on the CPU.
+
+    Both samplers run at temperature 1 and top-p 1, so the target scorer reproduces the target sampler's own
+    log-probs. Steps are short (``max_step_tokens=8``, ``max_tokens=48``); ``kw`` overrides any
+    :class:`HFConfig` field.
+    """
+    cfg = HFConfig(
+        draft=ModelSpec(
+            name="tiny:llama", device="cpu", temperature=1.0, tiny=TinySpec(hidden_size=32, seed=seed + 1)
+        ),
+        target=ModelSpec(
+            name="tiny:qwen2", device="cpu", temperature=1.0, tiny=TinySpec(hidden_size=64, seed=seed + 2)
+        ),
+        prm=PrmSpec(name="tiny:llama", device="cpu", tiny=TinySpec(hidden_size=32, seed=seed + 3)),
+        max_step_tokens=8,
+        max_tokens=48,
+    )
+    return build_parts(dataclasses.replace(cfg, **kw))
+
+
+def backend_stacks(parts: SearchParts) -> list[Any]:
+    """The distinct cached model stacks behind ``parts`` (for forward-time counters)."""
+    seen, out = set(), []
+    for obj in (parts.drafter, parts.target, parts.scorer, parts.prm):
+        lm = getattr(obj, "lm", None)
+        stack = lm.stack if lm is not None else getattr(obj, "stack", None)
+        if stack is not None and id(stack) not in seen:
+            seen.add(id(stack))
+            out.append(stack)
+    return out
+
+
+def forward_seconds(parts: SearchParts) -> float:
+    """Seconds spent inside model forward passes (bodies and heads) since the last :func:`reset_stats`."""
+    return sum(s.stats["forward_s"] for s in backend_stacks(parts))
+
+
+def reset_stats(parts: SearchParts) -> None:
+    for s in backend_stacks(parts):
+        s.stats.update(forward_s=0.0, forward_calls=0, forward_tokens=0)

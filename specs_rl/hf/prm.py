@@ -1,0 +1,188 @@
+"""Process reward models over transformers classifiers: rewards at step separators, with cached prefixes.
+
+The input is the project's shared encoding (:func:`specs_rl.prm_format.encode_steps`, the one the PRM trainer
+uses): ``encode(prompt) + Σ_k [encode(strip(step_k)) + encode(separator)]``, and the reward of step ``k`` is read at
+the last token of its separator:
+
+    r_k = softmax(head(h[end_k]))[positive_label]        (a 2+ class head: token classification PRMs)
+    r_k = sigmoid(head(h[end_k])[0])                      (a 1-logit head: sequence-classification reward models)
+
+A sequence-classification reward model is read the same way; at the last separator that is its score of the whole
+sequence ("score at the last token"). The conventions covered:
+
+- the project's PRMs (``prm_config.json`` next to the checkpoint: separator ``"\\n\\n"``, positive label 1);
+- Qwen2.5-Math-PRM: separator ``"<extra_0>"``, chat-formatted prompt (``chat: true`` with its system prompt), 2
+  classes, positive label 1, loaded with ``trust_remote_code``;
+- sequence-classification reward models (1 logit).
+
+Because the encoding of ``prefix ∘ step`` extends the encoding of ``prefix`` token for token and the models are
+causal, the prefix's KV cache and its step rewards are kept between calls and each call only runs the candidate
+steps. The reward of a candidate aggregates the step rewards of ``prefix ∘ candidate`` (``last`` | ``min`` |
+``prod``); every value is in [0, 1].
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+from typing import Any
+
+import torch
+
+from specs_rl.hf.engine import CachedStack, State
+from specs_rl.hf.lm import _LRU
+from specs_rl.prm_format import PrmFormat, encode_steps, strip_step
+from specs_rl.types import Candidate, Problem, Trace
+
+
+def _head(model: torch.nn.Module) -> torch.nn.Module:
+    for name in ("score", "classifier", "v_head"):
+        head = getattr(model, name, None)
+        if isinstance(head, torch.nn.Module):
+            return head
+    raise ValueError(
+        f"{type(model).__name__}: no classification head (looked for score / classifier / v_head)"
+    )
+
+
+class HFRewardModel:
+    """``RewardModel`` over a token- or sequence-classification model, read at step separators."""
+
+    def __init__(
+        self,
+        model: torch.nn.Module,
+        tokenizer: Any,
+        fmt: PrmFormat | None = None,
+        *,
+        aggregate: str = "last",
+        prompt_field: str = "problem",
+        chat: bool = False,
+        system_prompt: str | None = None,
+        cache_prompts: int = 16,
+    ) -> None:
+        if aggregate not in ("last", "min", "prod"):
+            raise ValueError(f"aggregate must be one of last, min, prod; got {aggregate!r}")
+        self.model = model
+        self.tokenizer = tokenizer
+        self.fmt = fmt or PrmFormat()
+        self.aggregate = aggregate
+        self.prompt_field = prompt_field
+        if chat and not getattr(tokenizer, "chat_template", None):
+            raise ValueError("the PRM's tokenizer has no chat template, so chat: true cannot be applied")
+        self.chat = chat
+        self.system_prompt = system_prompt
+        self.stack = CachedStack(model, cache_prompts=cache_prompts)
+        self.head = _head(model)
+        self.sep = self.fmt.step_separator
+        self.sep_ids = tuple(tokenizer(self.sep, add_special_tokens=False)["input_ids"])
+        if not self.sep_ids:
+            raise ValueError(f"the step separator {self.sep!r} encodes to no tokens")
+        self._prompts = _LRU(1024)
+        self._steps = _LRU(8192)
+
+    # -- the encoding ---------------------------------------------------------------------------------------------
+    def prompt_text(self, problem: Problem) -> str:
+        text = (
+            problem.meta.get("problem", problem.prompt) if self.prompt_field == "problem" else problem.prompt
+        )
+        if not self.chat:
+            return text
+        messages = [{"role": "system", "content": self.system_prompt}] if self.system_prompt else []
+        messages.append({"role": "user", "content": text})
+        return self.tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
+
+    def prompt_ids(self, problem: Problem) -> tuple[int, ...]:
+        key = (problem.prompt, problem.meta.get("problem"))
+        hit = self._prompts.get(key)
+        if hit is None:
+            ids, _ = encode_steps(self.tokenizer, self.prompt_text(problem), [], self.sep)
+            hit = self._prompts.put(key, tuple(ids))
+        return hit
+
+    def step_ids(self, text: str) -> tuple[int, ...]:
+        """``encode(strip(step)) + encode(separator)``, as :func:`encode_steps` appends a step (trailing whitespace is
+        also dropped before a non-whitespace separator)."""
+        hit = self._steps.get(text)
+        if hit is None:
+            ids = self.tokenizer(strip_step(text, self.sep), add_special_tokens=False)["input_ids"]
+            hit = self._steps.put(text, tuple(ids) + self.sep_ids)
+        return hit
+
+    def encode(self, trace: Trace) -> tuple[tuple[int, ...], tuple[int, ...], list[int]]:
+        """``(prompt ids, ids, step ends)`` of a partial response."""
+        pids = self.prompt_ids(trace.problem)
+        ids = list(pids)
+        ends = []
+        for s in trace.steps:
+            ids.extend(self.step_ids(s.text))
+            ends.append(len(ids) - 1)
+        return pids, tuple(ids), ends
+
+    # -- rewards ---------------------------------------------------------------------------------------------------
+    def rewards_of(self, hidden: torch.Tensor) -> torch.Tensor:
+        """``[N, hidden] -> [N]`` rewards in [0, 1]."""
+        with self.stack.timed():
+            logits = self.head(hidden).float()  # [N, labels]
+        if logits.shape[-1] == 1:
+            return torch.sigmoid(logits[:, 0])
+        return torch.softmax(logits, dim=-1)[:, self.fmt.positive_label]
+
+    def _agg(self, rewards: Sequence[float]) -> float:
+        if self.aggregate == "last":
+            return float(rewards[-1])
+        if self.aggregate == "min":
+            return float(min(rewards))
+        return float(math.prod(rewards))
+
+    def score(
+        self, prefixes: Sequence[Trace], candidates: Sequence[Sequence[Candidate]]
+    ) -> list[list[float]]:
+        with torch.inference_mode(), self.stack.lock:
+            enc = [self.encode(t) for t in prefixes]
+            ends_of = {ids: ends for _, ids, ends in enc}
+
+            def finalize(made: list[tuple[State, State, torch.Tensor]]) -> None:
+                picks, where = [], []
+                for k, (st, best, h) in enumerate(made):
+                    start = len(best.ids)
+                    for e in ends_of[st.ids]:
+                        if e >= start:
+                            picks.append(h[e - start])
+                            where.append(k)
+                vals = self.rewards_of(torch.stack(picks)).tolist() if picks else []
+                extra: dict[int, list[float]] = {}
+                for k, v in zip(where, vals):
+                    extra.setdefault(k, []).append(v)
+                for k, (st, best, _) in enumerate(made):
+                    st.rewards = best.rewards + tuple(extra.get(k, ()))
+
+            states = self.stack.catch_up([(p, ids) for p, ids, _ in enc], lambda st, exact: True, finalize)
+            groups: list[State] = []
+            gid: dict[int, int] = {}
+            rows = []
+            for i, (st, cs) in enumerate(zip(states, candidates)):
+                if id(st) not in gid:
+                    gid[id(st)] = len(groups)
+                    groups.append(st)
+                for j, c in enumerate(cs):
+                    rows.append((i, j, self.step_ids(c.text), c.finished))
+            out: list[list[float]] = [[0.0] * len(cs) for cs in candidates]
+            keep: dict[tuple[int, ...], list[State]] = {}
+            for (pids, _, _), st in zip(enc, states):
+                keep.setdefault(pids, []).append(st)
+            if rows:
+                row_group = [gid[id(states[i])] for i, _, _, _ in rows]
+                hidden, suffix, _ = self.stack.run_rows(groups, row_group, [ids for _, _, ids, _ in rows])
+                last = torch.tensor([len(ids) - 1 for _, _, ids, _ in rows], device=hidden.device)
+                r_new = self.rewards_of(hidden[torch.arange(len(rows), device=hidden.device), last]).tolist()
+                for r, ((i, j, ids, fin), rv) in enumerate(zip(rows, r_new)):
+                    g = groups[row_group[r]]
+                    steps = (*g.rewards, float(rv))
+                    out[i][j] = min(max(self._agg(steps), 0.0), 1.0)
+                    if fin:
+                        continue  # a finished response is never extended: no state to keep
+                    seg = suffix.row_kv(r, len(ids)) if suffix is not None else None
+                    st = State(g.ids + ids, parent=g if seg is not None else None, seg=seg, rewards=steps)
+                    keep[enc[i][0]].append(st)
+            self.stack.retain(keep)
+        return out
