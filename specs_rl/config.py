@@ -130,8 +130,29 @@ def _build(cls: type[T], data: dict[str, Any], prefix: str = "") -> T:
             f"unknown config key {prefix + unknown[0]!r}; known keys: {', '.join(sorted(names))}"
         )
     hints = _hints(cls)
-    kwargs = {k: _coerce(v, hints[k], f"{prefix}{k}") for k, v in data.items()}
+    kwargs = {}
+    for k, v in data.items():
+        f = names[k]
+        if (
+            isinstance(v, dict)
+            and dataclasses.is_dataclass(hints[k])
+            and f.default_factory is not dataclasses.MISSING
+        ):
+            # a partial section overrides the field's own default instance, not the class defaults
+            default = f.default_factory()
+            if dataclasses.is_dataclass(default):
+                v = _merge(_fields_dict(default), v)
+        kwargs[k] = _coerce(v, hints[k], f"{prefix}{k}")
     return cls(**kwargs)
+
+
+def _fields_dict(obj: Any) -> dict[str, Any]:
+    """A dataclass instance's fields as a dict, nested dataclasses as dicts (so they merge key by key)."""
+    out = {}
+    for f in dataclasses.fields(obj):
+        value = getattr(obj, f.name)
+        out[f.name] = _fields_dict(value) if dataclasses.is_dataclass(value) else value
+    return out
 
 
 def _merge(base: dict[str, Any], update: dict[str, Any]) -> dict[str, Any]:

@@ -51,10 +51,14 @@ class PrmFormat:
 
 
 def strip_step(step: str, separator: str) -> str:
-    """A step without its trailing separator (and trailing whitespace when the separator is whitespace)."""
+    """A step without its trailing separator and trailing whitespace.
+
+    A sampled step ends with the generation delimiter ("\n\n"); before a tag separator (``<extra_0>``) that
+    whitespace goes too, as Qwen2.5-Math-PRM's recipe splits a response at "\n\n" and joins the pieces with the tag.
+    """
     if separator and step.endswith(separator):
         step = step[: -len(separator)]
-    return step.rstrip() if not separator.strip() else step
+    return step.rstrip()
 
 
 def encode_steps(
