@@ -307,7 +307,9 @@ def run_grid(
                 for start in range(0, len(todo), batch_size):
                     batch = todo[start : start + batch_size]
                     sub = dataclasses.replace(task, problems=batch)
-                    search_task(sub, run.config, run.seed, batch_size=len(batch), on_result=write, extra=extra)
+                    search_task(
+                        sub, run.config, run.seed, batch_size=len(batch), on_result=write, extra=extra
+                    )
                     bar.advance(len(batch), run.label)
         finally:
             bar.close()
@@ -526,7 +528,7 @@ def log_wandb(
     job_type: str = "compare",
 ) -> dict[str, Any]:
     """One W&B run: the config, a per-problem table, the summary table and metrics, the plot."""
-    from specs_rl.tracking import init_run
+    from specs_rl.tracking import finish_run, init_run
 
     run = init_run(
         cfg.project,
@@ -563,7 +565,7 @@ def log_wandb(
     run_dir = (
         None if getattr(run, "disabled", False) or not getattr(run, "dir", None) else Path(run.dir).parent
     )
-    run.finish()
+    finish_run(run)
     return {"project": cfg.project, "run_dir": str(run_dir) if run_dir else None, "metrics": len(metrics)}
 
 
@@ -624,7 +626,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     runs = plan_runs(cfg)  # every (method, n, seed) validated before anything is loaded or written
     check_extras(cfg)
     out = Path(cfg.out)
-    check_run_dir(out, cfg, ignore=PRESENTATION_KEYS)  # another config's directory is refused before any model loads
+    check_run_dir(
+        out, cfg, ignore=PRESENTATION_KEYS
+    )  # another config's directory is refused before any model loads
     task = build_task(cfg)  # data and models, once (sharded by data.shard)
     out = prepare_run_dir(out, cfg, ignore=PRESENTATION_KEYS)
     grader = grader_of(task)

@@ -45,6 +45,21 @@ def init_run(
     return wandb.init(**kwargs)
 
 
+def finish_run(run: Any) -> None:
+    """Close the run and stop W&B's service process, so an offline run is complete on disk when this returns and the
+    next ``init_run`` in the same process reads its settings (``WANDB_DIR``, mode) afresh.
+
+    ``run.finish()`` alone returned before the history reached the ``.wandb`` file in some runs here (wandb 0.31,
+    offline: a read right after it found no history rows); ``wandb.teardown()`` waits for the service to exit.
+    """
+    if run is None:
+        return
+    run.finish()
+    import wandb
+
+    wandb.teardown()
+
+
 def _records(path: Path, block: int = 32768) -> Iterator[Any]:
     """Protobuf records of a ``.wandb`` file (LevelDB-log framing: 7-byte header, then crc32/len16/type8 chunks)."""
     from wandb.proto import wandb_internal_pb2 as pb

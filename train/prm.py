@@ -19,11 +19,12 @@ from typing import Any
 
 from specs_rl.cli import entry_point
 from specs_rl.errors import SpecsError
+from specs_rl.tracking import finish_run
 from specs_rl.training import args as targs
 from specs_rl.training import data as tdata
 from specs_rl.training import prm_data
 from specs_rl.training.models import check_model_name, load_model, load_tokenizer, save_trained
-from specs_rl.training.runs import finish_tracking, is_main_process, start_tracking, write_metrics
+from specs_rl.training.runs import is_main_process, start_tracking, write_metrics
 
 PROG = "specs-rl train prm"
 
@@ -186,7 +187,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         save_prm_format(out, training_args.step_separator)
         write_metrics(out, metrics)
         targs.write_resolved(config, out)
-    finish_tracking(run)
+    finish_run(run)
     return 0
 
 

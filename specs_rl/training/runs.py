@@ -46,20 +46,6 @@ def start_tracking(training_args: Any, config: Mapping[str, Any], job_type: str)
     )
 
 
-def finish_tracking(run: Any) -> None:
-    """Close the run and stop W&B's service process, so an offline run is complete on disk when the recipe returns.
-
-    ``run.finish()`` alone returned before the history reached the ``.wandb`` file in some runs here (wandb 0.31,
-    offline: a read right after it found no history rows); ``wandb.teardown()`` waits for the service to exit.
-    """
-    if run is None:
-        return
-    run.finish()
-    import wandb
-
-    wandb.teardown()
-
-
 def clean_metrics(metrics: Mapping[str, Any]) -> dict[str, Any]:
     """JSON-safe metrics: floats (NaN/inf as strings), ints, strings, nested dicts."""
     out: dict[str, Any] = {}
