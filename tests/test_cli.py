@@ -103,7 +103,15 @@ def test_tree_file_run(tmp_path):
 def test_demo_prints_the_comparison_and_writes_summary_rows(tmp_path, capsys):
     out = tmp_path / "demo"
     assert (
-        demo.main([f"out={out}", "tabular.problems=10", "methods=[specs,beam_search_target]", "wandb=false"])
+        demo.main(
+            [
+                f"out={out}",
+                "world=tabular",
+                "tabular.problems=10",
+                "methods=[specs,beam_search_target]",
+                "wandb=false",
+            ]
+        )
         == 0
     )
     text = capsys.readouterr().out

@@ -1,0 +1,240 @@
+"""The toy-math world: its tokenizer, its recipe at tiny size, the committed checkpoints, and the demo on them."""
+
+from __future__ import annotations
+
+import json
+import math
+
+import numpy as np
+import pytest
+
+from eval import demo
+from specs_rl import toymath
+from tests.conftest import REPO
+from train import toyworld as tw
+
+ASSETS = REPO / "specs_rl" / "assets" / "toymath"
+needs_world = pytest.mark.skipif(
+    not (ASSETS / "world.json").is_file(), reason="no committed world (python -m train.toyworld)"
+)
+TEXT = "Compute ((4*4)-3).\n\n4*4=16\n\n16-3=13\n\nThe answer is \\boxed{13}."
+
+
+def _world() -> dict:
+    return json.loads((ASSETS / "world.json").read_text())
+
+
+def _fixed_problems(world: dict) -> list:
+    return [
+        toymath.to_problem(toymath.parse_problem(p), f"fixed-{i}")
+        for i, p in enumerate(world["fixed_set"]["problems"])
+    ]
+
+
+# ------------------------------------------------------------------------------------------------------------------
+# Tokenizer, AUC, config errors
+
+
+def test_tokenizer_is_character_level_with_one_step_token_and_exact_bytes():
+    from specs_rl.hf.text import TokenText
+
+    tok = tw.make_tokenizer()
+    ids = tok(TEXT)["input_ids"]
+    assert tok.decode(ids) == TEXT
+    assert len(ids) == len(TEXT) - 3  # one token per character, the three "\n\n" merged into one token each
+    assert tok("\n\n", add_special_tokens=False)["input_ids"] == [len(tok) - 1]
+    assert (
+        tok.eos_token == "</s>" and ids[0] != tok.eos_token_id and ids[-1] != tok.eos_token_id
+    )  # nothing added
+    assert TokenText(tok, len(tok)).exact  # the search backend stops steps with its O(1) byte table
+
+
+def test_auc_is_the_pairwise_probability():
+    rng = np.random.default_rng(0)
+    s = rng.integers(0, 5, 40).astype(float)  # many ties
+    y = rng.random(40) < 0.6
+    pairs = [(a > b) + 0.5 * (a == b) for a, ya in zip(s, y) for b, yb in zip(s, y) if ya and not yb]
+    assert tw.auc(s, y) == pytest.approx(np.mean(pairs))
+    assert math.isnan(tw.auc([0.1, 0.2], [True, True]))
+
+
+@pytest.mark.parametrize(
+    "bad",
+    [
+        "size=huge",
+        "target.shape.hidden_size=33",  # not a multiple of the heads
+        "target.trainer.output_dir=/tmp/x",  # set by the recipe
+        "draft.init=draft",
+        "stages=[nowhere]",
+        "nonsense=1",
+        "toymath.min_ops=0",
+    ],
+)
+def test_bad_config_fails_in_one_line_before_anything_is_written(tmp_path, capsys, bad):
+    out = tmp_path / "w"
+    assert tw.main(["size=tiny", f"out={out}", f"assets={tmp_path / 'a'}", bad]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and err[0].startswith("error:")
+    assert not out.exists() and not (tmp_path / "a").exists()
+
+
+def test_demo_world_choice(tmp_path):
+    assert demo.demo_argv(["world=tabular", "out=x"])[:2] == ["--config", str(demo.DEFAULT_CONFIG)]
+    assert demo.demo_argv(["--config", "c.yaml", "world=toymath"]) == ["--config", "c.yaml"]
+    with pytest.raises(Exception, match="world must be one of"):
+        demo.demo_argv(["world=mars"])
+    argv = demo.demo_argv([])
+    if demo.toymath_assets() is None:
+        assert argv == ["--config", str(demo.DEFAULT_CONFIG)]
+    else:
+        assert argv[1] == str(demo.TOYMATH_CONFIG)
+        assert {a.split("=")[0] for a in argv[2:]} == {"hf.draft.name", "hf.target.name", "hf.prm.name"}
+        assert demo.demo_argv(["hf.prm.name=/p"])[-1] == "hf.prm.name=/p"  # the user's choice is kept
+
+
+# ------------------------------------------------------------------------------------------------------------------
+# The recipe at tiny size
+
+
+TINY_FAST = [
+    "report_to=none",
+    "target.trainer.max_steps=2",
+    "draft.trainer.max_steps=2",
+    "prm.trainer.max_steps=2",
+    "draft.target_written=4",
+    "measure.test_problems=8",
+    "measure.latency_repeats=1",
+]
+
+
+def test_tiny_world_trains_with_the_project_recipes_and_records_its_numbers(tmp_path):
+    out, assets = tmp_path / "w", tmp_path / "a"
+    assert tw.main(["size=tiny", f"out={out}", f"assets={assets}", *TINY_FAST]) == 0
+    world = json.loads((assets / "world.json").read_text())
+    # the three stages ran through train.draft / train.prm, each with its exact input kept beside it
+    for stage in ("target", "draft", "prm"):
+        assert (out / f"{stage}.yaml").is_file() and (out / stage / "metrics.json").is_file()
+        assert math.isfinite(world["stages"][stage]["train_loss"])
+    draft_rows = [json.loads(line) for line in (out / "data" / "sft_draft.jsonl").read_text().splitlines()]
+    assert len(draft_rows) == 64 + 4  # references + prompts whose solutions the target writes (distillation)
+    assert sum("completion" not in r for r in draft_rows) == 4
+    assert world["stages"]["draft"]["train_prompts"] == len(draft_rows) - 4  # 4 held out for the proxy
+    # the draft's own labelled samples are in the PRM's training data, with exact labels
+    rows = [json.loads(line) for line in (out / "data" / "prm_train.jsonl").read_text().splitlines()]
+    for r in rows:
+        assert r["labels"] == toymath.label_steps(toymath.parse_problem(r["prompt"]), r["completions"])
+    assert world["prm_data"]["rows"] == len(rows)
+    # bf16 checkpoints with their tokenizer; the PRM knows how it reads steps
+    for name in ("target", "draft", "prm"):
+        cfg = json.loads((assets / name / "config.json").read_text())
+        assert cfg["dtype"] == "bfloat16"
+        assert (assets / name / "tokenizer.json").is_file()
+    assert json.loads((assets / "prm" / "prm_config.json").read_text())["step_separator"] == "\n\n"
+    assert world["parameters"]["target"] > world["parameters"]["draft"] > 0
+    assert world["latency_s_per_token"]["draft"] > 0 and world["latency_s_per_token"]["target"] > 0
+    assert 0.0 <= world["accuracy_greedy"]["target"] <= 1.0
+    fixed = world["fixed_set"]
+    assert len(fixed["problems"]) == 4 and len(fixed["greedy_correct"]["target"]) == 4
+    assert all(split == "test" for split in [fixed["split"]])
+    assert all(toymath.split_of(toymath.parse_problem(p)) == "test" for p in fixed["problems"])
+
+
+@pytest.mark.slow
+def test_tiny_world_then_the_demo_on_it(tmp_path, capsys):
+    out, assets = tmp_path / "w", tmp_path / "a"
+    assert tw.main(["size=tiny", f"out={out}", f"assets={assets}", "report_to=none"]) == 0
+    run = tmp_path / "demo"
+    argv = [
+        "--config", str(demo.TOYMATH_CONFIG),
+        *[f"hf.{r}.name={assets / r}" for r in ("draft", "target", "prm")],
+        "hf.max_step_tokens=8", "hf.max_tokens=24",  # random-ish tiny models rarely stop on their own
+        "data.limit=2", "methods=[specs,beam_search_target,draft_only]", "n_grid=[2]",
+        f"out={run}", "wandb=false", "progress=false",
+    ]  # fmt: skip
+    assert demo.main(argv) == 0
+    assert "SPECS / beam search (target), n=2: latency x" in capsys.readouterr().out
+    summary = json.loads((run / "summary.json").read_text())
+    assert [r["method"] for r in summary["rows"]] == ["specs", "beam_search_target", "draft_only"]
+
+
+# ------------------------------------------------------------------------------------------------------------------
+# The committed world
+
+
+@needs_world
+def test_committed_world_is_small_bf16_and_meets_the_issue_targets():
+    world = _world()
+    total = sum(f.stat().st_size for f in ASSETS.rglob("*") if f.is_file())
+    assert total <= 20 * 2**20
+    for name in ("target", "draft", "prm"):
+        assert json.loads((ASSETS / name / "config.json").read_text())["dtype"] == "bfloat16"
+    assert world["latency_ratio_draft_over_target"] <= 1 / 3  # measured at training time, not here
+    acc = world["accuracy_greedy"]
+    assert acc["target"] >= acc["draft"] + 0.1  # the draft is clearly less accurate
+    assert world["prm_auc_draft_samples"]["auc"] >= 0.9
+
+
+@needs_world
+def test_committed_models_load_as_plain_hf_models_and_reproduce_their_recorded_numbers():
+    import torch
+    from transformers import AutoModelForCausalLM, AutoModelForTokenClassification, AutoTokenizer
+
+    world = _world()
+    fixed = world["fixed_set"]
+    tok = AutoTokenizer.from_pretrained(ASSETS / "target")
+    problems = _fixed_problems(world)
+    for name in ("target", "draft"):
+        model = AutoModelForCausalLM.from_pretrained(ASSETS / name, dtype=torch.float32).eval()
+        acc, ok, _ = tw.accuracy(model, tok, problems)
+        mismatches = sum(a != b for a, b in zip(ok, fixed["greedy_correct"][name]))
+        assert mismatches <= 1, (name, ok, fixed["greedy_correct"][name])
+        assert acc == pytest.approx(fixed[f"accuracy_{name}"], abs=1.5 / len(problems))
+    prm = AutoModelForTokenClassification.from_pretrained(ASSETS / "prm", dtype=torch.float32).eval()
+    scores = tw.prm_step_scores(prm, tok, fixed["prm_rows"])
+    flat = [s for ss in scores for s in ss]
+    np.testing.assert_allclose(flat, [s for ss in fixed["prm_scores"] for s in ss], atol=1e-4)
+    labels = [y for r in fixed["prm_rows"] for y in r["labels"]]
+    assert tw.auc(flat, labels) == pytest.approx(fixed["prm_auc"], abs=1e-6)
+
+
+@needs_world
+def test_committed_models_search_through_the_hf_backend():
+    import torch
+
+    from specs_rl.hf.config import HFConfig, ModelSpec, PrmSpec
+    from specs_rl.hf.parts import build_parts
+    from specs_rl.search import SearchConfig, run_search
+
+    world = _world()
+    problems = _fixed_problems(world)[:4]
+    greedy = dict(device="cpu", dtype="float32", temperature=0.0)
+    parts = build_parts(
+        HFConfig(
+            draft=ModelSpec(name=str(ASSETS / "draft"), **greedy),
+            target=ModelSpec(name=str(ASSETS / "target"), **greedy),
+            prm=PrmSpec(name=str(ASSETS / "prm"), device="cpu", dtype="float32", prompt_field="prompt"),
+            chat_template=False,
+            max_step_tokens=40,
+            max_tokens=160,
+        )
+    )
+    results = run_search(problems, SearchConfig(method="target_only", max_steps=8), parts, torch.Generator())
+    for p, r, ok in zip(problems, results, world["fixed_set"]["greedy_correct"]["target"]):
+        assert r.trace.finished
+        assert (
+            toymath.is_correct_solution(p, r.trace.text) == ok
+        )  # the backend's greedy = transformers' greedy
+        assert all(0.0 <= x <= 1.0 for s in r.steps for x in s.rewards)
+
+
+@needs_world
+def test_demo_runs_on_the_committed_world(tmp_path, capsys):
+    out = tmp_path / "demo"
+    argv = [f"out={out}", "data.limit=3", "methods=[specs,beam_search_target]", "n_grid=[2]", "wandb=false"]
+    assert demo.main([*argv, "progress=false"]) == 0
+    assert "SPECS / beam search (target), n=2: latency x" in capsys.readouterr().out
+    summary = json.loads((out / "summary.json").read_text())
+    rows = {r["method"]: r for r in summary["rows"]}
+    assert set(rows) == {"specs", "beam_search_target"}
+    assert all(r["problems"] == 3 and 0.0 <= r["accuracy"] <= 1.0 for r in rows.values())
+    assert rows["specs"]["draft_step_fraction"] > 0  # SPECS did hand steps to the draft

@@ -1,0 +1,693 @@
+"""``python -m train.toyworld``: train the toy-math world (target, draft, PRM) with the project's own trainers.
+
+    python -m train.toyworld --config configs/train/toyworld.yaml            # the committed checkpoints (~1 h, CPU)
+    python -m train.toyworld size=tiny out=/tmp/tw assets=/tmp/tw/assets     # seconds: configs/train/toyworld_tiny.yaml
+
+The recipe, top to bottom (every stage writes into ``out``; the three final checkpoints go to ``assets``):
+
+1. data: problems of the ``train`` split of :mod:`specs_rl.toymath` (held-out ``tune`` / ``test`` problems are never
+   seen in training), reference solutions as ``{prompt, completion}`` JSONL;
+2. a character-level tokenizer: every byte is one token (GPT-2's byte alphabet, so the search backend reads token
+   bytes exactly), plus ``"\\n\\n"`` as one token (one token ends a step) and ``<pad>`` / ``</s>`` / ``<unk>``;
+3. models initialized from configs (Llama architecture, ``from_config``) and saved as local folders;
+4. the target: SFT on reference solutions with ``train.draft`` (mode sft);
+5. the draft: SFT with ``train.draft`` on reference solutions (plus, optionally, solutions the trained target
+   writes itself: sequence-level distillation), with the trained target as the acceptance-proxy teacher;
+6. the PRM: ``train.prm`` (token classification, label on each step's separator), initialized from the trained
+   target's weights, on (a) the generator's exactly labelled solutions with plausible errors and (b) the draft's
+   and the target's OWN samples on training problems, labelled exactly by :func:`specs_rl.toymath.label_steps`;
+7. the checkpoints are saved in bf16 under ``assets`` and measured there, loaded the way the search loads them:
+   per-token generation latency at batch 1 (the search backend's sampler, median of repeats), greedy accuracy on
+   the ``test`` split, the PRM's AUC on the draft's own samples on ``test`` problems, and the same numbers on a
+   small fixed set (what ``tests/test_toyworld.py`` checks); all into ``assets/world.json``.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import statistics
+import sys
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from specs_rl import toymath
+from specs_rl.cli import entry_point
+from specs_rl.config import RawValue, config_from_argv, to_dict
+from specs_rl.errors import SpecsError
+
+REPO = Path(__file__).resolve().parents[1]
+CONFIGS = {"full": REPO / "configs/train/toyworld.yaml", "tiny": REPO / "configs/train/toyworld_tiny.yaml"}
+SPECIALS = ("<pad>", "</s>", "<unk>")
+STAGES = ("target", "draft", "prm", "measure")
+STEP_TOKEN = "\u010a\u010a"  # "\n\n" in GPT-2's byte alphabet: one token
+
+
+# ------------------------------------------------------------------------------------------------------------------
+# Config
+
+
+@dataclass
+class Shape:
+    """A Llama model's size (``LlamaConfig`` fields)."""
+
+    hidden_size: int = 64
+    num_hidden_layers: int = 2
+    num_attention_heads: int = 2
+    num_key_value_heads: int = 1
+    intermediate_size: int = 128
+    max_position_embeddings: int = 192
+
+
+@dataclass
+class ModelStage:
+    """One model: its shape (ignored for ``init: target``) and the trainer fields passed to its recipe."""
+
+    shape: Shape = field(default_factory=Shape)
+    init: str = field(
+        default="scratch", metadata={"help": "scratch (from_config) | target (the trained target)"}
+    )
+    train_problems: int = field(default=1000, metadata={"help": "training problems (train split)"})
+    trainer: dict[str, Any] = field(
+        default_factory=dict, metadata={"help": "fields of the recipe (TRL / TrainingArguments)"}
+    )
+
+
+@dataclass
+class DraftStage(ModelStage):
+    target_written: int = field(
+        default=0,
+        metadata={"help": "extra training prompts whose solutions the trained target writes (distillation)"},
+    )
+
+
+@dataclass
+class PrmStage(ModelStage):
+    synthetic_rows: int = field(
+        default=1000, metadata={"help": "generator rows with plausible errors (toymath.prm_rows)"}
+    )
+    error_rate: float = field(default=0.5, metadata={"help": "fraction of generator rows with one error"})
+    draft_samples: int = field(
+        default=1000, metadata={"help": "draft samples on training problems, labelled"}
+    )
+    target_samples: int = field(
+        default=200, metadata={"help": "target samples on training problems, labelled"}
+    )
+    sample_temperature: float = field(default=1.0, metadata={"help": "temperature of those samples"})
+    eval_samples: int = field(
+        default=200, metadata={"help": "draft samples on tune problems: the trainer's held-out set"}
+    )
+
+
+@dataclass
+class MeasureConfig:
+    test_problems: int = field(default=500, metadata={"help": "test-split problems for greedy accuracy"})
+    auc_problems: int = field(default=200, metadata={"help": "test problems for the PRM's AUC"})
+    auc_samples: int = field(default=4, metadata={"help": "draft samples per AUC problem"})
+    auc_temperature: float = field(default=1.0, metadata={"help": "temperature of those draft samples"})
+    fixed_problems: int = field(default=24, metadata={"help": "the small fixed set the tests recheck"})
+    latency_tokens: int = field(default=48, metadata={"help": "tokens per latency repeat"})
+    latency_repeats: int = field(
+        default=7, metadata={"help": "latency repeats (median; the first is dropped)"}
+    )
+
+
+@dataclass
+class ToyWorldConfig:
+    size: str = field(
+        default="full", metadata={"help": "full | tiny: the default config file (with no --config)"}
+    )
+    out: str = field(default="runs/toyworld", metadata={"help": "work folder: data, stage checkpoints, logs"})
+    assets: str = field(default="specs_rl/assets/toymath", metadata={"help": "where the final models go"})
+    seed: int = 0
+    threads: int = field(default=2, metadata={"help": "torch threads (the machine's cores)"})
+    stages: list[str] = field(
+        default_factory=lambda: list(STAGES),
+        metadata={
+            "help": f"stages to run, from {STAGES}; the others are reused from out (after a crash, or to retrain "
+            "one model: stages=[prm,measure])"
+        },
+    )
+    trainer: dict[str, Any] = field(
+        default_factory=dict,
+        metadata={
+            "help": "trainer fields for every stage (e.g. report_to: none); bare use_cpu= / bf16= / "
+            "report_to= on the command line land here"
+        },
+    )
+    toymath: toymath.ToyMathConfig = field(default_factory=toymath.ToyMathConfig)
+    target: ModelStage = field(default_factory=ModelStage)
+    draft: DraftStage = field(default_factory=DraftStage)
+    prm: PrmStage = field(default_factory=PrmStage)
+    measure: MeasureConfig = field(default_factory=MeasureConfig)
+
+    def validate(self) -> None:
+        if self.size not in CONFIGS:
+            raise SpecsError(f"size must be one of {', '.join(CONFIGS)}, got {self.size!r}")
+        bad = [x for x in self.stages if x not in STAGES]
+        if bad or not self.stages:
+            raise SpecsError(f"stages must be a non-empty list from {', '.join(STAGES)}, got {self.stages!r}")
+        try:
+            self.toymath.validate()
+        except ValueError as e:
+            raise SpecsError(str(e)) from None
+        for name in ("target", "draft", "prm"):
+            stage = getattr(self, name)
+            if stage.init not in ("scratch", "target") or (name == "target" and stage.init != "scratch"):
+                raise SpecsError(f"{name}.init must be scratch{' or target' if name != 'target' else ''}")
+            s = stage.shape
+            if s.hidden_size % s.num_attention_heads or s.num_attention_heads % s.num_key_value_heads:
+                raise SpecsError(f"{name}.shape: heads must divide hidden_size and kv heads divide heads")
+            for bad in ("model_name_or_path", "output_dir", "dataset_name", "target_model_name_or_path"):
+                if bad in stage.trainer:
+                    raise SpecsError(f"{name}.trainer.{bad} is set by the recipe; remove it")
+
+
+GLOBAL_TRAINER_KEYS = ("use_cpu", "bf16", "report_to")
+
+
+def parse_config(argv: Sequence[str]) -> ToyWorldConfig:
+    """``[--config PATH] [key=value ...]`` (``size=tiny`` picks configs/train/toyworld_tiny.yaml when no --config)."""
+    argv = [f"trainer.{a}" if a.split("=", 1)[0] in GLOBAL_TRAINER_KEYS else a for a in argv]
+    has_config = any(a == "--config" or a.startswith("--config=") for a in argv)
+    size = next((a.split("=", 1)[1] for a in argv if a.startswith("size=")), "full")
+    if size not in CONFIGS:
+        raise SpecsError(f"size must be one of {', '.join(CONFIGS)}, got {size!r}")
+    default = None if has_config else str(CONFIGS[size])
+    cfg = config_from_argv(ToyWorldConfig, argv, "python -m train.toyworld", default_config=default)
+    cfg.validate()
+    import yaml
+
+    def typed(d: dict[str, Any]) -> dict[str, Any]:  # key=value text inside a mapping stays text: parse it
+        return {k: yaml.safe_load(v) if isinstance(v, RawValue) else v for k, v in d.items()}
+
+    cfg.trainer = typed(cfg.trainer)
+    for stage in (cfg.target, cfg.draft, cfg.prm):
+        stage.trainer = typed(stage.trainer)
+    return cfg
+
+
+parse = parse_config  # the name tests/test_configs.py loads every train config with
+
+
+# ------------------------------------------------------------------------------------------------------------------
+# Tokenizer and models
+
+
+def make_tokenizer() -> Any:
+    """Character-level tokenizer: the 256 byte characters (GPT-2's printable byte alphabet), ``"\\n\\n"`` merged into
+    one token, and ``<pad>`` / ``</s>`` (eos) / ``<unk>``; no BOS is added. Decoding is byte-exact.
+
+    >>> tok = make_tokenizer()
+    >>> ids = tok("4*4=16\\n\\n")["input_ids"]
+    >>> len(ids), tok.decode(ids)
+    (7, '4*4=16\\n\\n')
+    """
+    from tokenizers import Tokenizer, decoders, models, pre_tokenizers
+    from transformers import PreTrainedTokenizerFast
+
+    from specs_rl.hf.text import bytes_to_unicode
+
+    vocab = {s: i for i, s in enumerate(SPECIALS)}
+    for _, ch in sorted(bytes_to_unicode().items()):  # byte order: id = 3 + byte
+        vocab[ch] = len(vocab)
+    vocab[STEP_TOKEN] = len(vocab)
+    tok = Tokenizer(models.BPE(vocab=vocab, merges=[("\u010a", "\u010a")], unk_token="<unk>"))
+    tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=False)
+    tok.decoder = decoders.ByteLevel()
+    tok.add_special_tokens(list(SPECIALS))
+    return PreTrainedTokenizerFast(
+        tokenizer_object=tok, pad_token="<pad>", eos_token="</s>", unk_token="<unk>", model_max_length=512
+    )
+
+
+def init_model(shape: Shape, tokenizer: Any, seed: int, path: Path) -> int:
+    """A random Llama causal LM of ``shape`` saved (with the tokenizer) at ``path``; returns its parameter count."""
+    import torch
+    from transformers import AutoModelForCausalLM, LlamaConfig
+
+    cfg = LlamaConfig(
+        vocab_size=len(tokenizer),
+        hidden_size=shape.hidden_size,
+        intermediate_size=shape.intermediate_size,
+        num_hidden_layers=shape.num_hidden_layers,
+        num_attention_heads=shape.num_attention_heads,
+        num_key_value_heads=shape.num_key_value_heads,
+        max_position_embeddings=shape.max_position_embeddings,
+        pad_token_id=tokenizer.pad_token_id,
+        bos_token_id=None,
+        eos_token_id=tokenizer.eos_token_id,
+        tie_word_embeddings=False,
+    )
+    with torch.random.fork_rng():
+        torch.manual_seed(seed)
+        model = AutoModelForCausalLM.from_config(cfg)
+    model.generation_config.pad_token_id = tokenizer.pad_token_id
+    model.save_pretrained(path)
+    tokenizer.save_pretrained(path)
+    return sum(p.numel() for p in model.parameters())
+
+
+# ------------------------------------------------------------------------------------------------------------------
+# Data
+
+
+def write_jsonl(path: Path, rows: Sequence[dict[str, Any]]) -> Path:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with path.open("w") as f:
+        for r in rows:
+            f.write(json.dumps(r) + "\n")
+    return path
+
+
+def problems(cfg: ToyWorldConfig, split: str, count: int, offset: int = 0) -> list[Any]:
+    """``count`` problems of ``split`` (as :class:`specs_rl.types.Problem`), skipping the first ``offset``."""
+    from dataclasses import replace
+
+    toys = toymath.generate(replace(cfg.toymath, problems=offset + count), split)[offset:]
+    return [toymath.to_problem(p, f"{split}-{offset + i}") for i, p in enumerate(toys)]
+
+
+def generate(
+    model: Any,
+    tokenizer: Any,
+    prompts: Sequence[str],
+    *,
+    temperature: float,
+    seed: int,
+    batch: int = 64,
+    max_new_tokens: int = 96,
+) -> list[str]:
+    """Completions of ``prompts`` (greedy at temperature 0), left-padded batches, eos removed."""
+    import torch
+
+    tokenizer.padding_side = "left"
+    out: list[str] = []
+    gen = torch.Generator().manual_seed(seed)
+    for i in range(0, len(prompts), batch):
+        enc = tokenizer(list(prompts[i : i + batch]), return_tensors="pt", padding=True)
+        kw: dict[str, Any] = {"do_sample": False}
+        if temperature > 0:
+            torch.manual_seed(
+                int(torch.randint(0, 2**31 - 1, (1,), generator=gen))
+            )  # generate() reads the global RNG
+            kw = {"do_sample": True, "temperature": temperature, "top_k": 0, "top_p": 1.0}
+        with torch.inference_mode():
+            ids = model.generate(
+                **enc,
+                max_new_tokens=max_new_tokens,
+                pad_token_id=tokenizer.pad_token_id,
+                eos_token_id=tokenizer.eos_token_id,
+                **kw,
+            )  # [B, L + new]
+        new = ids[:, enc["input_ids"].shape[1] :]
+        out += tokenizer.batch_decode(new, skip_special_tokens=True)
+    tokenizer.padding_side = "right"
+    return out
+
+
+def labelled_samples(
+    model: Any, tokenizer: Any, probs: Sequence[Any], *, temperature: float, seed: int
+) -> list[dict[str, Any]]:
+    """Stepwise rows ``{prompt, completions, labels}`` of the model's own samples, labelled exactly."""
+    texts = generate(model, tokenizer, [p.prompt for p in probs], temperature=temperature, seed=seed)
+    rows = []
+    for p, text in zip(probs, texts):
+        steps = toymath.split_steps(text)
+        if steps:
+            rows.append({"prompt": p.prompt, "completions": steps, "labels": toymath.label_steps(p, steps)})
+    return rows
+
+
+# ------------------------------------------------------------------------------------------------------------------
+# Measurements
+
+
+def accuracy(model: Any, tokenizer: Any, probs: Sequence[Any]) -> tuple[float, list[bool], float]:
+    """Greedy accuracy: ``(solution accuracy, per-problem solution correctness, answer accuracy)``; a solution is
+    correct when every step is right and the answer boxed (:func:`toymath.is_correct_solution`); the answer
+    accuracy only compares the last ``\\boxed{}`` with the gold answer (what the search's grader checks)."""
+    from specs_rl.grading import extract_boxed
+
+    texts = generate(model, tokenizer, [p.prompt for p in probs], temperature=0.0, seed=0)
+    ok = [toymath.is_correct_solution(p, t) for p, t in zip(probs, texts)]
+    answer_ok = [(extract_boxed(t) or "").strip() == p.answer for p, t in zip(probs, texts)]
+    return float(np.mean(ok)), ok, float(np.mean(answer_ok))
+
+
+def auc(scores: Sequence[float], labels: Sequence[bool]) -> float:
+    """ROC AUC (Mann-Whitney): P(score of a correct step > score of a wrong one), ties counted half.
+
+    >>> auc([0.9, 0.8, 0.3, 0.1], [True, True, False, True])
+    0.6666666666666666
+    """
+    from scipy.stats import rankdata
+
+    s, y = np.asarray(scores, dtype=float), np.asarray(labels, dtype=bool)
+    pos, neg = int(y.sum()), int((~y).sum())
+    if pos == 0 or neg == 0:
+        return float("nan")
+    ranks = rankdata(s)
+    return float((ranks[y].sum() - pos * (pos + 1) / 2) / (pos * neg))
+
+
+def prm_step_scores(prm: Any, tokenizer: Any, rows: Sequence[dict[str, Any]]) -> list[list[float]]:
+    """The PRM's reward of every step of every row (the inference encoding of :mod:`specs_rl.prm_format`)."""
+    from specs_rl.training.prm import score_steps
+
+    return [score_steps(prm, tokenizer, r["prompt"], r["completions"]) for r in rows]
+
+
+def step_latency(path: Path, probs: Sequence[Any], tokens: int, repeats: int) -> float:
+    """Median seconds per generated token at batch 1 through the search backend (``HFSampler``, n = 1), the model
+    loaded from ``path`` exactly as ``backend: hf`` loads it (float32 on the CPU); eos ignored, so every repeat
+    generates ``tokens`` tokens after the prompt of a different problem; the first repeat is dropped (warm-up)."""
+    import torch
+
+    from specs_rl.hf.config import ModelSpec
+    from specs_rl.hf.lm import HFLM, HFSampler
+    from specs_rl.hf.models import load_causal_lm
+    from specs_rl.types import Trace
+
+    model, tok = load_causal_lm(ModelSpec(name=str(path), device="cpu"), "latency")
+    lm = HFLM(model, tok, name=path.name)
+    sampler = HFSampler(lm, temperature=1.0, max_step_tokens=tokens, max_tokens=tokens, ignore_eos=True)
+    gen = torch.Generator().manual_seed(0)
+    times = []
+    for r in range(repeats + 1):
+        lm.stack.clear()
+        trace = Trace(probs[r % len(probs)])
+        lm.prompt_ids(trace.problem)
+        t0 = time.perf_counter()
+        cand = sampler.propose([trace], 1, gen, to_end=True)[0][0]
+        times.append((time.perf_counter() - t0) / len(cand.token_ids))
+    return statistics.median(times[1:])
+
+
+def save_bf16(src: Path, dst: Path, head: str) -> int:
+    """Copy a trained checkpoint to ``dst`` in bfloat16 (+ tokenizer, + prm_config.json); returns bytes written."""
+    import torch
+    from transformers import AutoModelForCausalLM, AutoModelForTokenClassification, AutoTokenizer
+
+    cls = AutoModelForCausalLM if head == "causal_lm" else AutoModelForTokenClassification
+    model = cls.from_pretrained(src, dtype=torch.float32).to(torch.bfloat16)
+    if dst.exists():
+        shutil.rmtree(dst)
+    model.save_pretrained(dst)
+    AutoTokenizer.from_pretrained(src).save_pretrained(dst)
+    if (src / "prm_config.json").is_file():
+        shutil.copy(src / "prm_config.json", dst / "prm_config.json")
+    return sum(f.stat().st_size for f in dst.iterdir())
+
+
+# ------------------------------------------------------------------------------------------------------------------
+# The recipe
+
+
+def run_recipe(
+    module: Any, out: Path, name: str, fields: dict[str, Any], *, reuse: bool = False
+) -> dict[str, Any]:
+    """Write the stage's flat YAML (the exact input of the recipe), run ``module.main`` on it, return its metrics
+    (also kept in ``out/<name>.done.json``). ``reuse``: return the metrics of the earlier run instead."""
+    import yaml
+
+    done = out / f"{name}.done.json"
+    if reuse:
+        if not done.is_file():
+            raise SpecsError(f"stages skips {name}, but {done} is missing: run that stage first")
+        print(f"[toyworld] {name}: reusing {fields['output_dir']}", flush=True)
+        return {**json.loads(done.read_text()), "reused": True}
+    path = out / f"{name}.yaml"
+    path.write_text(yaml.safe_dump(fields, sort_keys=False))
+    print(f"[toyworld] {name}: python -m {module.__name__} --config {path}", flush=True)
+    t0 = time.perf_counter()
+    rc = module.main(["--config", str(path)])
+    if rc:
+        raise SpecsError(f"{name}: {module.__name__} exited with {rc}")
+    metrics = json.loads((Path(fields["output_dir"]) / "metrics.json").read_text())
+    metrics["wall_s"] = time.perf_counter() - t0
+    print(f"[toyworld] {name}: done in {metrics['wall_s']:.0f} s", flush=True)
+    done.write_text(json.dumps(metrics, indent=1))
+    return metrics
+
+
+COMMON_TRAINER = {
+    "use_cpu": True,
+    "bf16": False,  # this CPU has no native bf16: fp32 trains faster (checkpoints are cast to bf16 afterwards)
+    "save_strategy": "no",
+    "disable_tqdm": True,
+    "gradient_checkpointing": False,
+    "report_to": "wandb",  # offline (WANDB_DIR = out); WANDB_MODE=disabled skips it
+}
+
+
+@entry_point
+def main(argv: Sequence[str] | None = None) -> int:
+    cfg = parse_config(sys.argv[1:] if argv is None else argv)
+    import torch
+
+    torch.set_num_threads(cfg.threads)
+    out, assets = Path(cfg.out), Path(cfg.assets)
+    out.mkdir(parents=True, exist_ok=True)
+    os.environ.setdefault("WANDB_DIR", str(out.resolve()))
+    os.environ.setdefault("TRL_EXPERIMENTAL_SILENCE", "1")
+    (out / "toyworld_config.json").write_text(json.dumps(to_dict(cfg), indent=1))
+    t_start = time.perf_counter()
+    world: dict[str, Any] = {"config": to_dict(cfg), "stages": {}}
+    if not set(cfg.stages) & {"target", "draft", "prm"}:
+        old = assets / "world.json"
+        if old.is_file():  # keep the training record of the run that made the checkpoints
+            prev = json.loads(old.read_text())
+            world.update(
+                {k: prev[k] for k in ("stages", "prm_data", "train_wall_s", "parameters") if k in prev}
+            )
+    else:
+        train_world(cfg, out, world)
+        world["train_wall_s"] = sum(st["wall_s"] for st in world["stages"].values())
+        world["wall_s_this_run"] = time.perf_counter() - t_start
+    if "measure" not in cfg.stages:
+        return 0
+    measure_world(cfg, out, assets, world)
+    world["total_wall_s"] = time.perf_counter() - t_start
+    (assets / "world.json").write_text(json.dumps(world, indent=1))
+    summary = {
+        k: world.get(k)
+        for k in (
+            "parameters",
+            "latency_s_per_token",
+            "latency_ratio_draft_over_target",
+            "accuracy_greedy",
+            "checkpoint_bytes",
+            "train_wall_s",
+            "total_wall_s",
+        )
+    }
+    summary["prm_auc"] = world["prm_auc_draft_samples"]["auc"]
+    print(json.dumps(summary, indent=1))
+    return 0
+
+
+def train_world(cfg: ToyWorldConfig, out: Path, world: dict[str, Any]) -> None:
+    """Stages 1-7: data, tokenizer, models, and the three trainings (checkpoints in ``out/{target,draft,prm}``)."""
+    from transformers import AutoModelForCausalLM
+
+    from train import draft as draft_recipe
+    from train import prm as prm_recipe
+
+    # 1. Data: train-split problems only (disjoint from tune / test by construction).
+    n_train = max(cfg.target.train_problems, cfg.draft.train_problems + cfg.draft.target_written)
+    train = problems(
+        cfg, "train", n_train + cfg.prm.synthetic_rows + cfg.prm.draft_samples + cfg.prm.target_samples
+    )
+    sft = write_jsonl(out / "data/sft_target.jsonl", toymath.sft_rows(train[: cfg.target.train_problems]))
+
+    # 2-3. Tokenizer and random models.
+    tok = make_tokenizer()
+    params = {
+        "target": init_model(cfg.target.shape, tok, cfg.seed + 1, out / "init/target"),
+        "draft": init_model(cfg.draft.shape, tok, cfg.seed + 2, out / "init/draft"),
+    }
+    print(f"[toyworld] vocabulary {len(tok)}; parameters {params}", flush=True)
+
+    # 4. Target: SFT on reference solutions (train.draft, mode sft, the target as its own proxy teacher).
+    proxy = {"eval_prompts": 4, "proxy_max_new_tokens": 32, "proxy_batch_size": 4}
+    world["stages"]["target"] = run_recipe(
+        draft_recipe,
+        out,
+        "target",
+        {
+            "mode": "sft",
+            "model_name_or_path": str(out / "init/target"),
+            "target_model_name_or_path": str(out / "init/target"),
+            "dataset_name": str(sft),
+            "output_dir": str(out / "target"),
+            "seed": cfg.seed,
+            **proxy,
+            **COMMON_TRAINER,
+            **cfg.trainer,
+            **cfg.target.trainer,
+        },
+        reuse="target" not in cfg.stages,
+    )
+
+    # 5. Draft: SFT on reference solutions (+ target-written ones: the recipe has the target write every prompt
+    # that comes without a completion), the trained target as the acceptance-proxy teacher.
+    k = cfg.draft.train_problems
+    rows = toymath.sft_rows(train[:k]) + [
+        {"prompt": p.prompt} for p in train[k : k + cfg.draft.target_written]
+    ]
+    draft_data = write_jsonl(out / "data/sft_draft.jsonl", rows)
+    world["stages"]["draft"] = run_recipe(
+        draft_recipe,
+        out,
+        "draft",
+        {
+            "mode": "sft",
+            "model_name_or_path": str(out / "init/draft"),
+            "target_model_name_or_path": str(out / "target"),
+            "dataset_name": str(draft_data),
+            "gen_temperature": 0.5,
+            "gen_max_new_tokens": 96,
+            "output_dir": str(out / "draft"),
+            "seed": cfg.seed,
+            **proxy,
+            **COMMON_TRAINER,
+            **cfg.trainer,
+            **cfg.draft.trainer,
+        },
+        reuse="draft" not in cfg.stages,
+    )
+
+    # 6. PRM data: generator rows with plausible errors + the draft's and target's own samples, labelled exactly.
+    rng = np.random.default_rng(cfg.seed)
+    pool = train[n_train:]
+    syn = pool[: cfg.prm.synthetic_rows]
+    d_probs = pool[len(syn) : len(syn) + cfg.prm.draft_samples]
+    t_probs = pool[len(syn) + len(d_probs) :][: cfg.prm.target_samples]
+    draft_m = AutoModelForCausalLM.from_pretrained(out / "draft").eval()
+    target_m = AutoModelForCausalLM.from_pretrained(out / "target").eval()
+    temp = cfg.prm.sample_temperature
+    prm_train = toymath.prm_rows(syn, rng, error_rate=cfg.prm.error_rate)
+    prm_train += labelled_samples(draft_m, tok, d_probs, temperature=temp, seed=cfg.seed + 10)
+    prm_train += labelled_samples(target_m, tok, t_probs, temperature=temp, seed=cfg.seed + 11)
+    tune = problems(cfg, "tune", cfg.prm.eval_samples)
+    prm_eval = labelled_samples(draft_m, tok, tune, temperature=temp, seed=cfg.seed + 12)
+    order = rng.permutation(len(prm_train))
+    prm_train_path = write_jsonl(out / "data/prm_train.jsonl", [prm_train[i] for i in order])
+    prm_eval_path = write_jsonl(out / "data/prm_eval.jsonl", prm_eval)
+    labels = [y for r in prm_train for y in r["labels"]]
+    world["prm_data"] = {
+        "rows": len(prm_train),
+        "steps": len(labels),
+        "correct_fraction": float(np.mean(labels)),
+    }
+    print(f"[toyworld] PRM data: {world['prm_data']}", flush=True)
+
+    # 7. PRM: token classification on those rows, initialized from the trained target (or from scratch).
+    if cfg.prm.init == "target":
+        prm_init = out / "target"
+    else:
+        params["prm"] = init_model(cfg.prm.shape, tok, cfg.seed + 3, out / "init/prm")
+        prm_init = out / "init/prm"
+    world["stages"]["prm"] = run_recipe(
+        prm_recipe,
+        out,
+        "prm",
+        {
+            "model_name_or_path": str(prm_init),
+            "dataset_name": str(prm_train_path),
+            "eval_dataset_name": str(prm_eval_path),
+            "dataset_format": "stepwise",
+            "max_length": 192,
+            "step_separator": "\n\n",
+            "output_dir": str(out / "prm"),
+            "seed": cfg.seed,
+            **COMMON_TRAINER,
+            **cfg.trainer,
+            **cfg.prm.trainer,
+        },
+        reuse="prm" not in cfg.stages,
+    )
+    world["parameters"] = params
+
+
+def measure_world(cfg: ToyWorldConfig, out: Path, assets: Path, world: dict[str, Any]) -> None:
+    """Stage 8: save the checkpoints in bf16 under ``assets`` and measure them as the search loads them."""
+    import torch
+    from transformers import AutoModelForCausalLM, AutoModelForTokenClassification, AutoTokenizer
+
+    params = dict(world.get("parameters", {}))
+
+    # 8. Save in bf16 and measure the saved checkpoints the way the search loads them (float32 on the CPU).
+    assets.mkdir(parents=True, exist_ok=True)
+    sizes = {
+        name: save_bf16(out / name, assets / name, head)
+        for name, head in (("target", "causal_lm"), ("draft", "causal_lm"), ("prm", "token_classification"))
+    }
+    world["checkpoint_bytes"] = sizes
+    models = {
+        n: AutoModelForCausalLM.from_pretrained(assets / n, dtype=torch.float32).eval()
+        for n in ("target", "draft")
+    }
+    prm = AutoModelForTokenClassification.from_pretrained(assets / "prm", dtype=torch.float32).eval()
+    tok = AutoTokenizer.from_pretrained(assets / "target")
+    params["prm"] = sum(p.numel() for p in prm.parameters())
+    world["parameters"] = params
+    world["shapes"] = {n: to_dict(getattr(cfg, n).shape) for n in ("target", "draft")}
+
+    test = problems(
+        cfg, "test", max(cfg.measure.test_problems, cfg.measure.auc_problems, cfg.measure.fixed_problems)
+    )
+    m = cfg.measure
+    world["latency_s_per_token"] = {
+        n: step_latency(assets / n, test, m.latency_tokens, m.latency_repeats) for n in ("draft", "target")
+    }
+    lat = world["latency_s_per_token"]
+    world["latency_ratio_draft_over_target"] = lat["draft"] / lat["target"]
+    world["accuracy_greedy"] = {}
+    for n, model in models.items():
+        acc, _, answer_acc = accuracy(model, tok, test[: m.test_problems])
+        world["accuracy_greedy"][n] = acc
+        world["accuracy_greedy"][f"{n}_answer_only"] = answer_acc
+    world["accuracy_greedy"]["test_problems"] = m.test_problems
+    auc_probs = [p for p in test[: m.auc_problems] for _ in range(m.auc_samples)]
+    samples = labelled_samples(
+        models["draft"], tok, auc_probs, temperature=m.auc_temperature, seed=cfg.seed + 13
+    )
+    scores = prm_step_scores(prm, tok, samples)
+    flat_y = [y for r in samples for y in r["labels"]]
+    flat_s = [s for ss in scores for s in ss]
+    world["prm_auc_draft_samples"] = {
+        "auc": auc(flat_s, flat_y),
+        "problems": m.auc_problems,
+        "samples_per_problem": m.auc_samples,
+        "temperature": m.auc_temperature,
+        "steps": len(flat_y),
+        "correct_fraction": float(np.mean(flat_y)),
+        "step_accuracy_at_0.5": float(np.mean((np.asarray(flat_s) >= 0.5) == np.asarray(flat_y))),
+    }
+
+    # The fixed set the tests recheck: its problems, greedy correctness, and fixed draft samples with PRM scores.
+    fixed = test[: m.fixed_problems]
+    fixed_rows = samples[: 4 * m.fixed_problems]
+    fixed_scores = scores[: len(fixed_rows)]
+    world["fixed_set"] = {
+        "split": "test",
+        "problems": [p.prompt for p in fixed],
+        "greedy_correct": {n: accuracy(models[n], tok, fixed)[1] for n in ("target", "draft")},
+        "prm_rows": fixed_rows,
+        "prm_scores": fixed_scores,
+        "prm_auc": auc([s for ss in fixed_scores for s in ss], [y for r in fixed_rows for y in r["labels"]]),
+    }
+    for n in ("target", "draft"):
+        world["fixed_set"][f"accuracy_{n}"] = float(np.mean(world["fixed_set"]["greedy_correct"][n]))
+
+
+if __name__ == "__main__":
+    sys.exit(main())
