@@ -5,6 +5,8 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
+import pytest
+
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
 os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
@@ -15,6 +17,16 @@ os.environ.setdefault("TRL_EXPERIMENTAL_SILENCE", "1")
 # Tiny models on a 2-core machine: one intra-op thread is faster than two fighting over the cores (the trainer
 # suite took 38 s with one thread against 160 s with two under load). Set before anything imports torch.
 os.environ.setdefault("OMP_NUM_THREADS", "1")
+
+
+@pytest.fixture(autouse=True, scope="session")
+def _one_torch_thread():
+    """The same for code that sets threads itself: tiny models gain nothing from intra-op threads here."""
+    import torch
+
+    torch.set_num_threads(1)
+    yield
+
 
 REPO = Path(__file__).resolve().parents[1]
 SHARED_DATA = REPO.parent / "shared" / "data"

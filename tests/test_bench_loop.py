@@ -10,14 +10,6 @@ import torch
 from eval.bench_loop import BenchConfig, bench_gpu, main, params_of
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    old = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(old)
-
-
 def test_quick_bench_writes_its_figures(tmp_path, capsys):
     assert main([f"out={tmp_path}", "quick=true", "repeats=2"]) == 0
     report = json.loads((tmp_path / "bench.json").read_text())

@@ -17,15 +17,6 @@ from specs_rl.tiny import CHAT_TEMPLATE, SPECIALS, tiny_causal_lm
 from specs_rl.types import Candidate, Problem, Trace
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    """Tiny models on a shared 2-core machine: one intra-op thread is many times faster (no OpenMP contention)."""
-    old = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(old)
-
-
 @pytest.fixture(scope="module")
 def parts():
     return tiny_parts(seed=0, max_step_tokens=10, max_tokens=120)

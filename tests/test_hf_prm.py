@@ -15,15 +15,6 @@ from specs_rl.prm_format import PrmFormat, encode_steps
 from specs_rl.tiny import make_tokenizer, tiny_seq_classifier, tiny_token_classifier
 from specs_rl.types import Candidate, Problem, Trace
 
-
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    old = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(old)
-
-
 PROBLEM = Problem("p", "What is 2 + 3?\n\nPlease reason step by step.", meta={"problem": "What is 2 + 3?"})
 STEPS = ["Step 1: add 2 and 3.\n\n", "So x = 5.\n\n", "The answer is \\boxed{5}"]
 

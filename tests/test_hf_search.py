@@ -19,14 +19,6 @@ REPO = Path(__file__).resolve().parents[1]
 TINY = REPO / "configs" / "search" / "tiny_hf.yaml"
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    old = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(old)
-
-
 def test_tiny_hf_config_runs_and_writes_per_stage_latency(tmp_path):
     from eval.search import main
 

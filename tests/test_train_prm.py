@@ -17,16 +17,6 @@ from specs_rl.training.prm_data import toy_stepwise_rows
 CONFIGS = Path(__file__).resolve().parents[1] / "configs" / "train"
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_torch_thread():
-    """Tiny models gain nothing from intra-op threads, and on a shared 2-core machine they spin: 1 thread here
-    (measured: this suite took 38 s with OMP_NUM_THREADS=1 against 160 s with the default threads, under load)."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
 COMMON = dict(
     max_steps=3,
     per_device_train_batch_size=4,
