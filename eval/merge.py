@@ -35,7 +35,7 @@ from specs_rl.cli import entry_point
 from specs_rl.config import ConfigError, load_config
 from specs_rl.datasets import parse_shard
 from specs_rl.errors import SpecsError
-from specs_rl.runner import check_run_dir, prepare_run_dir, read_results
+from specs_rl.runner import check_run_dir, config_diff, prepare_run_dir, read_results
 
 OPTIONS = ("out", "wandb", "project", "wandb_dir", "plot")
 USAGE = "usage: specs-rl merge DIR [DIR ...] out=DIR [wandb=true|false] [project=NAME] [wandb_dir=DIR] [plot=true|false]"
@@ -83,11 +83,6 @@ def read_source(d: Path) -> Source:
 
 def _without_shard(identity: dict[str, Any]) -> dict[str, Any]:
     return {k: v for k, v in identity.items() if k != "data.shard"}
-
-
-def config_diff(a: dict[str, Any], b: dict[str, Any]) -> list[str]:
-    """Keys (dotted, as ``config.json`` holds them) whose values differ."""
-    return sorted(k for k in set(a) | set(b) if a.get(k, "<absent>") != b.get(k, "<absent>"))
 
 
 def _parse_argv(argv: Sequence[str]) -> tuple[list[Path], dict[str, str]]:

@@ -350,6 +350,7 @@ __all__ = [
     "TreeError",
     "build_task",
     "check_run_dir",
+    "config_diff",
     "prepare_run_dir",
     "problem_seed",
     "run_identity",
@@ -370,6 +371,11 @@ def _flat(d: dict[str, Any], prefix: str = "") -> dict[str, Any]:
         else:
             out[f"{prefix}{k}"] = v
     return out
+
+
+def config_diff(a: dict[str, Any], b: dict[str, Any]) -> list[str]:
+    """Keys (dotted, as ``config.json`` holds them) whose values differ between two run identities."""
+    return sorted(k for k in set(a) | set(b) if a.get(k, "<absent>") != b.get(k, "<absent>"))
 
 
 def run_identity(config: Any, ignore: Sequence[str] = ("out",)) -> dict[str, Any]:
@@ -394,8 +400,7 @@ def check_run_dir(out: str | Path, config: Any, *, ignore: Sequence[str] = ("out
             previous = _flat(json.loads(stamp.read_text()))
         except json.JSONDecodeError:
             raise SpecsError(f"{stamp} is corrupt; move the directory away or pick another out=") from None
-        current = run_identity(config, ignore)
-        diff = sorted(k for k in set(previous) | set(current) if previous.get(k, "<absent>") != current.get(k, "<absent>"))
+        diff = config_diff(previous, run_identity(config, ignore))
         if diff:
             more = f" and {len(diff) - 5} more" if len(diff) > 5 else ""
             raise SpecsError(
