@@ -59,7 +59,10 @@ from specs_rl.types import STAGES
 
 # Keys that change how a run is shown (or warmed up), not what it computes: they may differ when a run is resumed
 # or merged.
-PRESENTATION_KEYS = ("out", "progress", "wandb", "project", "wandb_dir", "plot", "warmup")
+PRESENTATION_KEYS = ("out", "progress", "wandb", "project", "wandb_dir", "plot", "warmup", "order")
+
+
+ORDERS = ("method", "problem")
 
 
 @dataclass
@@ -102,8 +105,19 @@ class CompareConfig(RunConfig):
         },
     )
 
+    order: str = field(
+        default="method",
+        metadata={
+            "help": "method: each run searches all its problems in turn; problem: every run searches a batch of "
+            "problems before the next batch, so a slow spell of a shared machine hits every method alike "
+            "(results are the same either way: seeds are per problem)"
+        },
+    )
+
     def validate(self) -> None:
         super().validate()
+        if self.order not in ORDERS:
+            raise ValueError(f"order must be one of {', '.join(ORDERS)}, got {self.order!r}")
         for name, values in (("methods", self.methods), ("n_grid", self.n_grid), ("seeds", self.seeds)):
             if not values:
                 raise ValueError(f"{name} must not be empty")
@@ -285,8 +299,13 @@ def run_grid(
     grader: dict[str, str] | None = None,
     progress: bool = True,
     warmup: int = 0,
+    order: str = "method",
 ) -> list[dict[str, Any]]:
-    """Search every problem of every planned run not yet in ``results_path``; returns every record of the file."""
+    """Search every problem of every planned run not yet in ``results_path``; returns every record of the file.
+    ``order``: ``method`` runs each planned run over all its problems in turn; ``problem`` takes the problems
+    ``batch_size`` at a time through every run before the next batch (the same records, interleaved in time)."""
+    if order not in ORDERS:
+        raise ValueError(f"order must be one of {', '.join(ORDERS)}, got {order!r}")
     with ResultsWriter(results_path) as writer:
         done = writer.done
         pending = {run.key: [p for p in task.problems if (*run.key, p.id) not in done] for run in runs}
@@ -300,17 +319,25 @@ def run_grid(
                 record["grader"] = dict(grader)
             writer.write(record)
 
+        def search(run: PlannedRun, batch: list[Any]) -> None:
+            extra = {"method": run.method, "strategy": run.config.method, "n": run.n, "seed": run.seed}
+            sub = dataclasses.replace(task, problems=batch)
+            search_task(sub, run.config, run.seed, batch_size=len(batch), on_result=write, extra=extra)
+            bar.advance(len(batch), run.label)
+
         try:
-            for run in runs:
-                todo = pending[run.key]
-                extra = {"method": run.method, "strategy": run.config.method, "n": run.n, "seed": run.seed}
-                for start in range(0, len(todo), batch_size):
-                    batch = todo[start : start + batch_size]
-                    sub = dataclasses.replace(task, problems=batch)
-                    search_task(
-                        sub, run.config, run.seed, batch_size=len(batch), on_result=write, extra=extra
-                    )
-                    bar.advance(len(batch), run.label)
+            if order == "method":
+                for run in runs:
+                    todo = pending[run.key]
+                    for start in range(0, len(todo), batch_size):
+                        search(run, todo[start : start + batch_size])
+            else:
+                for start in range(0, len(task.problems), batch_size):
+                    ids = {p.id for p in task.problems[start : start + batch_size]}
+                    for run in runs:
+                        batch = [p for p in pending[run.key] if p.id in ids]
+                        if batch:
+                            search(run, batch)
         finally:
             bar.close()
         return list(writer.records)
@@ -360,12 +387,14 @@ def aggregate_rows(records: Sequence[dict[str, Any]], rows: Sequence[dict[str, A
             "accuracy_seed_std": statistics.stdev(accs) if len(accs) > 1 else (0.0 if accs else None),
         }
         out.append(agg)
-    ref = {a["n"]: a["latency_mean_s"] for a in out if a["method"] == "beam_search_target"}
-    for a in out:
-        base = ref.get(a["n"])
-        a["latency_vs_beam_search_target"] = (
-            a["latency_mean_s"] / base if base and a["n"] is not None and base > 0 else None
-        )
+    for stat in ("mean", "p50"):
+        ref = {a["n"]: a[f"latency_{stat}_s"] for a in out if a["method"] == "beam_search_target"}
+        for a in out:
+            base = ref.get(a["n"])
+            ok = base and a["n"] is not None and base > 0 and a[f"latency_{stat}_s"] is not None
+            a["latency_vs_beam_search_target" if stat == "mean" else "latency_p50_vs_beam_search_target"] = (
+                a[f"latency_{stat}_s"] / base if ok else None
+            )
     return out
 
 
@@ -499,7 +528,10 @@ def _wandb_metrics(rows: Sequence[dict[str, Any]], aggregate: Sequence[dict[str,
     out: dict[str, Any] = {}
     for a in aggregate:
         base = f"{a['method']}/n{a['n'] if a['n'] is not None else '-'}"
-        for k in (*keys, "accuracy_seed_std", "latency_vs_beam_search_target", "problems"):
+        for k in (
+            *keys, "accuracy_seed_std", "latency_vs_beam_search_target", "latency_p50_vs_beam_search_target",
+            "problems",
+        ):
             out[f"{base}/{k}"] = a.get(k)
         if a.get("accuracy_ci"):
             out[f"{base}/accuracy_ci_lo"], out[f"{base}/accuracy_ci_hi"] = a["accuracy_ci"]
@@ -549,6 +581,7 @@ def log_wandb(
     ]  # fmt: skip
     summary_cols = ["method", "n", "seeds", "problems", "accuracy", "accuracy_seed_std", "latency_mean_s"]
     summary_cols += ["latency_p50_s", "latency_p90_s", "draft_step_fraction", "latency_vs_beam_search_target"]
+    summary_cols += ["latency_p50_vs_beam_search_target"]
     logged: dict[str, Any] = {
         "problems_table": wandb.Table(columns=list(PROBLEM_COLUMNS), data=table),
         "summary_table": wandb.Table(
@@ -640,6 +673,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         grader=grader,
         progress=cfg.progress,
         warmup=0 if cfg.backend == "tabular" else cfg.warmup,
+        order=cfg.order,
     )
     expected = len(runs) * len(task.problems)
     report(

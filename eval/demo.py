@@ -87,7 +87,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         spec, base = rows.get(("specs", n)), rows.get(("beam_search_target", n))
         if spec and base and spec.get("accuracy") is not None and base.get("accuracy") is not None:
             print(
-                f"SPECS / beam search (target), n={n}: latency x{spec['latency_mean_s'] / base['latency_mean_s']:.2f}, "
+                f"SPECS / beam search (target), n={n}: latency x{spec['latency_mean_s'] / base['latency_mean_s']:.2f} "
+                f"(median x{spec['latency_p50_s'] / base['latency_p50_s']:.2f}), "
                 f"accuracy {100 * (spec['accuracy'] - base['accuracy']):+.1f} points"
             )
     return 0
