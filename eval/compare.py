@@ -529,7 +529,10 @@ def _wandb_metrics(rows: Sequence[dict[str, Any]], aggregate: Sequence[dict[str,
     for a in aggregate:
         base = f"{a['method']}/n{a['n'] if a['n'] is not None else '-'}"
         for k in (
-            *keys, "accuracy_seed_std", "latency_vs_beam_search_target", "latency_p50_vs_beam_search_target",
+            *keys,
+            "accuracy_seed_std",
+            "latency_vs_beam_search_target",
+            "latency_p50_vs_beam_search_target",
             "problems",
         ):
             out[f"{base}/{k}"] = a.get(k)
