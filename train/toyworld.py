@@ -103,6 +103,13 @@ class PrmStage(ModelStage):
     eval_samples: int = field(
         default=200, metadata={"help": "draft samples on tune problems: the trainer's held-out set"}
     )
+    init_layers: int = field(
+        default=0,
+        metadata={
+            "help": "with init: target, the PRM's depth: the target's first k layers (k < its depth), or all of "
+            "them with copies of its last layer on top (k > its depth); 0: the target as it is"
+        },
+    )
 
 
 @dataclass
@@ -164,6 +171,13 @@ class ToyWorldConfig:
             s = stage.shape
             if s.hidden_size % s.num_attention_heads or s.num_attention_heads % s.num_key_value_heads:
                 raise SpecsError(f"{name}.shape: heads must divide hidden_size and kv heads divide heads")
+            if name == "prm" and stage.init_layers > 2 * self.target.shape.num_hidden_layers:
+                raise SpecsError(
+                    f"prm.init_layers={stage.init_layers} is more than twice the target's "
+                    f"{self.target.shape.num_hidden_layers} layers"
+                )
+            if name == "prm" and stage.init_layers < 0:
+                raise SpecsError(f"prm.init_layers must be >= 0, got {stage.init_layers}")
             for bad in ("model_name_or_path", "output_dir", "dataset_name", "target_model_name_or_path"):
                 if bad in stage.trainer:
                     raise SpecsError(f"{name}.trainer.{bad} is set by the recipe; remove it")
@@ -251,6 +265,33 @@ def init_model(shape: Shape, tokenizer: Any, seed: int, path: Path) -> int:
     model.generation_config.pad_token_id = tokenizer.pad_token_id
     model.save_pretrained(path)
     tokenizer.save_pretrained(path)
+    return sum(p.numel() for p in model.parameters())
+
+
+def resized_copy(src: Path, layers: int, path: Path) -> int:
+    """The causal LM at ``src`` with ``layers`` decoder layers, saved with its tokenizer at ``path``; returns its
+    parameter count. Fewer layers than ``src``: its first ``layers`` (a cheaper PRM); more: copies of its last
+    layer appended. The copies matter for a PRM: the target writes its prediction of a step's next token only in
+    its last layers, so judging a written result against that prediction needs layers above them."""
+    import copy
+
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    model = AutoModelForCausalLM.from_pretrained(src)
+    stack = model.model.layers
+    if layers <= len(stack):
+        model.model.layers = stack[:layers]
+    else:
+        for _ in range(layers - len(stack)):
+            stack.append(copy.deepcopy(stack[-1]))
+    for i, layer in enumerate(model.model.layers):
+        layer.self_attn.layer_idx = i
+    model.config.num_hidden_layers = layers
+    if getattr(model.config, "layer_types", None):
+        kinds = list(model.config.layer_types)
+        model.config.layer_types = (kinds + [kinds[-1]] * layers)[:layers]
+    model.save_pretrained(path)
+    AutoTokenizer.from_pretrained(src).save_pretrained(path)
     return sum(p.numel() for p in model.parameters())
 
 
@@ -364,10 +405,12 @@ def prm_step_scores(prm: Any, tokenizer: Any, rows: Sequence[dict[str, Any]]) ->
     return [score_steps(prm, tokenizer, r["prompt"], r["completions"]) for r in rows]
 
 
-def step_latency(path: Path, probs: Sequence[Any], tokens: int, repeats: int) -> float:
-    """Median seconds per generated token at batch 1 through the search backend (``HFSampler``, n = 1), the model
-    loaded from ``path`` exactly as ``backend: hf`` loads it (float32 on the CPU); eos ignored, so every repeat
-    generates ``tokens`` tokens after the prompt of a different problem; the first repeat is dropped (warm-up)."""
+def step_latency(paths: dict[str, Path], probs: Sequence[Any], tokens: int, repeats: int) -> dict[str, Any]:
+    """Seconds per generated token at batch 1 through the search backend (``HFSampler``, n = 1), each model loaded
+    from its path exactly as ``backend: hf`` loads it (float32 on the CPU); eos ignored, so every repeat generates
+    ``tokens`` tokens after the prompt of a different problem. The models take turns within each repeat, so a slow
+    spell of a shared machine hits all of them alike; the first repeat is dropped (warm-up). Returns
+    ``{"per_token_s": {name: median}, "ratios": {"a/b": median of the per-repeat ratios}, "repeats": k}``."""
     import torch
 
     from specs_rl.hf.config import ModelSpec
@@ -375,19 +418,34 @@ def step_latency(path: Path, probs: Sequence[Any], tokens: int, repeats: int) ->
     from specs_rl.hf.models import load_causal_lm
     from specs_rl.types import Trace
 
-    model, tok = load_causal_lm(ModelSpec(name=str(path), device="cpu"), "latency")
-    lm = HFLM(model, tok, name=path.name)
-    sampler = HFSampler(lm, temperature=1.0, max_step_tokens=tokens, max_tokens=tokens, ignore_eos=True)
+    samplers = {}
+    for name, path in paths.items():
+        model, tok = load_causal_lm(ModelSpec(name=str(path), device="cpu"), "latency")
+        lm = HFLM(model, tok, name=path.name)
+        samplers[name] = (
+            lm,
+            HFSampler(lm, temperature=1.0, max_step_tokens=tokens, max_tokens=tokens, ignore_eos=True),
+        )
     gen = torch.Generator().manual_seed(0)
-    times = []
+    times: dict[str, list[float]] = {name: [] for name in paths}
     for r in range(repeats + 1):
-        lm.stack.clear()
-        trace = Trace(probs[r % len(probs)])
-        lm.prompt_ids(trace.problem)
-        t0 = time.perf_counter()
-        cand = sampler.propose([trace], 1, gen, to_end=True)[0][0]
-        times.append((time.perf_counter() - t0) / len(cand.token_ids))
-    return statistics.median(times[1:])
+        for name, (lm, sampler) in samplers.items():
+            lm.stack.clear()
+            trace = Trace(probs[r % len(probs)])
+            lm.prompt_ids(trace.problem)
+            t0 = time.perf_counter()
+            cand = sampler.propose([trace], 1, gen, to_end=True)[0][0]
+            times[name].append((time.perf_counter() - t0) / len(cand.token_ids))
+    names = list(paths)
+    return {
+        "per_token_s": {n: statistics.median(times[n][1:]) for n in names},
+        "ratios": {
+            f"{a}/{b}": statistics.median(x / y for x, y in zip(times[a][1:], times[b][1:]))
+            for i, a in enumerate(names)
+            for b in names[i + 1 :]
+        },
+        "repeats": repeats,
+    }
 
 
 def save_bf16(src: Path, dst: Path, head: str) -> int:
@@ -590,7 +648,10 @@ def train_world(cfg: ToyWorldConfig, out: Path, world: dict[str, Any]) -> None:
     print(f"[toyworld] PRM data: {world['prm_data']}", flush=True)
 
     # 7. PRM: token classification on those rows, initialized from the trained target (or from scratch).
-    if cfg.prm.init == "target":
+    if cfg.prm.init == "target" and cfg.prm.init_layers:
+        params["prm"] = resized_copy(out / "target", cfg.prm.init_layers, out / "init/prm")
+        prm_init = out / "init/prm"
+    elif cfg.prm.init == "target":
         prm_init = out / "target"
     else:
         params["prm"] = init_model(cfg.prm.shape, tok, cfg.seed + 3, out / "init/prm")
@@ -640,16 +701,21 @@ def measure_world(cfg: ToyWorldConfig, out: Path, assets: Path, world: dict[str,
     params["prm"] = sum(p.numel() for p in prm.parameters())
     world["parameters"] = params
     world["shapes"] = {n: to_dict(getattr(cfg, n).shape) for n in ("target", "draft")}
+    world["shapes"]["prm"] = {
+        k: getattr(prm.config, k) for k in ("hidden_size", "num_hidden_layers", "intermediate_size")
+    }
 
     test = problems(
         cfg, "test", max(cfg.measure.test_problems, cfg.measure.auc_problems, cfg.measure.fixed_problems)
     )
     m = cfg.measure
-    world["latency_s_per_token"] = {
-        n: step_latency(assets / n, test, m.latency_tokens, m.latency_repeats) for n in ("draft", "target")
-    }
-    lat = world["latency_s_per_token"]
-    world["latency_ratio_draft_over_target"] = lat["draft"] / lat["target"]
+    lat = step_latency(
+        {n: assets / n for n in ("draft", "target")}, test, m.latency_tokens, m.latency_repeats
+    )
+    world["latency_s_per_token"] = lat["per_token_s"]
+    world["latency_ratio_draft_over_target"] = lat["ratios"][
+        "draft/target"
+    ]  # paired: median of per-repeat ratios
     world["accuracy_greedy"] = {}
     for n, model in models.items():
         acc, _, answer_acc = accuracy(model, tok, test[: m.test_problems])
