@@ -243,25 +243,9 @@ def make_tokenizer() -> Any:
 
 def init_model(shape: Shape, tokenizer: Any, seed: int, path: Path) -> int:
     """A random Llama causal LM of ``shape`` saved (with the tokenizer) at ``path``; returns its parameter count."""
-    import torch
-    from transformers import AutoModelForCausalLM, LlamaConfig
+    from specs_rl.tiny import tiny_causal_lm
 
-    cfg = LlamaConfig(
-        vocab_size=len(tokenizer),
-        hidden_size=shape.hidden_size,
-        intermediate_size=shape.intermediate_size,
-        num_hidden_layers=shape.num_hidden_layers,
-        num_attention_heads=shape.num_attention_heads,
-        num_key_value_heads=shape.num_key_value_heads,
-        max_position_embeddings=shape.max_position_embeddings,
-        pad_token_id=tokenizer.pad_token_id,
-        bos_token_id=None,
-        eos_token_id=tokenizer.eos_token_id,
-        tie_word_embeddings=False,
-    )
-    with torch.random.fork_rng():
-        torch.manual_seed(seed)
-        model = AutoModelForCausalLM.from_config(cfg)
+    model = tiny_causal_lm(tokenizer, seed=seed, bos_token_id=None, **to_dict(shape))
     model.generation_config.pad_token_id = tokenizer.pad_token_id
     model.save_pretrained(path)
     tokenizer.save_pretrained(path)
@@ -495,6 +479,20 @@ def run_recipe(
     return metrics
 
 
+def stage_fields(cfg: ToyWorldConfig, out: Path, name: str, fields: dict[str, Any]) -> dict[str, Any]:
+    """A stage's recipe input: its own ``fields``, its output folder and seed, then the trainer fields (common ones,
+    those for every stage, the stage's own: later ones win)."""
+    trainer = getattr(cfg, name).trainer
+    return {
+        **fields,
+        "output_dir": str(out / name),
+        "seed": cfg.seed,
+        **COMMON_TRAINER,
+        **cfg.trainer,
+        **trainer,
+    }
+
+
 COMMON_TRAINER = {
     "use_cpu": True,
     "bf16": False,  # this CPU has no native bf16: fp32 trains faster (checkpoints are cast to bf16 afterwards)
@@ -579,18 +577,18 @@ def train_world(cfg: ToyWorldConfig, out: Path, world: dict[str, Any]) -> None:
         draft_recipe,
         out,
         "target",
-        {
-            "mode": "sft",
-            "model_name_or_path": str(out / "init/target"),
-            "target_model_name_or_path": str(out / "init/target"),
-            "dataset_name": str(sft),
-            "output_dir": str(out / "target"),
-            "seed": cfg.seed,
-            **proxy,
-            **COMMON_TRAINER,
-            **cfg.trainer,
-            **cfg.target.trainer,
-        },
+        stage_fields(
+            cfg,
+            out,
+            "target",
+            {
+                "mode": "sft",
+                "model_name_or_path": str(out / "init/target"),
+                "target_model_name_or_path": str(out / "init/target"),
+                "dataset_name": str(sft),
+                **proxy,
+            },
+        ),
         reuse="target" not in cfg.stages,
     )
 
@@ -605,20 +603,20 @@ def train_world(cfg: ToyWorldConfig, out: Path, world: dict[str, Any]) -> None:
         draft_recipe,
         out,
         "draft",
-        {
-            "mode": "sft",
-            "model_name_or_path": str(out / "init/draft"),
-            "target_model_name_or_path": str(out / "target"),
-            "dataset_name": str(draft_data),
-            "gen_temperature": 0.5,
-            "gen_max_new_tokens": 96,
-            "output_dir": str(out / "draft"),
-            "seed": cfg.seed,
-            **proxy,
-            **COMMON_TRAINER,
-            **cfg.trainer,
-            **cfg.draft.trainer,
-        },
+        stage_fields(
+            cfg,
+            out,
+            "draft",
+            {
+                "mode": "sft",
+                "model_name_or_path": str(out / "init/draft"),
+                "target_model_name_or_path": str(out / "target"),
+                "dataset_name": str(draft_data),
+                "gen_temperature": 0.5,
+                "gen_max_new_tokens": 96,
+                **proxy,
+            },
+        ),
         reuse="draft" not in cfg.stages,
     )
 
@@ -660,19 +658,19 @@ def train_world(cfg: ToyWorldConfig, out: Path, world: dict[str, Any]) -> None:
         prm_recipe,
         out,
         "prm",
-        {
-            "model_name_or_path": str(prm_init),
-            "dataset_name": str(prm_train_path),
-            "eval_dataset_name": str(prm_eval_path),
-            "dataset_format": "stepwise",
-            "max_length": 192,
-            "step_separator": "\n\n",
-            "output_dir": str(out / "prm"),
-            "seed": cfg.seed,
-            **COMMON_TRAINER,
-            **cfg.trainer,
-            **cfg.prm.trainer,
-        },
+        stage_fields(
+            cfg,
+            out,
+            "prm",
+            {
+                "model_name_or_path": str(prm_init),
+                "dataset_name": str(prm_train_path),
+                "eval_dataset_name": str(prm_eval_path),
+                "dataset_format": "stepwise",
+                "max_length": 192,
+                "step_separator": "\n\n",
+            },
+        ),
         reuse="prm" not in cfg.stages,
     )
     world["parameters"] = params
