@@ -63,6 +63,11 @@ PRESENTATION_KEYS = ("out", "progress", "wandb", "project", "wandb_dir", "plot",
 
 
 ORDERS = ("method", "problem")
+# latency statistic -> its ratio to beam search with the target at the same n, in the aggregate rows
+LATENCY_RATIOS = {
+    "latency_mean_s": "latency_vs_beam_search_target",
+    "latency_p50_s": "latency_p50_vs_beam_search_target",
+}
 
 
 @dataclass
@@ -387,14 +392,12 @@ def aggregate_rows(records: Sequence[dict[str, Any]], rows: Sequence[dict[str, A
             "accuracy_seed_std": statistics.stdev(accs) if len(accs) > 1 else (0.0 if accs else None),
         }
         out.append(agg)
-    for stat in ("mean", "p50"):
-        ref = {a["n"]: a[f"latency_{stat}_s"] for a in out if a["method"] == "beam_search_target"}
+    for stat, ratio in LATENCY_RATIOS.items():
+        ref = {a["n"]: a[stat] for a in out if a["method"] == "beam_search_target"}
         for a in out:
             base = ref.get(a["n"])
-            ok = base and a["n"] is not None and base > 0 and a[f"latency_{stat}_s"] is not None
-            a["latency_vs_beam_search_target" if stat == "mean" else "latency_p50_vs_beam_search_target"] = (
-                a[f"latency_{stat}_s"] / base if ok else None
-            )
+            ok = base and a["n"] is not None and base > 0 and a[stat] is not None
+            a[ratio] = a[stat] / base if ok else None
     return out
 
 
@@ -528,13 +531,7 @@ def _wandb_metrics(rows: Sequence[dict[str, Any]], aggregate: Sequence[dict[str,
     out: dict[str, Any] = {}
     for a in aggregate:
         base = f"{a['method']}/n{a['n'] if a['n'] is not None else '-'}"
-        for k in (
-            *keys,
-            "accuracy_seed_std",
-            "latency_vs_beam_search_target",
-            "latency_p50_vs_beam_search_target",
-            "problems",
-        ):
+        for k in (*keys, "accuracy_seed_std", *LATENCY_RATIOS.values(), "problems"):
             out[f"{base}/{k}"] = a.get(k)
         if a.get("accuracy_ci"):
             out[f"{base}/accuracy_ci_lo"], out[f"{base}/accuracy_ci_hi"] = a["accuracy_ci"]
@@ -583,8 +580,7 @@ def log_wandb(
         for r in records
     ]  # fmt: skip
     summary_cols = ["method", "n", "seeds", "problems", "accuracy", "accuracy_seed_std", "latency_mean_s"]
-    summary_cols += ["latency_p50_s", "latency_p90_s", "draft_step_fraction", "latency_vs_beam_search_target"]
-    summary_cols += ["latency_p50_vs_beam_search_target"]
+    summary_cols += ["latency_p50_s", "latency_p90_s", "draft_step_fraction", *LATENCY_RATIOS.values()]
     logged: dict[str, Any] = {
         "problems_table": wandb.Table(columns=list(PROBLEM_COLUMNS), data=table),
         "summary_table": wandb.Table(
