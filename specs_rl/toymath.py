@@ -319,6 +319,44 @@ def label_steps(problem: Problem | ToyProblem | str, steps: Sequence[str]) -> li
     return labels
 
 
+def error_chars(problem: Problem | ToyProblem | str, steps: Sequence[str]) -> list[int | None]:
+    """Per step, the offset of its first wrong character for the first wrong step (where its text leaves the
+    reference step), None elsewhere: the ``error_chars`` of a stepwise row (``specs_rl.prm_format.token_labels``).
+
+    >>> error_chars("Compute ((5-2)-3).", ["5-2=3", "3-3=1", "The answer is \\\\boxed{1}."])
+    [None, 4, None]
+    >>> error_chars("Compute ((5-2)-3).", ["5-2=", "3-3=0"])
+    [4, None]
+    """
+    state, out = initial_state(problem), []
+    reference = state.problem.steps()
+    wrong = False
+    for step in steps:
+        if wrong or check_step(state, step):
+            out.append(None)
+            state = state if wrong else state.advance()
+            continue
+        wrong = True
+        text = step[: -len(SEPARATOR)] if step.endswith(SEPARATOR) else step
+        text = text.rstrip()
+        ref = reference[state.index] if state.index < len(reference) else ""
+        k = 0
+        while k < min(len(text), len(ref)) and text[k] == ref[k]:
+            k += 1
+        out.append(k)
+    return out
+
+
+def stepwise_row(problem: Problem | ToyProblem | str, prompt: str, steps: Sequence[str]) -> dict[str, Any]:
+    """A PRM training row of a response: ``{prompt, completions, labels, error_chars}``, labelled exactly."""
+    return {
+        "prompt": prompt,
+        "completions": list(steps),
+        "labels": label_steps(problem, steps),
+        "error_chars": error_chars(problem, steps),
+    }
+
+
 def split_steps(text: str) -> list[str]:
     """The steps of a response text (split on the delimiter; empty pieces dropped)."""
     return [s for s in text.split(SEPARATOR) if s.strip()]
@@ -474,10 +512,11 @@ def prm_rows(
     kinds: Sequence[str] = ERROR_KINDS,
     truncate_after_error: bool = False,
 ) -> list[dict[str, Any]]:
-    """One TRL stepwise row per problem, ``{"prompt", "completions": [steps], "labels": [bool]}``: with
-    probability ``error_rate`` a solution with one plausible error (labels False from it on; with
+    """One TRL stepwise row per problem, ``{"prompt", "completions": [steps], "labels": [bool], "error_chars"}``:
+    with probability ``error_rate`` a solution with one plausible error (labels False from it on; with
     ``truncate_after_error`` the row stops at the wrong step), otherwise the reference solution (all True).
-    Steps carry no separator (``specs_rl.prm_format`` adds it)."""
+    ``error_chars`` (:func:`error_chars`) places the error inside its step for token labels. Steps carry no
+    separator (``specs_rl.prm_format`` adds it)."""
     if not 0.0 <= error_rate <= 1.0:
         raise SpecsError(f"error_rate must be in [0, 1], got {error_rate}")
     rows = []
@@ -491,7 +530,14 @@ def prm_rows(
         else:
             steps = p.steps()
             labels = [True] * len(steps)
-        rows.append({"prompt": pb.prompt, "completions": steps, "labels": labels})
+        rows.append(
+            {
+                "prompt": pb.prompt,
+                "completions": steps,
+                "labels": labels,
+                "error_chars": error_chars(p, steps),
+            }
+        )
     return rows
 
 
@@ -507,6 +553,7 @@ __all__ = [
     "answer_step",
     "check_step",
     "corrupted_solution",
+    "error_chars",
     "generate",
     "initial_state",
     "is_correct_solution",
@@ -517,6 +564,7 @@ __all__ = [
     "sft_rows",
     "split_of",
     "split_steps",
+    "stepwise_row",
     "to_problem",
     "wrong_step",
 ]

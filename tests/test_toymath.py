@@ -149,7 +149,9 @@ def test_labels_of_corrupted_solutions_and_prm_rows():
     rng = np.random.default_rng(2)
     problems = [to_problem(p, f"p{i}") for i, p in enumerate(generate(ToyMathConfig(problems=400), "train"))]
     rows = prm_rows(problems, rng, error_rate=0.5)
-    assert len(rows) == 400 and all(set(r) == {"prompt", "completions", "labels"} for r in rows)
+    assert len(rows) == 400 and all(
+        set(r) == {"prompt", "completions", "labels", "error_chars"} for r in rows
+    )
     with_error = 0
     for pb, r in zip(problems, rows):
         p = parse_problem(pb.prompt)

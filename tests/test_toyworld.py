@@ -10,6 +10,7 @@ import pytest
 
 from eval import demo
 from specs_rl import toymath
+from specs_rl.prm_format import PrmFormat
 from specs_rl.runner import wilson_interval
 from tests.conftest import REPO
 from train import toyworld as tw
@@ -230,7 +231,7 @@ def test_committed_models_load_as_plain_hf_models_and_reproduce_their_recorded_n
         assert mismatches <= 1, (name, ok, fixed["greedy_correct"][name])
         assert acc == pytest.approx(fixed[f"accuracy_{name}"], abs=1.5 / len(problems))
     prm = AutoModelForTokenClassification.from_pretrained(ASSETS / "prm", dtype=torch.float32).eval()
-    scores = tw.prm_step_scores(prm, tok, fixed["prm_rows"])
+    scores = tw.prm_step_scores(prm, tok, fixed["prm_rows"], PrmFormat.load(ASSETS / "prm"))
     flat = [s for ss in scores for s in ss]
     np.testing.assert_allclose(flat, [s for ss in fixed["prm_scores"] for s in ss], atol=1e-4)
     labels = [y for r in fixed["prm_rows"] for y in r["labels"]]

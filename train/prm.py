@@ -184,7 +184,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     out = training_args.output_dir
     metrics["saved"] = save_trained(trainer, out, tokenizer, script.save_merged)
     if is_main_process(training_args):
-        save_prm_format(out, training_args.step_separator)
+        save_prm_format(out, training_args.step_separator, training_args.step_reward)
         write_metrics(out, metrics)
         targs.write_resolved(config, out)
     finish_run(run)

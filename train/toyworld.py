@@ -340,13 +340,13 @@ def generate(
 def labelled_samples(
     model: Any, tokenizer: Any, probs: Sequence[Any], *, temperature: float, seed: int
 ) -> list[dict[str, Any]]:
-    """Stepwise rows ``{prompt, completions, labels}`` of the model's own samples, labelled exactly."""
+    """Stepwise rows ``{prompt, completions, labels, error_chars}`` of the model's own samples, labelled exactly."""
     texts = generate(model, tokenizer, [p.prompt for p in probs], temperature=temperature, seed=seed)
     rows = []
     for p, text in zip(probs, texts):
         steps = toymath.split_steps(text)
         if steps:
-            rows.append({"prompt": p.prompt, "completions": steps, "labels": toymath.label_steps(p, steps)})
+            rows.append(toymath.stepwise_row(p, p.prompt, steps))
     return rows
 
 
@@ -382,11 +382,14 @@ def auc(scores: Sequence[float], labels: Sequence[bool]) -> float:
     return float((ranks[y].sum() - pos * (pos + 1) / 2) / (pos * neg))
 
 
-def prm_step_scores(prm: Any, tokenizer: Any, rows: Sequence[dict[str, Any]]) -> list[list[float]]:
-    """The PRM's reward of every step of every row (the inference encoding of :mod:`specs_rl.prm_format`)."""
+def prm_step_scores(
+    prm: Any, tokenizer: Any, rows: Sequence[dict[str, Any]], fmt: Any = None
+) -> list[list[float]]:
+    """The PRM's reward of every step of every row (the inference encoding of :mod:`specs_rl.prm_format`, read the
+    way ``fmt``, the checkpoint's ``prm_config.json``, says)."""
     from specs_rl.training.prm import score_steps
 
-    return [score_steps(prm, tokenizer, r["prompt"], r["completions"]) for r in rows]
+    return [score_steps(prm, tokenizer, r["prompt"], r["completions"], fmt) for r in rows]
 
 
 def step_latency(paths: dict[str, Path], probs: Sequence[Any], tokens: int, repeats: int) -> dict[str, Any]:
@@ -681,6 +684,8 @@ def measure_world(cfg: ToyWorldConfig, out: Path, assets: Path, world: dict[str,
     import torch
     from transformers import AutoModelForCausalLM, AutoModelForTokenClassification, AutoTokenizer
 
+    from specs_rl.prm_format import PrmFormat
+
     params = dict(world.get("parameters", {}))
 
     # 8. Save in bf16 and measure the saved checkpoints the way the search loads them (float32 on the CPU).
@@ -724,7 +729,7 @@ def measure_world(cfg: ToyWorldConfig, out: Path, assets: Path, world: dict[str,
     samples = labelled_samples(
         models["draft"], tok, auc_probs, temperature=m.auc_temperature, seed=cfg.seed + 13
     )
-    scores = prm_step_scores(prm, tok, samples)
+    scores = prm_step_scores(prm, tok, samples, PrmFormat.load(assets / "prm"))
     flat_y = [y for r in samples for y in r["labels"]]
     flat_s = [s for ss in scores for s in ss]
     world["prm_auc_draft_samples"] = {

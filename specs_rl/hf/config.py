@@ -17,6 +17,8 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass, field
 
+from specs_rl.prm_format import STEP_REWARDS
+
 DEVICES = ("auto", "cpu", "cuda", "mps")
 DTYPES = ("auto", "float32", "bfloat16", "float16")
 ARCHS = ("llama", "qwen2")
@@ -139,7 +141,7 @@ AGGREGATES = ("last", "min", "prod")
 class PrmSpec:
     """The process reward model (or a sequence-classification reward model) and how it reads a solution.
 
-    ``kind``, ``step_separator`` and ``positive_label`` default to the checkpoint's ``prm_config.json``
+    ``kind``, ``step_separator``, ``positive_label`` and ``step_reward`` default to the checkpoint's ``prm_config.json``
     (:class:`specs_rl.prm_format.PrmFormat`, written by the project's PRM trainer) when there is one, else to the
     values below.
     """
@@ -159,6 +161,13 @@ class PrmSpec:
     )
     positive_label: int | None = field(
         default=None, metadata={"help": "class meaning 'step is correct'; null = prm_config.json, else 1"}
+    )
+    step_reward: str | None = field(
+        default=None,
+        metadata={
+            "help": "separator | prefix_min (the least probability over the response's tokens up to the step; "
+            "PRMs trained with token labels); null = prm_config.json, else separator"
+        },
     )
     aggregate: str = field(
         default="last",
@@ -199,6 +208,10 @@ class PrmSpec:
             raise ValueError(f"{key}.step_separator must be non-empty or null")
         if self.positive_label is not None and self.positive_label < 0:
             raise ValueError(f"{key}.positive_label must be >= 0, got {self.positive_label}")
+        if self.step_reward is not None and self.step_reward not in STEP_REWARDS:
+            raise ValueError(
+                f"{key}.step_reward must be one of {STEP_REWARDS} or null, got {self.step_reward!r}"
+            )
         if self.aggregate not in AGGREGATES:
             raise ValueError(f"{key}.aggregate must be one of {AGGREGATES}, got {self.aggregate!r}")
         if self.prompt_field not in ("problem", "prompt"):

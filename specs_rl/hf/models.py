@@ -149,6 +149,7 @@ def load_reward_model(spec: PrmSpec, key: str = "hf.prm") -> tuple[torch.nn.Modu
         kind=kind,
         step_separator=spec.step_separator if spec.step_separator is not None else base.step_separator,
         positive_label=spec.positive_label if spec.positive_label is not None else base.positive_label,
+        step_reward=spec.step_reward if spec.step_reward is not None else base.step_reward,
     )
     if spec.name.startswith("tiny"):
         from specs_rl.tiny import tiny_seq_classifier, tiny_token_classifier

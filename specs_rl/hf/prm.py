@@ -8,7 +8,12 @@ the last token of its separator:
     r_k = sigmoid(head(h[end_k])[0])                      (a 1-logit head: sequence-classification reward models)
 
 A sequence-classification reward model is read the same way; at the last separator that is its score of the whole
-sequence ("score at the last token"). The conventions covered:
+sequence ("score at the last token"). A PRM trained with token labels (``prm_config.json`` ``step_reward:
+prefix_min``) is read as the least of those probabilities over every response token up to the separator,
+
+    r_k = min(r_{k-1}, min_{start_k <= t <= end_k} p_t),    r_{-1} = 1.
+
+The conventions covered:
 
 - the project's PRMs (``prm_config.json`` next to the checkpoint: separator ``"\\n\\n"``, positive label 1);
 - Qwen2.5-Math-PRM: separator ``"<extra_0>"``, chat-formatted prompt (``chat: true`` with its system prompt), 2
@@ -140,8 +145,11 @@ class HFRewardModel:
         with torch.inference_mode(), self.stack.lock:
             enc = [self.encode(t) for t in prefixes]
             ends_of = {ids: ends for _, ids, ends in enc}
+            prompt_len = {ids: len(pids) for pids, ids, _ in enc}
 
             def finalize(made: list[tuple[State, State, torch.Tensor]]) -> None:
+                if self.fmt.step_reward == "prefix_min":
+                    return self._finalize_prefix_min(made, ends_of, prompt_len)
                 picks, where = [], []
                 for k, (st, best, h) in enumerate(made):
                     start = len(best.ids)
@@ -173,8 +181,13 @@ class HFRewardModel:
             if rows:
                 row_group = [gid[id(states[i])] for i, _, _, _ in rows]
                 hidden, suffix, _ = self.stack.run_rows(groups, row_group, [ids for _, _, ids, _ in rows])
-                last = torch.tensor([len(ids) - 1 for _, _, ids, _ in rows], device=hidden.device)
-                r_new = self.rewards_of(hidden[torch.arange(len(rows), device=hidden.device), last]).tolist()
+                if self.fmt.step_reward == "prefix_min":
+                    r_new = self._candidate_prefix_min(hidden, rows, [groups[g] for g in row_group])
+                else:
+                    last = torch.tensor([len(ids) - 1 for _, _, ids, _ in rows], device=hidden.device)
+                    r_new = self.rewards_of(
+                        hidden[torch.arange(len(rows), device=hidden.device), last]
+                    ).tolist()
                 for r, ((i, j, ids, fin), rv) in enumerate(zip(rows, r_new)):
                     g = groups[row_group[r]]
                     steps = (*g.rewards, float(rv))
@@ -185,4 +198,45 @@ class HFRewardModel:
                     st = State(g.ids + ids, parent=g if seg is not None else None, seg=seg, rewards=steps)
                     keep[enc[i][0]].append(st)
             self.stack.retain(keep)
+        return out
+
+    # -- prefix_min reading ----------------------------------------------------------------------------------------
+    def _finalize_prefix_min(
+        self,
+        made: list[tuple[State, State, torch.Tensor]],
+        ends_of: dict[tuple[int, ...], list[int]],
+        prompt_len: dict[tuple[int, ...], int],
+    ) -> None:
+        """Step rewards of caught-up prefixes: each new step's least probability, folded into the running min."""
+        if not made:
+            return
+        p_all = self.rewards_of(torch.cat([h for _, _, h in made])).tolist()
+        at = 0
+        for st, best, h in made:
+            p, start = p_all[at : at + len(h)], len(best.ids)
+            at += len(h)
+            ends = ends_of[st.ids]
+            rewards = list(best.rewards)
+            low = rewards[-1] if rewards else 1.0
+            for j, end in enumerate(ends):
+                if end < start:
+                    continue
+                first = max(ends[j - 1] + 1 if j else prompt_len[st.ids], start)
+                low = min(low, *p[first - start : end - start + 1])
+                rewards.append(low)
+            st.rewards = tuple(rewards)
+
+    def _candidate_prefix_min(
+        self,
+        hidden: torch.Tensor,
+        rows: Sequence[tuple[int, int, tuple[int, ...], bool]],
+        groups: Sequence[State],
+    ) -> list[float]:
+        """Each candidate's reward: the least probability over its tokens and separator, and its prefix's reward."""
+        n, length = hidden.shape[0], hidden.shape[1]
+        p = self.rewards_of(hidden.reshape(n * length, -1)).reshape(n, length)  # [rows, L]
+        out = []
+        for r, ((_, _, ids, _), g) in enumerate(zip(rows, groups)):
+            low = float(p[r, : len(ids)].min())
+            out.append(min(low, g.rewards[-1]) if g.rewards else low)
         return out

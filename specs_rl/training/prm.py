@@ -5,7 +5,8 @@ TRL 1.16 has no PRM trainer (its experimental one was removed in 1.14), so this 
 
 - :class:`PRMConfig`: ``TrainingArguments`` plus the PRM fields (help text, defaults stated);
 - :func:`tokenize_row`: THE encoding (:func:`specs_rl.prm_format.encode_steps`): a label at the last token of each
-  step's separator (1 = correct, 0 = wrong), -100 elsewhere; optionally only at the last step;
+  step's separator (1 = correct, 0 = wrong), -100 elsewhere; optionally only at the last step; or, with
+  ``token_labels``, a label at every token up to the first error (:func:`specs_rl.prm_format.token_labels`);
 - :class:`PRMDataCollator`: right-pads ``input_ids`` with the pad id and ``labels`` with -100;
 - :func:`prm_metrics`: step accuracy, F1 on erroneous steps, ProcessBench first-error accuracy;
 - :func:`build_prm_trainer`: tokenizes stepwise rows, applies LoRA if asked, returns a ready ``Trainer``;
@@ -17,6 +18,12 @@ The loss is the model's own token-classification cross-entropy over the labelled
 
 with ``S`` the labelled step ends in the batch. The reward of step ``k`` at inference is
 ``softmax(logits[end_k])[positive_label]`` (``positive_label = 1``).
+
+With ``token_labels`` the labelled positions are every token of the response up to its first error (labelled 0)
+and the reward of step ``k`` is ``min_{t <= end_k} softmax(logits[t])[1]`` over the response's tokens (the
+``prefix_min`` reading, saved in ``prm_config.json``). Wrong labels are then rare (one per wrong solution against
+every token of the correct prefix); ``error_label_weight`` w weights them in the cross-entropy,
+``L = Σ_S w_y · CE / Σ_S w_y`` with ``w_0 = w``, ``w_1 = 1``.
 """
 
 from __future__ import annotations
@@ -30,10 +37,9 @@ import numpy as np
 import torch
 from transformers import TrainingArguments
 
-from specs_rl.prm_format import PrmFormat, encode_steps
+from specs_rl.prm_format import IGNORE_INDEX, PrmFormat, encode_steps, prefix_min_rewards, token_labels
 
 POSITIVE_LABEL = 1  # class index meaning "this step is correct"; its softmax probability is the step reward
-IGNORE_INDEX = -100  # positions without a label (the cross-entropy ignores them)
 
 
 @dataclass
@@ -47,6 +53,10 @@ class PRMConfig(TrainingArguments):
             step's label. The project's step delimiter (ALGORITHM.md §1); TRL's removed trainer used `"\n"`.
         train_on_last_step_only (`bool`, defaults to `False`): label only the last step of each training solution
             (held-out metrics still use every step).
+        token_labels (`bool`, defaults to `False`): label every token up to the first error and read a step as the
+            least probability over the response's tokens up to its separator (``prefix_min``); rows may carry
+            ``error_chars`` (per step, the offset of the first wrong character of the first wrong step).
+        error_label_weight (`float`, defaults to `1.0`): weight of the wrong label in the cross-entropy.
         disable_dropout (`bool`, defaults to `True`): set dropout to 0 in the model (TRL's PRM default).
         dataset_num_proc (`int` or `None`): processes for tokenization.
 
@@ -92,12 +102,38 @@ class PRMConfig(TrainingArguments):
         default=False,
         metadata={"help": "Label only the last step of each training solution (default false)."},
     )
+    token_labels: bool = field(
+        default=False,
+        metadata={
+            "help": "Label every token up to the first error (0 there) and read a step as the least probability "
+            "over the response's tokens up to its separator (prm_config.json step_reward: prefix_min). Rows may "
+            "carry error_chars: per step, the offset of the first wrong character (default false)."
+        },
+    )
+    error_label_weight: float = field(
+        default=1.0,
+        metadata={
+            "help": "Weight of the wrong label in the cross-entropy (token labels make it rare; default 1)."
+        },
+    )
     disable_dropout: bool = field(
         default=True, metadata={"help": "Set dropout to 0 in the model (default true)."}
     )
     dataset_num_proc: int | None = field(
         default=None, metadata={"help": "Number of processes for tokenizing the dataset (default: one)."}
     )
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        if self.error_label_weight <= 0:
+            raise ValueError(f"error_label_weight must be > 0, got {self.error_label_weight}")
+        if self.token_labels and self.train_on_last_step_only:
+            raise ValueError("token_labels and train_on_last_step_only cannot be combined")
+
+    @property
+    def step_reward(self) -> str:
+        """How the trained PRM's steps are read (``prm_config.json``)."""
+        return "prefix_min" if self.token_labels else "separator"
 
 
 def tokenize_row(
@@ -106,12 +142,19 @@ def tokenize_row(
     separator: str = "\n\n",
     max_length: int | None = None,
     train_on_last_step_only: bool = False,
+    token_level: bool = False,
 ) -> dict[str, list[int]]:
     """``{"input_ids", "labels"}`` of one stepwise row: ``labels[end_k] = int(labels_k)``, -100 elsewhere.
 
     Positions come from :func:`encode_steps` (the inference encoding). With ``max_length`` the sequence is cut and
     steps ending beyond it lose their label; with ``train_on_last_step_only`` only the last kept step keeps one.
+    With ``token_level`` the labels are :func:`specs_rl.prm_format.token_labels` (cut at ``max_length`` too).
     """
+    if token_level:
+        ids, labels, _ = token_labels(
+            tokenizer, row["prompt"], row["completions"], row["labels"], row.get("error_chars"), separator
+        )
+        return {"input_ids": ids[:max_length], "labels": labels[:max_length]}
     ids, ends = encode_steps(tokenizer, row["prompt"], row["completions"], separator)
     step_labels = [int(bool(b)) for b in row["labels"]]
     kept = list(zip(ends, step_labels))
@@ -229,6 +272,46 @@ def compute_prm_metrics(eval_pred: Any) -> dict[str, float]:
     return prm_metrics(per_p, per_y)
 
 
+@dataclass
+class StepMetrics:
+    """``compute_metrics`` reading every held-out step the way inference reads it (``prefix_min``): the eval rows'
+    prompt lengths, step ends and step labels, in the eval dataset's order."""
+
+    prompt_lengths: Sequence[int]
+    step_ends: Sequence[Sequence[int]]
+    step_labels: Sequence[Sequence[int]]
+
+    def __call__(self, eval_pred: Any) -> dict[str, float]:
+        probs = eval_pred.predictions  # [N, L] p(correct), padded
+        if isinstance(probs, (tuple, list)):
+            probs = probs[0]
+        per_p, per_y = [], []
+        for p_row, n, ends, ys in zip(
+            np.asarray(probs), self.prompt_lengths, self.step_ends, self.step_labels
+        ):
+            if len(ends):
+                per_p.append(np.asarray(prefix_min_rewards(p_row.tolist(), n, ends)))
+                per_y.append(np.asarray(ys[: len(ends)]))
+        return prm_metrics(per_p, per_y)
+
+
+def weighted_loss(error_label_weight: float) -> Any:
+    """``compute_loss_func``: token cross-entropy with the wrong label weighted by ``error_label_weight``."""
+
+    def loss(outputs: Any, labels: torch.Tensor, num_items_in_batch: Any = None) -> torch.Tensor:
+        logits = outputs["logits"] if isinstance(outputs, dict) else outputs[0]  # [B, L, 2]
+        weight = torch.ones(logits.shape[-1], device=logits.device)
+        weight[1 - POSITIVE_LABEL] = error_label_weight
+        return torch.nn.functional.cross_entropy(
+            logits.float().reshape(-1, logits.shape[-1]),
+            labels.reshape(-1).to(logits.device),
+            weight=weight,
+            ignore_index=IGNORE_INDEX,
+        )
+
+    return loss
+
+
 def prepare_prm_dataset(
     rows: Any, tokenizer: Any, args: PRMConfig, *, last_step_only: bool | None = None
 ) -> Any:
@@ -238,7 +321,11 @@ def prepare_prm_dataset(
 
     if isinstance(rows, datasets.Dataset) and "input_ids" in rows.column_names:
         return rows
-    ds = rows if isinstance(rows, datasets.Dataset) else datasets.Dataset.from_list(list(rows))
+    if not isinstance(rows, datasets.Dataset):
+        rows = list(rows)
+        if any("error_chars" in r for r in rows):  # one schema for rows with and without error offsets
+            rows = [{**r, "error_chars": r.get("error_chars")} for r in rows]
+    ds = rows if isinstance(rows, datasets.Dataset) else datasets.Dataset.from_list(rows)
     last = args.train_on_last_step_only if last_step_only is None else last_step_only
     ds = ds.map(
         _tokenize_for_map,
@@ -247,6 +334,7 @@ def prepare_prm_dataset(
             "separator": args.step_separator,
             "max_length": args.max_length,
             "train_on_last_step_only": last,
+            "token_level": args.token_labels,
         },
         remove_columns=ds.column_names,
         num_proc=args.dataset_num_proc,
@@ -257,9 +345,19 @@ def prepare_prm_dataset(
     return ds.filter(lambda r: any(y != IGNORE_INDEX for y in r["labels"]), num_proc=args.dataset_num_proc)
 
 
-def _tokenize_for_map(row: dict[str, Any], **kwargs: Any) -> dict[str, list[int]]:
+def _tokenize_for_map(row: dict[str, Any], **kwargs: Any) -> dict[str, Any]:
+    """The tokenized row, plus what the step metrics need (prompt length, step ends inside the window, labels)."""
     out = tokenize_row(row, **kwargs)
-    return {"input_ids": out["input_ids"], "token_labels": out["labels"]}
+    prompt_length = len(encode_steps(kwargs["tokenizer"], row["prompt"], [], kwargs["separator"])[0])
+    _, ends = encode_steps(kwargs["tokenizer"], row["prompt"], row["completions"], kwargs["separator"])
+    ends = [e for e in ends if e < len(out["input_ids"])]
+    return {
+        "input_ids": out["input_ids"],
+        "token_labels": out["labels"],
+        "prompt_length": prompt_length,
+        "step_ends": ends,
+        "step_labels": [int(bool(y)) for y in row["labels"][: len(ends)]],
+    }
 
 
 def build_prm_trainer(
@@ -288,12 +386,17 @@ def build_prm_trainer(
         from peft import get_peft_model
 
         model = get_peft_model(model, peft_config)
-    train = prepare_prm_dataset(train_dataset, processing_class, args)
+    meta = ("prompt_length", "step_ends", "step_labels")
+    train = _drop(prepare_prm_dataset(train_dataset, processing_class, args), meta)
     evald = (
         prepare_prm_dataset(eval_dataset, processing_class, args, last_step_only=False)
         if eval_dataset is not None
         else None
     )
+    metrics: Any = compute_prm_metrics  # separator labels: read the labelled positions
+    if evald is not None and args.token_labels and set(meta) <= set(evald.column_names):
+        metrics = StepMetrics(evald["prompt_length"], evald["step_ends"], evald["step_labels"])
+    evald = _drop(evald, meta) if evald is not None else None
     return Trainer(
         model=model,
         args=args,
@@ -301,10 +404,15 @@ def build_prm_trainer(
         train_dataset=train,
         eval_dataset=evald,
         processing_class=processing_class,
-        compute_metrics=compute_prm_metrics if evald is not None else None,
+        compute_metrics=metrics if evald is not None else None,
         preprocess_logits_for_metrics=positive_probability if evald is not None else None,
+        compute_loss_func=weighted_loss(args.error_label_weight) if args.error_label_weight != 1.0 else None,
         callbacks=list(callbacks) if callbacks else None,
     )
+
+
+def _drop(ds: Any, columns: Sequence[str]) -> Any:
+    return ds.remove_columns([c for c in columns if c in ds.column_names])
 
 
 @torch.no_grad()
@@ -312,17 +420,27 @@ def score_steps(
     model: Any, tokenizer: Any, prompt: str, steps: Sequence[str], fmt: PrmFormat | None = None
 ) -> list[float]:
     """Step rewards the way the inference backend reads a token-classification PRM:
-    ``r_k = softmax(logits[end_k])[positive_label]`` over :func:`encode_steps` positions."""
+    ``r_k = softmax(logits[end_k])[positive_label]`` over :func:`encode_steps` positions (``separator``), or the
+    least of those probabilities over the response's tokens up to ``end_k`` (``prefix_min``)."""
     fmt = fmt or PrmFormat()
     ids, ends = encode_steps(tokenizer, prompt, steps, fmt.step_separator)
     device = next(model.parameters()).device
     logits = model(input_ids=torch.tensor([ids], device=device)).logits[0]  # [L, num_labels]
-    return logits[ends].float().softmax(-1)[:, fmt.positive_label].tolist()
+    p = logits.float().softmax(-1)[:, fmt.positive_label]  # [L]
+    if fmt.step_reward == "prefix_min":
+        n = len(encode_steps(tokenizer, prompt, [], fmt.step_separator)[0])
+        return prefix_min_rewards(p.tolist(), n, ends)
+    return p[ends].tolist()
 
 
-def save_prm_format(output_dir: str | Path, separator: str) -> PrmFormat:
-    """Write ``prm_config.json`` (token classification, the separator, positive label 1) beside the checkpoint."""
-    fmt = PrmFormat(kind="token_classification", step_separator=separator, positive_label=POSITIVE_LABEL)
+def save_prm_format(output_dir: str | Path, separator: str, step_reward: str = "separator") -> PrmFormat:
+    """Write ``prm_config.json`` (token classification, the separator, positive label 1, how steps are read)."""
+    fmt = PrmFormat(
+        kind="token_classification",
+        step_separator=separator,
+        positive_label=POSITIVE_LABEL,
+        step_reward=step_reward,
+    )
     Path(output_dir).mkdir(parents=True, exist_ok=True)
     fmt.save(output_dir)
     return fmt

@@ -4,6 +4,10 @@ The common format is TRL's stepwise-supervision format, one solution a row::
 
     {"prompt": str, "completions": [step, ...], "labels": [bool, ...]}   # labels[k]: step k is correct
 
+with an optional ``error_chars: [int | null, ...]``: for a wrong step, the offset (in the step without its trailing
+separator) of its first wrong character, which token labels (``token_labels: true``) use to place the error
+inside the step; null elsewhere.
+
 Adapters:
 
 - ``stepwise``: rows already in that format (validated as they are).
@@ -57,7 +61,8 @@ def _prompt(value: Any, column: str, dataset: str, index: int) -> str:
 
 
 def validate_stepwise(row: Any, index: int, dataset: str) -> dict[str, Any]:
-    """One stepwise row, checked: prompt a string, a non-empty step list, one bool label per step."""
+    """One stepwise row, checked: prompt a string, a non-empty step list, one bool label per step, and optional
+    ``error_chars`` (one per step: null, or for a wrong step an offset within the step)."""
     _require(row, STEPWISE_COLUMNS, dataset, index)
     prompt = _prompt(row["prompt"], "prompt", dataset, index)
     steps = _steps(row["completions"], "completions", dataset, index)
@@ -71,7 +76,30 @@ def validate_stepwise(row: Any, index: int, dataset: str) -> dict[str, Any]:
             raise _fail(
                 dataset, index, f"labels[{k}] is {lab!r} ({type(lab).__name__}); labels must be true/false"
             )
-    return {"prompt": prompt, "completions": steps, "labels": list(labels)}
+    out = {"prompt": prompt, "completions": steps, "labels": list(labels)}
+    if row.get("error_chars") is not None:
+        out["error_chars"] = _error_chars(row["error_chars"], steps, labels, dataset, index)
+    return out
+
+
+def _error_chars(
+    value: Any, steps: list[str], labels: list[bool], dataset: str, index: int
+) -> list[int | None]:
+    from specs_rl.prm_format import strip_step
+
+    if not isinstance(value, list) or len(value) != len(steps):
+        raise _fail(dataset, index, f"'error_chars' must be a list with one entry per step ({len(steps)})")
+    for k, (off, step, ok) in enumerate(zip(value, steps, labels)):
+        if off is None:
+            continue
+        if isinstance(off, bool) or not isinstance(off, int):
+            raise _fail(dataset, index, f"error_chars[{k}] must be an integer offset or null, got {off!r}")
+        if ok:
+            raise _fail(dataset, index, f"error_chars[{k}] = {off} but step {k} is labelled correct")
+        n = len(strip_step(step, "\n\n"))
+        if not 0 <= off <= n:
+            raise _fail(dataset, index, f"error_chars[{k}] = {off} is outside step {k} (0..{n})")
+    return list(value)
 
 
 def from_stepwise(rows: Sequence[Any], dataset: str = "stepwise") -> list[dict[str, Any]]:
