@@ -116,13 +116,16 @@ def step_starts(prompt_length: int, ends: Sequence[int]) -> list[int]:
     return [prompt_length, *(e + 1 for e in ends[:-1])] if ends else []
 
 
-def prefix_min_rewards(p_correct: Sequence[float], prompt_length: int, ends: Sequence[int]) -> list[float]:
-    """``prefix_min`` step rewards from per-position probabilities: ``r_k = min(p[prompt_length : ends[k] + 1])``.
+def prefix_min_rewards(
+    p_correct: Sequence[float], prompt_length: int, ends: Sequence[int], initial: float = 1.0
+) -> list[float]:
+    """``prefix_min`` step rewards from per-position probabilities: ``r_k = min(initial, p[prompt_length :
+    ends[k] + 1])`` (``initial``: the reward of the steps before ``prompt_length``, when continuing from them).
 
     >>> prefix_min_rewards([0.1, 0.9, 0.8, 0.95, 0.3, 0.9], 1, [2, 5])
     [0.8, 0.3]
     """
-    out, low = [], 1.0
+    out, low = [], initial
     for start, end in zip(step_starts(prompt_length, ends), ends):
         low = min(low, *p_correct[start : end + 1])
         out.append(float(low))
@@ -156,38 +159,26 @@ def token_labels(
     >>> "".join(map(chr, ids)), y, ends
     ('Q1+1=2|2*3=7|7+1=8|', [-100, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 0, -100, -100, -100, -100, -100, -100, -100], [6, 12, 18])
     """
-    ids = list(tokenizer(prompt, add_special_tokens=True)["input_ids"])
-    sep_ids = list(tokenizer(separator, add_special_tokens=False)["input_ids"])
-    if not sep_ids:
-        raise ValueError(f"the step separator {separator!r} encodes to no tokens")
+    ids, ends = encode_steps(tokenizer, prompt, steps, separator)
     y = [IGNORE_INDEX] * len(ids)
-    ends: list[int] = []
-    state = 1  # 1: on a correct path; 0: the error is labelled, the rest is unlabelled
-    for k, step in enumerate(steps):
-        text = strip_step(step, separator)
+    prompt_length = len(encode_steps(tokenizer, prompt, [], separator)[0])
+    for k, (first, end) in enumerate(zip(step_starts(prompt_length, ends), ends)):
+        if labels[k]:
+            y[first : end + 1] = [1] * (end + 1 - first)
+            continue
         offset = error_chars[k] if error_chars is not None and k < len(error_chars) else None
-        if state and not labels[k] and offset is not None:
-            enc = tokenizer(text, add_special_tokens=False, return_offsets_mapping=True)
-            if "offset_mapping" not in enc:
-                raise ValueError(
-                    "token labels with error offsets need a tokenizer with offset mappings (a fast one)"
-                )
-            step_ids, step_y = list(enc["input_ids"]), []
-            for _, end in enc["offset_mapping"]:
-                step_y.append(IGNORE_INDEX if not state else 1 if end <= offset else 0)
-                state = state and step_y[-1]
-            sep_y = [0 if state else IGNORE_INDEX] + [IGNORE_INDEX] * (len(sep_ids) - 1)
-            state = 0
-        else:
-            step_ids = list(tokenizer(text, add_special_tokens=False)["input_ids"])
-            if not state:
-                step_y, sep_y = [IGNORE_INDEX] * len(step_ids), [IGNORE_INDEX] * len(sep_ids)
-            elif labels[k]:
-                step_y, sep_y = [1] * len(step_ids), [1] * len(sep_ids)
-            else:
-                step_y, sep_y = [IGNORE_INDEX] * len(step_ids), [IGNORE_INDEX] * (len(sep_ids) - 1) + [0]
-                state = 0
-        ids += step_ids + sep_ids
-        y += step_y + sep_y
-        ends.append(len(ids) - 1)
+        if offset is None:
+            y[end] = 0
+            break
+        enc = tokenizer(
+            strip_step(steps[k], separator), add_special_tokens=False, return_offsets_mapping=True
+        )
+        if "offset_mapping" not in enc:
+            raise ValueError(
+                "token labels with error offsets need a tokenizer with offset mappings (a fast one)"
+            )
+        zero = first + sum(1 for _, stop in enc["offset_mapping"] if stop <= offset)  # all: the separator's
+        y[first:zero] = [1] * (zero - first)
+        y[zero] = 0
+        break
     return ids, y, ends

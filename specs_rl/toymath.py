@@ -29,6 +29,7 @@ result); the labels follow the first error: once a step is wrong, every later st
 
 from __future__ import annotations
 
+import os
 import re
 import zlib
 from collections.abc import Sequence
@@ -38,6 +39,7 @@ from typing import Any
 import numpy as np
 
 from specs_rl.errors import SpecsError
+from specs_rl.prm_format import strip_step
 from specs_rl.types import Problem
 
 SEPARATOR = "\n\n"
@@ -332,18 +334,15 @@ def error_chars(problem: Problem | ToyProblem | str, steps: Sequence[str]) -> li
     reference = state.problem.steps()
     wrong = False
     for step in steps:
-        if wrong or check_step(state, step):
+        if wrong:
             out.append(None)
-            state = state if wrong else state.advance()
-            continue
-        wrong = True
-        text = step[: -len(SEPARATOR)] if step.endswith(SEPARATOR) else step
-        text = text.rstrip()
-        ref = reference[state.index] if state.index < len(reference) else ""
-        k = 0
-        while k < min(len(text), len(ref)) and text[k] == ref[k]:
-            k += 1
-        out.append(k)
+        elif check_step(state, step):
+            out.append(None)
+            state = state.advance()
+        else:
+            wrong = True
+            ref = reference[state.index] if state.index < len(reference) else ""
+            out.append(len(os.path.commonprefix([strip_step(step, SEPARATOR), ref])))
     return out
 
 

@@ -24,6 +24,7 @@ from specs_rl.prm_format import (
 from specs_rl.tiny import make_tokenizer, tiny_token_classifier
 from specs_rl.training.prm_data import validate_stepwise
 from specs_rl.types import Candidate, Problem, Trace
+from tests.test_train_prm import COMMON
 
 PREFIX_MIN = PrmFormat(step_reward="prefix_min")
 PROBLEM = Problem("p", "What is 2 + 3?\n\nPlease reason step by step.", meta={"problem": "What is 2 + 3?"})
@@ -165,17 +166,7 @@ def test_token_label_training_round_trips_to_the_inference_reading(tmp_path):
     rows = toymath.prm_rows(problems, rng)
     rows[0] = {k: v for k, v in rows[0].items() if k != "error_chars"}  # rows without offsets mix in
     args = PRMConfig(
-        output_dir=str(tmp_path / "run"),
-        max_steps=3,
-        per_device_train_batch_size=4,
-        learning_rate=1e-3,
-        logging_steps=1,
-        save_strategy="no",
-        use_cpu=True,
-        report_to="none",
-        disable_tqdm=True,
-        token_labels=True,
-        error_label_weight=5.0,
+        output_dir=str(tmp_path / "run"), **{**COMMON, "token_labels": True, "error_label_weight": 5.0}
     )
     model = tiny_token_classifier(tok, seed=0).train()
     trainer = build_prm_trainer(model, args, rows[:32], tok, eval_dataset=rows[32:])

@@ -36,7 +36,7 @@ import torch
 
 from specs_rl.hf.engine import CachedStack, State
 from specs_rl.hf.lm import _LRU
-from specs_rl.prm_format import PrmFormat, encode_steps, strip_step
+from specs_rl.prm_format import PrmFormat, encode_steps, prefix_min_rewards, strip_step
 from specs_rl.types import Candidate, Problem, Trace
 
 
@@ -213,18 +213,14 @@ class HFRewardModel:
         p_all = self.rewards_of(torch.cat([h for _, _, h in made])).tolist()
         at = 0
         for st, best, h in made:
-            p, start = p_all[at : at + len(h)], len(best.ids)
+            start = len(best.ids)
+            p = [1.0] * start + p_all[at : at + len(h)]  # absolute positions; the cached ones are neutral
             at += len(h)
             ends = ends_of[st.ids]
-            rewards = list(best.rewards)
-            low = rewards[-1] if rewards else 1.0
-            for j, end in enumerate(ends):
-                if end < start:
-                    continue
-                first = max(ends[j - 1] + 1 if j else prompt_len[st.ids], start)
-                low = min(low, *p[first - start : end - start + 1])
-                rewards.append(low)
-            st.rewards = tuple(rewards)
+            done = len(best.rewards)  # steps the cached prefix already read (it ends on a step boundary)
+            first = ends[done - 1] + 1 if done else prompt_len[st.ids]
+            initial = best.rewards[-1] if done else 1.0
+            st.rewards = (*best.rewards, *prefix_min_rewards(p, first, ends[done:], initial))
 
     def _candidate_prefix_min(
         self,

@@ -150,23 +150,36 @@ def tokenize_row(
     steps ending beyond it lose their label; with ``train_on_last_step_only`` only the last kept step keeps one.
     With ``token_level`` the labels are :func:`specs_rl.prm_format.token_labels` (cut at ``max_length`` too).
     """
+    ids, labels, _ = _encode_row(row, tokenizer, separator, max_length, train_on_last_step_only, token_level)
+    return {"input_ids": ids, "labels": labels}
+
+
+def _encode_row(
+    row: dict[str, Any],
+    tokenizer: Any,
+    separator: str,
+    max_length: int | None,
+    train_on_last_step_only: bool,
+    token_level: bool,
+) -> tuple[list[int], list[int], list[int]]:
+    """:func:`tokenize_row`'s ids and labels, and the ends of the steps that lie inside the cut window."""
     if token_level:
-        ids, labels, _ = token_labels(
+        ids, labels, ends = token_labels(
             tokenizer, row["prompt"], row["completions"], row["labels"], row.get("error_chars"), separator
         )
-        return {"input_ids": ids[:max_length], "labels": labels[:max_length]}
+        ids, labels = ids[:max_length], labels[:max_length]
+        return ids, labels, [e for e in ends if e < len(ids)]
     ids, ends = encode_steps(tokenizer, row["prompt"], row["completions"], separator)
-    step_labels = [int(bool(b)) for b in row["labels"]]
-    kept = list(zip(ends, step_labels))
     if max_length is not None and len(ids) > max_length:
         ids = ids[:max_length]
-        kept = [(e, y) for e, y in kept if e < max_length]
+        ends = [e for e in ends if e < max_length]
+    kept = list(zip(ends, [int(bool(b)) for b in row["labels"]]))
     if train_on_last_step_only:
         kept = kept[-1:]
     labels = [IGNORE_INDEX] * len(ids)
     for end, y in kept:
         labels[end] = y
-    return {"input_ids": ids, "labels": labels}
+    return ids, labels, ends
 
 
 @dataclass
@@ -345,15 +358,22 @@ def prepare_prm_dataset(
     return ds.filter(lambda r: any(y != IGNORE_INDEX for y in r["labels"]), num_proc=args.dataset_num_proc)
 
 
-def _tokenize_for_map(row: dict[str, Any], **kwargs: Any) -> dict[str, Any]:
+def _tokenize_for_map(
+    row: dict[str, Any],
+    tokenizer: Any,
+    separator: str,
+    max_length: int | None,
+    train_on_last_step_only: bool,
+    token_level: bool,
+) -> dict[str, Any]:
     """The tokenized row, plus what the step metrics need (prompt length, step ends inside the window, labels)."""
-    out = tokenize_row(row, **kwargs)
-    prompt_length = len(encode_steps(kwargs["tokenizer"], row["prompt"], [], kwargs["separator"])[0])
-    _, ends = encode_steps(kwargs["tokenizer"], row["prompt"], row["completions"], kwargs["separator"])
-    ends = [e for e in ends if e < len(out["input_ids"])]
+    ids, labels, ends = _encode_row(
+        row, tokenizer, separator, max_length, train_on_last_step_only, token_level
+    )
+    prompt_length = len(encode_steps(tokenizer, row["prompt"], [], separator)[0])
     return {
-        "input_ids": out["input_ids"],
-        "token_labels": out["labels"],
+        "input_ids": ids,
+        "token_labels": labels,
         "prompt_length": prompt_length,
         "step_ends": ends,
         "step_labels": [int(bool(y)) for y in row["labels"][: len(ends)]],
