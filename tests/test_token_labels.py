@@ -142,6 +142,48 @@ def test_prm_config_rejects_bad_token_label_settings(tmp_path):
         PRMConfig(output_dir=str(tmp_path), token_labels=True, train_on_last_step_only=True, use_cpu=True)
 
 
+def test_freeze_layers_trains_only_the_layers_above_and_the_head(tmp_path):
+    from specs_rl.training.prm import PRMConfig, build_prm_trainer
+
+    tok = make_tokenizer()
+    rng = np.random.default_rng(2)
+    rows = toymath.prm_rows(
+        [toymath.to_problem(toymath.sample_problem(rng), f"p{i}") for i in range(24)], rng
+    )
+    model = tiny_token_classifier(tok, seed=0).train()
+    depth = model.config.num_hidden_layers
+    before = {n: p.detach().clone() for n, p in model.named_parameters()}
+    args = PRMConfig(output_dir=str(tmp_path / "run"), **{**COMMON, "freeze_layers": depth - 1})
+    trainer = build_prm_trainer(model, args, rows, tok)
+    trainer.train()
+    moved = {n for n, p in model.named_parameters() if not torch.equal(p, before[n])}
+    assert moved, "nothing trained"
+    top = f"layers.{depth - 1}."
+    assert all(top in n or n.startswith(("score.", "model.norm.")) for n in moved), sorted(moved)
+    assert any(n.startswith("score.") for n in moved) and any(top in n for n in moved)
+    assert not model.get_input_embeddings().weight.requires_grad
+
+
+def test_bad_freeze_layers_is_a_one_line_error(tmp_path):
+    from peft import LoraConfig
+
+    from specs_rl.training.prm import PRMConfig, build_prm_trainer
+
+    tok = make_tokenizer()
+    rng = np.random.default_rng(3)
+    rows = toymath.prm_rows([toymath.to_problem(toymath.sample_problem(rng), "p")], rng)
+    with pytest.raises(ValueError, match="freeze_layers must be >= 0"):
+        PRMConfig(output_dir=str(tmp_path), freeze_layers=-1, use_cpu=True)
+    args = PRMConfig(output_dir=str(tmp_path), **{**COMMON, "freeze_layers": 99})
+    with pytest.raises(SpecsError, match="freeze_layers=99 is more than the model's"):
+        build_prm_trainer(tiny_token_classifier(tok, seed=0), args, rows, tok)
+    args = PRMConfig(output_dir=str(tmp_path), **{**COMMON, "freeze_layers": 1})
+    with pytest.raises(SpecsError, match="cannot be combined"):
+        build_prm_trainer(
+            tiny_token_classifier(tok, seed=0), args, rows, tok, peft_config=LoraConfig(task_type="TOKEN_CLS")
+        )
+
+
 def test_weighted_loss_is_the_weighted_token_cross_entropy():
     from specs_rl.training.prm import weighted_loss
 

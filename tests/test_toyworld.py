@@ -72,6 +72,8 @@ def test_auc_is_the_pairwise_probability():
         "toymath.min_ops=0",
         "prm.init_layers=99",  # more than twice the target's depth
         "prm.init_layers=-1",
+        "prm.trainer.freeze_layers=99",  # more than the PRM's layers
+        "prm.trainer.freeze_layers=-1",
     ],
 )
 def test_bad_config_fails_in_one_line_before_anything_is_written(tmp_path, capsys, bad):
@@ -112,11 +114,16 @@ def test_resized_copy_cuts_or_extends_the_target_for_the_prm(tmp_path):
         for i in range(min(layers, 3)):
             for a, b in zip(model.model.layers[i].parameters(), src.model.layers[i].parameters()):
                 assert torch.equal(a, b)
-        if layers > 3:  # the extra layers are copies of the last one
-            for a, b in zip(model.model.layers[4].parameters(), src.model.layers[2].parameters()):
-                assert torch.equal(a, b)
         ids = torch.tensor([tok("Compute (1+2).")["input_ids"]])
         assert model(ids).logits.shape == (1, ids.shape[1], 2)
+        if (
+            layers > 3
+        ):  # copies of the last layer whose residual outputs start at zero: the model starts as src
+            new = model.model.layers[4]
+            assert torch.equal(new.self_attn.q_proj.weight, src.model.layers[2].self_attn.q_proj.weight)
+            assert not new.self_attn.o_proj.weight.any() and not new.mlp.down_proj.weight.any()
+            grown = AutoModelForCausalLM.from_pretrained(tmp_path / f"k{layers}")
+            torch.testing.assert_close(grown(ids).logits, src(ids).logits, rtol=0, atol=1e-6)
 
 
 # ------------------------------------------------------------------------------------------------------------------
@@ -156,7 +163,10 @@ def test_tiny_world_trains_with_the_project_recipes_and_records_its_numbers(tmp_
         cfg = json.loads((assets / name / "config.json").read_text())
         assert cfg["dtype"] == "bfloat16"
         assert (assets / name / "tokenizer.json").is_file()
-    assert json.loads((assets / "prm" / "prm_config.json").read_text())["step_separator"] == "\n\n"
+    prm_config = json.loads((assets / "prm" / "prm_config.json").read_text())
+    assert (prm_config["step_separator"], prm_config["step_reward"]) == ("\n\n", "prefix_min")  # token labels
+    prm_shape = json.loads((assets / "prm" / "config.json").read_text())
+    assert prm_shape["num_hidden_layers"] == 3  # the target's 2 + 1 new on top
     assert world["parameters"]["target"] > world["parameters"]["draft"] > 0
     assert world["latency_s_per_token"]["draft"] > 0 and world["latency_s_per_token"]["target"] > 0
     assert 0.0 <= world["accuracy_greedy"]["target"] <= 1.0

@@ -107,7 +107,8 @@ class PrmStage(ModelStage):
         default=0,
         metadata={
             "help": "with init: target, the PRM's depth: the target's first k layers (k < its depth), or all of "
-            "them with copies of its last layer on top (k > its depth); 0: the target as it is"
+            "them with copies of its last layer on top, starting as the identity (k > its depth); 0: the target "
+            "as it is"
         },
     )
 
@@ -178,6 +179,17 @@ class ToyWorldConfig:
                 )
             if name == "prm" and stage.init_layers < 0:
                 raise SpecsError(f"prm.init_layers must be >= 0, got {stage.init_layers}")
+            if name == "prm":
+                depth = (
+                    (stage.init_layers or self.target.shape.num_hidden_layers)
+                    if stage.init == "target"
+                    else stage.shape.num_hidden_layers
+                )
+                frozen = stage.trainer.get("freeze_layers", 0)
+                if isinstance(frozen, bool) or not isinstance(frozen, int) or not 0 <= frozen <= depth:
+                    raise SpecsError(
+                        f"prm.trainer.freeze_layers must be an integer in [0, {depth}], got {frozen!r}"
+                    )
             for bad in ("model_name_or_path", "output_dir", "dataset_name", "target_model_name_or_path"):
                 if bad in stage.trainer:
                     raise SpecsError(f"{name}.trainer.{bad} is set by the recipe; remove it")
@@ -195,7 +207,6 @@ def parse_config(argv: Sequence[str]) -> ToyWorldConfig:
         raise SpecsError(f"size must be one of {', '.join(CONFIGS)}, got {size!r}")
     default = None if has_config else str(CONFIGS[size])
     cfg = config_from_argv(ToyWorldConfig, argv, "python -m train.toyworld", default_config=default)
-    cfg.validate()
     import yaml
 
     def typed(d: dict[str, Any]) -> dict[str, Any]:  # key=value text inside a mapping stays text: parse it
@@ -204,6 +215,7 @@ def parse_config(argv: Sequence[str]) -> ToyWorldConfig:
     cfg.trainer = typed(cfg.trainer)
     for stage in (cfg.target, cfg.draft, cfg.prm):
         stage.trainer = typed(stage.trainer)
+    cfg.validate()
     return cfg
 
 
@@ -255,8 +267,10 @@ def init_model(shape: Shape, tokenizer: Any, seed: int, path: Path) -> int:
 def resized_copy(src: Path, layers: int, path: Path) -> int:
     """The causal LM at ``src`` with ``layers`` decoder layers, saved with its tokenizer at ``path``; returns its
     parameter count. Fewer layers than ``src``: its first ``layers`` (a cheaper PRM); more: copies of its last
-    layer appended. The copies matter for a PRM: the target writes its prediction of a step's next token only in
-    its last layers, so judging a written result against that prediction needs layers above them."""
+    layer appended with their residual outputs (attention ``o_proj``, MLP ``down_proj``) zeroed, so that the copy
+    starts as exactly ``src`` and the new layers learn from there. They matter for a PRM: the target writes its
+    prediction of a token only at the position before it, in its last layers, so judging the written token against
+    that prediction needs layers above them (train/TOYWORLD.md, "The PRM")."""
     import copy
 
     from transformers import AutoModelForCausalLM, AutoTokenizer
@@ -267,7 +281,10 @@ def resized_copy(src: Path, layers: int, path: Path) -> int:
         model.model.layers = stack[:layers]
     else:
         for _ in range(layers - len(stack)):
-            stack.append(copy.deepcopy(stack[-1]))
+            layer = copy.deepcopy(stack[-1])
+            layer.self_attn.o_proj.weight.data.zero_()
+            layer.mlp.down_proj.weight.data.zero_()
+            stack.append(layer)
     for i, layer in enumerate(model.model.layers):
         layer.self_attn.layer_idx = i
     model.config.num_hidden_layers = layers

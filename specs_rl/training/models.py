@@ -161,6 +161,27 @@ def disable_dropout(model: Any) -> None:
             module.p = 0.0
 
 
+def freeze_bottom(model: Any, layers: int) -> int:
+    """Freeze the input embeddings and the first ``layers`` decoder layers of ``model`` (the rest and the head keep
+    training); returns the number of parameters still trainable. The decoder stack is the model's ``ModuleList``
+    of ``config.num_hidden_layers`` layers (Llama, Qwen2, Mistral, ...)."""
+    import torch
+
+    if layers <= 0:
+        return sum(p.numel() for p in model.parameters() if p.requires_grad)
+    depth = getattr(model.config, "num_hidden_layers", None)
+    stacks = [m for m in model.modules() if isinstance(m, torch.nn.ModuleList) and len(m) == depth]
+    if not stacks:
+        raise SpecsError(f"freeze_layers: no stack of {depth} decoder layers found in {type(model).__name__}")
+    if layers > depth:
+        raise SpecsError(f"freeze_layers={layers} is more than the model's {depth} layers")
+    frozen = [model.get_input_embeddings(), *stacks[0][:layers]]
+    for module in frozen:
+        for p in module.parameters():
+            p.requires_grad = False
+    return sum(p.numel() for p in model.parameters() if p.requires_grad)
+
+
 def save_trained(trainer: Any, output_dir: str | Path, tokenizer: Any, save_merged: bool) -> str:
     """Save the trained model to ``output_dir`` on the main process; returns what was written.
 

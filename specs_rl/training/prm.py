@@ -37,6 +37,7 @@ import numpy as np
 import torch
 from transformers import TrainingArguments
 
+from specs_rl.errors import SpecsError
 from specs_rl.prm_format import IGNORE_INDEX, PrmFormat, encode_steps, prefix_min_rewards, token_labels
 
 POSITIVE_LABEL = 1  # class index meaning "this step is correct"; its softmax probability is the step reward
@@ -57,6 +58,8 @@ class PRMConfig(TrainingArguments):
             least probability over the response's tokens up to its separator (``prefix_min``); rows may carry
             ``error_chars`` (per step, the offset of the first wrong character of the first wrong step).
         error_label_weight (`float`, defaults to `1.0`): weight of the wrong label in the cross-entropy.
+        freeze_layers (`int`, defaults to `0`): freeze the input embeddings and the first N decoder layers (with a
+            PRM initialized from a policy plus new layers on top: train the new layers and the head only).
         disable_dropout (`bool`, defaults to `True`): set dropout to 0 in the model (TRL's PRM default).
         dataset_num_proc (`int` or `None`): processes for tokenization.
 
@@ -116,6 +119,13 @@ class PRMConfig(TrainingArguments):
             "help": "Weight of the wrong label in the cross-entropy (token labels make it rare; default 1)."
         },
     )
+    freeze_layers: int = field(
+        default=0,
+        metadata={
+            "help": "Freeze the input embeddings and the first N decoder layers; the layers above and the head "
+            "train (default 0: everything trains)."
+        },
+    )
     disable_dropout: bool = field(
         default=True, metadata={"help": "Set dropout to 0 in the model (default true)."}
     )
@@ -127,6 +137,8 @@ class PRMConfig(TrainingArguments):
         super().__post_init__()
         if self.error_label_weight <= 0:
             raise ValueError(f"error_label_weight must be > 0, got {self.error_label_weight}")
+        if self.freeze_layers < 0:
+            raise ValueError(f"freeze_layers must be >= 0, got {self.freeze_layers}")
         if self.token_labels and self.train_on_last_step_only:
             raise ValueError("token_labels and train_on_last_step_only cannot be combined")
 
@@ -402,6 +414,14 @@ def build_prm_trainer(
         from specs_rl.training.models import disable_dropout
 
         disable_dropout(model)
+    if args.freeze_layers:
+        if peft_config is not None:
+            raise SpecsError(
+                "freeze_layers and use_peft cannot be combined (LoRA already freezes the base model)"
+            )
+        from specs_rl.training.models import freeze_bottom
+
+        freeze_bottom(model, args.freeze_layers)
     if peft_config is not None:
         from peft import get_peft_model
 
