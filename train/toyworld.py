@@ -172,14 +172,14 @@ class ToyWorldConfig:
             s = stage.shape
             if s.hidden_size % s.num_attention_heads or s.num_attention_heads % s.num_key_value_heads:
                 raise SpecsError(f"{name}.shape: heads must divide hidden_size and kv heads divide heads")
-            if name == "prm" and stage.init_layers > 2 * self.target.shape.num_hidden_layers:
-                raise SpecsError(
-                    f"prm.init_layers={stage.init_layers} is more than twice the target's "
-                    f"{self.target.shape.num_hidden_layers} layers"
-                )
-            if name == "prm" and stage.init_layers < 0:
-                raise SpecsError(f"prm.init_layers must be >= 0, got {stage.init_layers}")
             if name == "prm":
+                if stage.init_layers > 2 * self.target.shape.num_hidden_layers:
+                    raise SpecsError(
+                        f"prm.init_layers={stage.init_layers} is more than twice the target's "
+                        f"{self.target.shape.num_hidden_layers} layers"
+                    )
+                if stage.init_layers < 0:
+                    raise SpecsError(f"prm.init_layers must be >= 0, got {stage.init_layers}")
                 depth = (
                     (stage.init_layers or self.target.shape.num_hidden_layers)
                     if stage.init == "target"

@@ -161,14 +161,14 @@ def disable_dropout(model: Any) -> None:
             module.p = 0.0
 
 
-def freeze_bottom(model: Any, layers: int) -> int:
+def freeze_bottom(model: Any, layers: int) -> None:
     """Freeze the input embeddings and the first ``layers`` decoder layers of ``model`` (the rest and the head keep
-    training); returns the number of parameters still trainable. The decoder stack is the model's ``ModuleList``
-    of ``config.num_hidden_layers`` layers (Llama, Qwen2, Mistral, ...)."""
+    training); ``layers <= 0`` freezes nothing. The decoder stack is the model's ``ModuleList`` of
+    ``config.num_hidden_layers`` layers (Llama, Qwen2, Mistral, ...)."""
     import torch
 
     if layers <= 0:
-        return sum(p.numel() for p in model.parameters() if p.requires_grad)
+        return
     depth = getattr(model.config, "num_hidden_layers", None)
     stacks = [m for m in model.modules() if isinstance(m, torch.nn.ModuleList) and len(m) == depth]
     if not stacks:
@@ -179,7 +179,6 @@ def freeze_bottom(model: Any, layers: int) -> int:
     for module in frozen:
         for p in module.parameters():
             p.requires_grad = False
-    return sum(p.numel() for p in model.parameters() if p.requires_grad)
 
 
 def save_trained(trainer: Any, output_dir: str | Path, tokenizer: Any, save_merged: bool) -> str:
