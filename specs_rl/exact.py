@@ -1,6 +1,9 @@
 """Exact laws of SPECS on a tabular tree, and of the KL-regularized optimum it approximates (ALGORITHM.md §2, §5).
 
-Everything is pure numpy/scipy, in log space, vectorized over the rows (prefixes) of a tree level. The tree's level
+Everything is numpy/scipy, in log space, vectorized over the rows (prefixes) of a tree level. Besides numpy and scipy
+this module imports only plain data: the settings a search reads (:class:`specs_rl.settings.SearchConfig`, so a law
+is asked for with the very config the search runs) and the tree (:class:`specs_rl.tree.TabularTree`); no torch, no
+backend. The tree's level
 arrays are used as they are: ``tree.target[h]``, ``tree.draft[h]`` are ``[K**h, K]`` and ``tree.reward`` is
 ``[K**H]``, prefixes in lexicographic order (:class:`specs_rl.tabular.TabularTree`).
 
@@ -30,8 +33,8 @@ from dataclasses import dataclass
 import numpy as np
 from scipy.special import logsumexp
 
-from specs_rl.search import SearchConfig
-from specs_rl.tabular import TabularTree
+from specs_rl.settings import SearchConfig
+from specs_rl.tree import TabularTree
 
 QUAD_STEP = 0.2  # trapezoid step in v = log(t w(y)); error ~ exp(-2π·1.2/step) relative
 QUAD_TAIL = 36.0  # each tail cut below e^-36 of the integral (bounds in the module docstring)
@@ -214,14 +217,16 @@ def draft_step_law(
     ``config``. Poisson draws: with no draft at all (probability ``e^{-n}``) the step is drawn from the tilted
     target conditional ``π_t(y|s) e^{β r(s∘y)} / Σ`` (= ``π*(y|s)`` under the idealized PRM); never deferred.
 
-    A draft symbol with ``π_t = 0`` scores ``-inf`` (weight 0). When every draw scores ``-inf`` and none is rejected,
-    the search's ``softmax`` is undefined (NaN); this law gives that event no outcome, so such a row sums to
-    ``1 - P(every draw scores -inf)``. Random trees never have it (target rows are clamped above 0)."""
+    A draft symbol with ``π_t = 0`` scores ``-inf`` (weight 0): :func:`specs_rl.verify.keep_mask` drops it whatever
+    ``tau_reject`` is, and the search defers when every draw is dropped. The law counts such draws as dropped in the
+    same way (they enter the deferral probability), so every row sums to 1."""
     n, temperature = config.n, config.temperature
     scores = step_scores(log_pt, log_pd, rewards, config.beta, config.score_form)  # [R, K]
     with np.errstate(divide="ignore"):
         if math.isinf(config.tau_reject) and config.tau_reject < 0:
-            keep = log_pd > NEG_INF
+            keep = (log_pd > NEG_INF) & (
+                scores > NEG_INF
+            )  # a weight-0 draft (π_t = 0) is dropped all the same
         else:
             keep = (scores > config.tau_reject) & (log_pd > NEG_INF)
         log_drop = np.log(np.where(keep, 0.0, np.exp(log_pd)).sum(axis=1))  # [R] log P_d(dropped)
@@ -355,7 +360,9 @@ def specs_log_law(
             accept, defer = draft_step_law(log_pt, log_pd, rewards, config, draws=draws)
         else:
             accept, defer = np.full((K**h, K), NEG_INF), np.full(K**h, NEG_INF)
-        if uses_target:
+        if (
+            np.isfinite(log_t).any() or np.isfinite(defer).any()
+        ):  # target mode is reached (a deferral included)
             to_draft, to_target = target_step_law(log_pt, rewards, config)
         else:
             to_draft = to_target = np.full((K**h, K), NEG_INF)

@@ -443,3 +443,42 @@ def test_real_search_frequencies_pass_chi_square_against_the_exact_law(name, n):
     # and the test has power: the same frequencies are far from the law at n = 1
     other = np.exp(specs_log_law(tree, dataclasses.replace(config, n=1)).log_q)
     assert chi_square(counts, other)[0] < 1e-6
+
+
+def _zero_target_tree() -> TabularTree:
+    """K = 2, H = 2: the target never writes symbol b after the root (row [1, 0]) while the draft proposes it half
+    the time, so a draft of b has weight w = 0 (score -inf)."""
+    from specs_rl.tree import tree_from_json
+
+    return tree_from_json(
+        {
+            "alphabet": ["a", "b"],
+            "horizon": 2,
+            "target": {"": [1.0, 0.0], "a": [0.6, 0.4], "b": [0.5, 0.5]},
+            "draft": {"": [0.5, 0.5], "a": [0.5, 0.5], "b": [0.5, 0.5]},
+            "reward": {"a.a": 0.2, "a.b": 0.9, "b.a": 0.5, "b.b": 0.1},
+        }
+    )
+
+
+@pytest.mark.parametrize("tau_reject", [-math.inf, 0.5])
+@pytest.mark.parametrize("start_mode", ["draft", "target"])
+def test_a_zero_target_probability_is_a_dropped_draft_in_the_search_and_in_the_law(tau_reject, start_mode):
+    """A draft the target gives probability 0 scores -inf: the search drops it (and defers when every draft is
+    dropped) and the exact law counts it the same way, so the law is a probability law (it used to leave the event
+    'every draft scores -inf' without an outcome) and the real search passes a chi-square test against it."""
+    from theory.converge import chi_square
+
+    tree = _zero_target_tree()
+    config = cfg(n=2, tau_reject=tau_reject, start_mode=start_mode, max_steps=2)
+    law = specs_log_law(tree, config)
+    q = np.exp(law.log_q)
+    assert q.sum() == pytest.approx(1.0, abs=1e-12)
+    assert q[tree.sequences().index("b.a")] == 0 and q[tree.sequences().index("b.b")] == 0
+    counts, deferrals = _search_counts(tree, config, 4000, seed=3)
+    assert counts[2:].sum() == 0  # the search never keeps b after the root
+    p_value, _ = chi_square(counts, q)
+    assert p_value > 0.01
+    assert abs(deferrals - law.defer_rate * 4000 * 2) <= 4 * math.sqrt(law.defer_rate * 8000 + 1)
+    if start_mode == "draft":
+        assert law.defer_rate > 0.1  # both drafts are b a quarter of the time: the step is deferred

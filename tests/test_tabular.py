@@ -10,7 +10,8 @@ import numpy as np
 import pytest
 import torch
 
-from specs_rl.tabular import TabularBackend, TreeError, load_tree, random_tree, tree_from_json
+from specs_rl.tabular import TabularBackend
+from specs_rl.tree import TreeError, load_tree, random_tree, tree_from_json
 from specs_rl.types import Problem, Trace
 
 

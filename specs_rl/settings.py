@@ -1,0 +1,115 @@
+"""The algorithm settings every search strategy reads (``SearchConfig``): plain data, no torch.
+
+The exact laws (:mod:`specs_rl.exact`), the method presets and the run configs import it without the search loop.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+
+METHODS = ("specs", "beam_search", "best_of_n", "dvts", "rsd", "target_only", "draft_only")
+
+
+@dataclass
+class SearchConfig:
+    """Algorithm settings shared by every strategy (names follow ALGORITHM.md; sources in each help text)."""
+
+    method: str = field(default="specs", metadata={"help": f"one of {METHODS}"})
+    n: int = field(
+        default=4, metadata={"help": "candidates per step (paper: 'beam width'); paper uses 4, 8, 16"}
+    )
+    beta: float = field(
+        default=1.0, metadata={"help": "reward inverse temperature (authors' rm_regularizer: 1 or 10)"}
+    )
+    temperature: float = field(
+        default=1.0,
+        metadata={"help": "selection temperature T; 1 is the exact form, authors' code uses 0.2-0.3"},
+    )
+    score_form: str = field(
+        default="exact",
+        metadata={
+            "help": "exact (sum of log ratio, theory) | mean (per-token mean, authors' code) | reward_only (no-target ablation)"
+        },
+    )
+    tau_reject: float = field(
+        default=-math.inf,
+        metadata={
+            "help": "drop drafts with score <= tau_reject; -inf never defers (authors: 5-7 with the mean form)"
+        },
+    )
+    tau_switch: float = field(
+        default=0.7, metadata={"help": "best target reward above which SPECS returns to the draft [code]"}
+    )
+    start_mode: str = field(
+        default="target", metadata={"help": "target (authors' final code) | draft (RSD-like)"}
+    )
+    target_select: str = field(
+        default="argmax", metadata={"help": "target mode: argmax reward [code] | soft (softmax(beta r))"}
+    )
+    random_switch: float | None = field(
+        default=None,
+        metadata={
+            "help": "ablation: each step goes to the target with this probability instead of the switch rule"
+        },
+    )
+    max_steps: int = field(
+        default=20, metadata={"help": "the last allowed step is generated to the end (authors: 10-30)"}
+    )
+    beam_width: int = field(
+        default=4, metadata={"help": "M: candidates per beam in beam_search / dvts; n // M beams survive"}
+    )
+    beam_refill: bool = field(
+        default=True,
+        metadata={
+            "help": "beam_search: when beams finish, copy the active ones back up to n // M so every step "
+            "expands n candidates (search-and-learn; ALGORITHM.md §4 'keep N active beams')"
+        },
+    )
+    sampler: str = field(
+        default="target",
+        metadata={"help": "model that samples in beam_search / dvts / best_of_n: target | draft"},
+    )
+    bon_vote: str = field(
+        default="naive", metadata={"help": "best_of_n answer choice: naive | weighted | majority"}
+    )
+    aggregate: str = field(
+        default="last", metadata={"help": "how step rewards make a response score: last | min | prod"}
+    )
+    rsd_delta: float = field(
+        default=0.7, metadata={"help": "RSD acceptance threshold on the draft step's reward (RSD code: 0.7)"}
+    )
+    concurrent_scoring: bool = field(
+        default=False,
+        metadata={"help": "run target scoring and PRM scoring in two threads, as the authors' code does"},
+    )
+
+    def validate(self) -> None:
+        """Raise ValueError naming the first invalid setting."""
+        if self.method not in METHODS:
+            raise ValueError(f"method must be one of {METHODS}, got {self.method!r}")
+        if self.n < 1:
+            raise ValueError(f"n must be >= 1, got {self.n}")
+        if self.beta < 0:
+            raise ValueError(f"beta must be >= 0, got {self.beta}")
+        if self.temperature < 0:
+            raise ValueError(f"temperature must be >= 0, got {self.temperature}")
+        if self.max_steps < 1:
+            raise ValueError(f"max_steps must be >= 1, got {self.max_steps}")
+        choices = {
+            "score_form": ("exact", "mean", "reward_only"),
+            "start_mode": ("target", "draft"),
+            "target_select": ("argmax", "soft"),
+            "sampler": ("target", "draft"),
+            "bon_vote": ("naive", "weighted", "majority"),
+            "aggregate": ("last", "min", "prod"),
+        }
+        for name, allowed in choices.items():
+            if getattr(self, name) not in allowed:
+                raise ValueError(f"{name} must be one of {allowed}, got {getattr(self, name)!r}")
+        if self.random_switch is not None and not 0.0 <= self.random_switch <= 1.0:
+            raise ValueError(f"random_switch must be in [0, 1], got {self.random_switch}")
+        if self.method in ("beam_search", "dvts") and (self.beam_width < 1 or self.n % self.beam_width):
+            raise ValueError(f"beam_width must divide n (n={self.n}, beam_width={self.beam_width})")
+        if math.isnan(self.tau_reject) or math.isnan(self.tau_switch):
+            raise ValueError("tau_reject and tau_switch must be numbers, not nan")
