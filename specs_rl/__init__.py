@@ -9,7 +9,8 @@ from specs_rl.interfaces import (
     TargetScorer,
     WallClock,
 )
-from specs_rl.search import METHODS, STRATEGIES, SearchConfig, run_search
+from specs_rl.search import STRATEGIES, run_search
+from specs_rl.settings import METHODS, SearchConfig
 from specs_rl.types import Candidate, Ledger, Mode, Problem, SearchResult, StepRecord, Trace
 from specs_rl.verify import keep_mask, next_mode, select, selection_log_probs, soft_scores
 

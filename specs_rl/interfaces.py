@@ -9,12 +9,15 @@ from __future__ import annotations
 
 import time
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
-from typing import Protocol, runtime_checkable
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+from typing import Any, Protocol, TypeVar, runtime_checkable
 
 import torch
 
-from specs_rl.types import Candidate, Trace
+from specs_rl.types import Candidate, Problem, SearchResult, Trace
+
+R = TypeVar("R")
 
 
 @runtime_checkable
@@ -68,6 +71,17 @@ class Clock(Protocol):
 
     def now(self) -> float: ...
 
+    def concurrently(self, *calls: Callable[[], Any]) -> tuple[list[Any], list[float], float]:
+        """Run ``calls`` at the same time: ``(results, each call's seconds, wall seconds of the whole section)``.
+        The calls overlap, so the section's wall time is what a problem waits, never the sum of the calls."""
+        ...
+
+
+def _timed_call(clock: Clock, call: Callable[[], R]) -> tuple[R, float]:
+    t0 = clock.now()
+    out = call()
+    return out, clock.now() - t0
+
 
 class WallClock:
     """``time.perf_counter``, synchronizing CUDA first so queued kernels are counted in the stage that queued them."""
@@ -79,6 +93,13 @@ class WallClock:
         if self.sync_cuda:
             torch.cuda.synchronize()
         return time.perf_counter()
+
+    def concurrently(self, *calls: Callable[[], Any]) -> tuple[list[Any], list[float], float]:
+        """One thread per call (models release the GIL in their kernels; served backends wait on the network)."""
+        t0 = self.now()
+        with ThreadPoolExecutor(max_workers=len(calls)) as pool:
+            done = [f.result() for f in [pool.submit(_timed_call, self, c) for c in calls]]
+        return [r for r, _ in done], [dt for _, dt in done], self.now() - t0
 
 
 class SimClock:
@@ -92,6 +113,19 @@ class SimClock:
 
     def advance(self, seconds: float) -> None:
         self.t += seconds
+
+    def concurrently(self, *calls: Callable[[], Any]) -> tuple[list[Any], list[float], float]:
+        """Simulated overlap: each call runs in turn from the same start time, then the clock stands at the start
+        plus the longest call (threads would race on the shared clock and add the calls up)."""
+        t0 = self.t
+        results, durations = [], []
+        for call in calls:
+            self.t = t0
+            out, dt = _timed_call(self, call)
+            results.append(out)
+            durations.append(dt)
+        self.t = t0 + max(durations, default=0.0)
+        return results, durations, self.t - t0
 
 
 def _identity_answer(trace: Trace) -> str:
@@ -112,3 +146,19 @@ class SearchParts:
     prm: RewardModel
     clock: Clock
     answer_of: Callable[[Trace], str] = _identity_answer
+
+
+@dataclass
+class Task:
+    """Problems, the parts that search them, and how a result is graded.
+
+    ``grade(result) -> {"correct": bool | None, ...}`` (extra keys go into the result's record); ``grader`` names
+    what decides ``correct`` (``{"name", "version"}``), recorded with every result so runs graded differently are
+    never merged. Each backend builds one from a run config (:mod:`specs_rl.run.backends`).
+    """
+
+    name: str
+    problems: list[Problem]
+    parts: SearchParts
+    grade: Callable[[SearchResult], dict[str, Any]]
+    grader: dict[str, str] = field(default_factory=lambda: {"name": "none", "version": "-"})

@@ -12,114 +12,14 @@ from __future__ import annotations
 import math
 from collections import defaultdict
 from collections.abc import Callable, Sequence
-from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 
 import torch
 
 from specs_rl.interfaces import SearchParts, StepSampler
+from specs_rl.settings import METHODS, SearchConfig
 from specs_rl.types import Candidate, Ledger, Mode, Problem, SearchResult, StepRecord, Trace
 from specs_rl.verify import keep_mask, next_mode, select, soft_scores
-
-METHODS = ("specs", "beam_search", "best_of_n", "dvts", "rsd", "target_only", "draft_only")
-
-
-@dataclass
-class SearchConfig:
-    """Algorithm settings shared by every strategy (names follow ALGORITHM.md; sources in each help text)."""
-
-    method: str = field(default="specs", metadata={"help": f"one of {METHODS}"})
-    n: int = field(
-        default=4, metadata={"help": "candidates per step (paper: 'beam width'); paper uses 4, 8, 16"}
-    )
-    beta: float = field(
-        default=1.0, metadata={"help": "reward inverse temperature (authors' rm_regularizer: 1 or 10)"}
-    )
-    temperature: float = field(
-        default=1.0,
-        metadata={"help": "selection temperature T; 1 is the exact form, authors' code uses 0.2-0.3"},
-    )
-    score_form: str = field(
-        default="exact",
-        metadata={
-            "help": "exact (sum of log ratio, theory) | mean (per-token mean, authors' code) | reward_only (no-target ablation)"
-        },
-    )
-    tau_reject: float = field(
-        default=-math.inf,
-        metadata={
-            "help": "drop drafts with score <= tau_reject; -inf never defers (authors: 5-7 with the mean form)"
-        },
-    )
-    tau_switch: float = field(
-        default=0.7, metadata={"help": "best target reward above which SPECS returns to the draft [code]"}
-    )
-    start_mode: str = field(
-        default="target", metadata={"help": "target (authors' final code) | draft (RSD-like)"}
-    )
-    target_select: str = field(
-        default="argmax", metadata={"help": "target mode: argmax reward [code] | soft (softmax(beta r))"}
-    )
-    random_switch: float | None = field(
-        default=None,
-        metadata={
-            "help": "ablation: each step goes to the target with this probability instead of the switch rule"
-        },
-    )
-    max_steps: int = field(
-        default=20, metadata={"help": "the last allowed step is generated to the end (authors: 10-30)"}
-    )
-    beam_width: int = field(
-        default=4, metadata={"help": "M: candidates per beam in beam_search / dvts; n // M beams survive"}
-    )
-    sampler: str = field(
-        default="target",
-        metadata={"help": "model that samples in beam_search / dvts / best_of_n: target | draft"},
-    )
-    bon_vote: str = field(
-        default="naive", metadata={"help": "best_of_n answer choice: naive | weighted | majority"}
-    )
-    aggregate: str = field(
-        default="last", metadata={"help": "how step rewards make a response score: last | min | prod"}
-    )
-    rsd_delta: float = field(
-        default=0.7, metadata={"help": "RSD acceptance threshold on the draft step's reward (RSD code: 0.7)"}
-    )
-    concurrent_scoring: bool = field(
-        default=False,
-        metadata={"help": "run target scoring and PRM scoring in two threads, as the authors' code does"},
-    )
-
-    def validate(self) -> None:
-        """Raise ValueError naming the first invalid setting."""
-        if self.method not in METHODS:
-            raise ValueError(f"method must be one of {METHODS}, got {self.method!r}")
-        if self.n < 1:
-            raise ValueError(f"n must be >= 1, got {self.n}")
-        if self.beta < 0:
-            raise ValueError(f"beta must be >= 0, got {self.beta}")
-        if self.temperature < 0:
-            raise ValueError(f"temperature must be >= 0, got {self.temperature}")
-        if self.max_steps < 1:
-            raise ValueError(f"max_steps must be >= 1, got {self.max_steps}")
-        choices = {
-            "score_form": ("exact", "mean", "reward_only"),
-            "start_mode": ("target", "draft"),
-            "target_select": ("argmax", "soft"),
-            "sampler": ("target", "draft"),
-            "bon_vote": ("naive", "weighted", "majority"),
-            "aggregate": ("last", "min", "prod"),
-        }
-        for name, allowed in choices.items():
-            if getattr(self, name) not in allowed:
-                raise ValueError(f"{name} must be one of {allowed}, got {getattr(self, name)!r}")
-        if self.random_switch is not None and not 0.0 <= self.random_switch <= 1.0:
-            raise ValueError(f"random_switch must be in [0, 1], got {self.random_switch}")
-        if self.method in ("beam_search", "dvts") and (self.beam_width < 1 or self.n % self.beam_width):
-            raise ValueError(f"beam_width must divide n (n={self.n}, beam_width={self.beam_width})")
-        if math.isnan(self.tau_reject) or math.isnan(self.tau_switch):
-            raise ValueError("tau_reject and tau_switch must be numbers, not nan")
-
 
 # ------------------------------------------------------------------------------------------------------------------
 # helpers shared by the strategies
@@ -147,27 +47,30 @@ def _sample(parts: SearchParts, which: str) -> StepSampler:
 
 
 def _gen_stage(which: str) -> str:
+    """The latency stage and token kind of generation by ``which`` model."""
     return "draft" if which == "draft" else "target_generate"
 
 
-def _charge_tokens(ledger: Ledger, model: str, cands: Sequence[Candidate]) -> None:
-    ledger.tokens[model] += sum(c.num_tokens for c in cands)
+def _charge_tokens(ledger: Ledger, which: str, cands: Sequence[Candidate]) -> None:
+    ledger.count(_gen_stage(which), sum(c.num_tokens for c in cands))
 
 
 def _score_and_reward(parts: SearchParts, prefixes, cands, need_target: bool, concurrent: bool):
-    """Target log-probs (if needed) and PRM rewards of the same candidates, sequentially or in two threads."""
+    """Target log-probs (if needed) and PRM rewards of the same candidates, in turn or concurrently.
+
+    Returns ``(target_lp | None, rewards, target seconds, PRM seconds, wall seconds of the section)``; when the two
+    run concurrently their times overlap and the wall time is less than their sum."""
     if not need_target:
         rewards, dt_r = _timed(parts, parts.prm.score, prefixes, cands)
-        return None, rewards, 0.0, dt_r
+        return None, rewards, 0.0, dt_r, dt_r
     if concurrent:
-        with ThreadPoolExecutor(max_workers=2) as pool:
-            f_t = pool.submit(_timed, parts, parts.scorer.score, prefixes, cands)
-            f_r = pool.submit(_timed, parts, parts.prm.score, prefixes, cands)
-            (target_lp, dt_t), (rewards, dt_r) = f_t.result(), f_r.result()
-        return target_lp, rewards, dt_t, dt_r
+        (target_lp, rewards), (dt_t, dt_r), wall = parts.clock.concurrently(
+            lambda: parts.scorer.score(prefixes, cands), lambda: parts.prm.score(prefixes, cands)
+        )
+        return target_lp, rewards, dt_t, dt_r, wall
     target_lp, dt_t = _timed(parts, parts.scorer.score, prefixes, cands)
     rewards, dt_r = _timed(parts, parts.prm.score, prefixes, cands)
-    return target_lp, rewards, dt_t, dt_r
+    return target_lp, rewards, dt_t, dt_r, dt_t + dt_r
 
 
 def _aggregate(step_rewards: Sequence[float], how: str) -> float:
@@ -284,7 +187,7 @@ def _draft_step(
     prefixes = [s.trace for s in states]
     cands, dt_d = _timed(parts, parts.drafter.propose, prefixes, config.n, generator, to_end=last)
     need_target = config.score_form != "reward_only"
-    target_lp, rewards, dt_t, dt_r = _score_and_reward(
+    target_lp, rewards, dt_t, dt_r, dt_v = _score_and_reward(
         parts, prefixes, cands, need_target, config.concurrent_scoring
     )
     deferred = []
@@ -292,6 +195,7 @@ def _draft_step(
         st.ledger.charge("draft", dt_d)
         st.ledger.charge("target_score", dt_t)
         st.ledger.charge("reward", dt_r)
+        st.ledger.charge("verify", dt_v)
         _charge_tokens(st.ledger, "draft", cs)
         r = torch.tensor(rs, dtype=torch.float64)  # [n]
         ld = torch.tensor([c.logprob for c in cs], dtype=torch.float64)  # [n]
@@ -299,7 +203,7 @@ def _draft_step(
         if need_target:
             lt = torch.tensor([sum(t) for t in target_lp[i]], dtype=torch.float64)  # [n]
             tl = torch.tensor([len(t) for t in target_lp[i]], dtype=torch.float64)  # [n]
-            st.ledger.tokens["target"] += int(tl.sum())
+            st.ledger.count("target_score", int(tl.sum()))
         else:
             lt, tl = ld, dl
         scores = soft_scores(lt, ld, r, config.beta, form=config.score_form, target_len=tl, draft_len=dl)
@@ -318,7 +222,7 @@ def _draft_step(
                 scores.tolist(),
                 list(rs),
                 idx,
-                {"draft": dt_d, "target_score": dt_t, "reward": dt_r},
+                {"draft": dt_d, "target_score": dt_t, "reward": dt_r, "verify": dt_v},
             )
         )
         st.mode = Mode.DRAFT
@@ -355,15 +259,14 @@ def rsd(
             else:
                 rejected.append(st)
         if rejected:
+            # The target rewrites the step and RSD keeps it unread: no PRM pass is run (or charged) for it.
             prefixes = [s.trace for s in rejected]
             cands, dt_g = _timed(parts, parts.target.propose, prefixes, 1, generator, to_end=last)
-            rewards, dt_r = _timed(parts, parts.prm.score, prefixes, cands)
-            for st, cs, rs in zip(rejected, cands, rewards):
+            for st, cs in zip(rejected, cands):
                 st.ledger.charge("target_generate", dt_g)
-                st.ledger.charge("reward", dt_r)
                 _charge_tokens(st.ledger, "target", cs)
                 st.trace = st.trace.extend(cs[0])
-                st.records.append(StepRecord(cs[0].text, Mode.TARGET, True, 1, list(rs), list(rs), 0))
+                st.records.append(StepRecord(cs[0].text, Mode.TARGET, True, 1, [], [], 0))
     return _finish(states, problems, "rsd", parts)
 
 
@@ -427,8 +330,10 @@ def _tree_search(
 
     ``compete=True`` (beam search, search-and-learn): the best ``n // beam_width`` of all candidates survive.
     ``compete=False`` (DVTS): every beam is its own subtree and keeps its own best candidate.
-    A beam whose kept step finishes the response leaves the active set; the answer is the finished beam with the
-    best aggregated reward (``aggregate``).
+    A beam whose kept step finishes the response leaves the active set; with ``beam_refill`` (beam search only) the
+    remaining active beams are copied, in turn, back up to ``n // beam_width`` before the next expansion, so every
+    step still expands ``n`` candidates (search-and-learn duplicates active beams the same way). The answer is the
+    finished beam with the best aggregated reward (``aggregate``); ``extra["answers"]`` lists every finished beam's.
     """
     config.validate()
     K, M = config.n // config.beam_width, config.beam_width  # noqa: N806
@@ -439,6 +344,8 @@ def _tree_search(
     done: list[list[_Beam]] = [[] for _ in problems]
     ledgers = [Ledger() for _ in problems]
     for step in range(config.max_steps):
+        if compete and config.beam_refill:
+            active = [[beams[k % len(beams)] for k in range(K)] if beams else [] for beams in active]
         flat = [(i, b) for i, beams in enumerate(active) for b in beams]
         if not flat:
             break
@@ -457,8 +364,8 @@ def _tree_search(
         for i in set(i for i, _ in flat):
             ledgers[i].charge(_gen_stage(config.sampler), dt_g)
             ledgers[i].charge("reward", dt_r)
-            ledgers[i].tokens[config.sampler] += sum(
-                c.num_tokens for (k, b), cs in zip(flat, cands) if k == i for c in cs
+            _charge_tokens(
+                ledgers[i], config.sampler, [c for (k, _), cs in zip(flat, cands) if k == i for c in cs]
             )
             pool = pools[i]
             if compete:
@@ -487,7 +394,7 @@ def _tree_search(
                 scores[best],
                 b.records,
                 ledgers[i],
-                {"completed": len(done[i])},
+                {"completed": len(done[i]), "answers": [parts.answer_of(f.trace) for f in finished]},
             )
         )
     return out
@@ -553,7 +460,7 @@ def best_of_n(
             ledgers[i].charge(_gen_stage(config.sampler), dt_g)
             ledgers[i].charge("reward", dt_r if any(flat[k][0] == i for k in to_score) else 0.0)
         for k, ((i, j), cs) in enumerate(zip(flat, cands)):
-            ledgers[i].tokens[config.sampler] += cs[0].num_tokens
+            _charge_tokens(ledgers[i], config.sampler, cs)
             traces[i][j] = traces[i][j].extend(cs[0])
             r = rewards.get(k, float("nan"))
             if k in rewards:
@@ -604,6 +511,9 @@ STRATEGIES: dict[
     "target_only": target_only,
     "draft_only": draft_only,
 }
+
+
+__all__ = ["METHODS", "STRATEGIES", "SearchConfig", "run_search", *STRATEGIES]
 
 
 def run_search(

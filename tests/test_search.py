@@ -12,9 +12,10 @@ import pytest
 import torch
 from scipy import stats
 
-from specs_rl.search import STRATEGIES, SearchConfig, beam_search, best_of_n, rsd, run_search, specs
+from specs_rl.interfaces import SearchParts, SimClock
+from specs_rl.search import STRATEGIES, SearchConfig, beam_search, best_of_n, dvts, rsd, run_search, specs
 from specs_rl.tabular import TabularBackend, random_tree
-from specs_rl.types import Mode, Problem
+from specs_rl.types import Candidate, Mode, Problem
 from specs_rl.verify import selection_log_probs, soft_scores
 
 
@@ -146,13 +147,40 @@ def test_specs_records_modes_and_switching():
                 assert (cur.source == Mode.DRAFT or cur.deferred) == expect_draft
         assert r.answer == ".".join(s.text for s in r.steps)
         # batched: each problem waits for the whole batch, so its total covers at least its own stages
-        assert r.ledger.total_s >= sum(r.ledger.latency_s.values()) - 1e-9
-    # one problem at a time: the total is exactly the sum of the stages it ran
+        assert r.ledger.total_s >= sequential_stages(r.ledger) - 1e-9
+    # one problem at a time, scoring and PRM in turn: the total is exactly the sum of the stages it ran, and the
+    # verify section is the two scoring stages of its draft steps
     one = run(specs, problems[:1], backend, n=4, beta=2.0, tau_reject=-1.0, tau_switch=0.5)[0]
-    assert one.ledger.total_s == pytest.approx(sum(one.ledger.latency_s.values()))
+    assert one.ledger.total_s == pytest.approx(sequential_stages(one.ledger))
     # start in draft mode
     res = run(specs, problems, backend, n=4, tau_reject=-math.inf, start_mode="draft")
     assert all(r.steps[0].source == Mode.DRAFT for r in res)
+
+
+def sequential_stages(ledger):
+    """The stages that never overlap when scoring and the PRM run in turn (``verify`` is their section)."""
+    lat = ledger.latency_s
+    return lat["draft"] + lat["target_score"] + lat["target_generate"] + lat["reward"]
+
+
+def test_concurrent_scoring_charges_the_section_wall_time_not_the_sum():
+    """Target scoring and the PRM overlap: the draft step waits for the longer of the two. On the simulated clock
+    the section costs the maximum of the two calls, and no stage is added up twice."""
+    problems, backend = world(problems=5, H=3)
+    kw = dict(n=4, beta=2.0, tau_reject=-math.inf, start_mode="draft")
+    seq = run(specs, problems[:1], backend, **kw)[0].ledger
+    con = run(specs, problems[:1], backend, concurrent_scoring=True, **kw)[0].ledger
+    assert seq.latency_s["verify"] == pytest.approx(seq.latency_s["target_score"] + seq.latency_s["reward"])
+    # same calls, same per-stage times; the section is the longer call at every step
+    for stage in ("draft", "target_score", "reward"):
+        assert con.latency_s[stage] == pytest.approx(seq.latency_s[stage])
+    steps = run(specs, problems[:1], backend, concurrent_scoring=True, **kw)[0].steps
+    assert con.latency_s["verify"] == pytest.approx(
+        sum(max(s.latency_s["target_score"], s.latency_s["reward"]) for s in steps)
+    )
+    assert con.latency_s["verify"] < seq.latency_s["verify"]
+    assert con.total_s == pytest.approx(con.latency_s["draft"] + con.latency_s["verify"])
+    assert seq.total_s == pytest.approx(seq.latency_s["draft"] + seq.latency_s["verify"])
 
 
 def test_no_target_ablation_skips_the_target_and_scores_by_reward():
@@ -185,11 +213,96 @@ def test_beam_search_keeps_the_best_beams_and_finishes():
     res = run(beam_search, problems, backend, method="beam_search", n=8, beam_width=2, beta=2.0)
     for r in res:
         assert r.trace.finished and r.extra["completed"] >= 1
-        assert r.final_reward == max(r.steps[-1].rewards) or r.final_reward in r.steps[-1].rewards
+        assert r.final_reward == r.steps[-1].reward  # aggregate "last": the kept last step's reward
+    # a single surviving beam (beam_width = n) keeps the best-rewarded candidate at every step
+    single = run(beam_search, problems, backend, method="beam_search", n=4, beam_width=4, beta=2.0)
+    for r in single:
+        for s in r.steps:
+            assert s.reward == max(s.rewards) and s.chosen == s.rewards.index(max(s.rewards))
     # a wider search finds higher-reward answers on average than target sampling
     tgt = run(STRATEGIES["target_only"], problems, backend, method="target_only")
     true = lambda rs: np.mean([backend.true_reward(r.problem.id, r.answer) for r in rs])  # noqa: E731
     assert true(res) > true(tgt) + 0.1
+
+
+class Scripted:
+    """A world written out by hand. ``steps[prefix]`` lists the candidates proposed after the prefix text, handed out
+    in turn across calls; ``reward[text]`` is the PRM score of a prefix text; a candidate in ``ends`` (or the
+    ``horizon``-th step) finishes the response. It records what was proposed and what the PRM scored."""
+
+    def __init__(self, steps, reward, *, horizon=9, ends=()):
+        self.steps, self.reward, self.horizon, self.ends = steps, reward, horizon, set(ends)
+        self.handed = {k: 0 for k in steps}
+        self.proposed, self.scored = [], []
+
+    def propose(self, prefixes, n, generator, *, to_end=False):
+        out = []
+        for t in prefixes:
+            seq, k = self.steps[t.text], self.handed[t.text]
+            self.handed[t.text] += n
+            texts = [seq[(k + j) % len(seq)] for j in range(n)]
+            self.proposed += [t.text + x for x in texts]
+            last = len(t.steps) + 1 >= self.horizon
+            out.append([Candidate((ord(x[0]),), x, (-0.5,), last or x in self.ends) for x in texts])
+        return out
+
+    def score(self, prefixes, candidates):
+        self.scored += [t.text + c.text for t, cs in zip(prefixes, candidates) for c in cs]
+        return [[self.reward[t.text + c.text] for c in cs] for t, cs in zip(prefixes, candidates)]
+
+    def parts(self):
+        return SearchParts(self, self, _NoScorer(), self, SimClock(), answer_of=lambda t: t.text)
+
+
+class _NoScorer:
+    def score(self, prefixes, candidates):
+        raise AssertionError("this strategy must not call the target scorer")
+
+
+def test_dvts_subtrees_each_keep_their_own_best_candidate():
+    """n = 4, beam_width 2: two subtrees, each proposing 2 of the root's candidates. DVTS keeps the best of EACH
+    subtree (a from {a, b}, d from {c, d}); beam search keeps the best two overall (a, b)."""
+    steps = {"": ["a", "b", "c", "d"]}
+    reward = {"a": 0.9, "b": 0.8, "c": 0.1, "d": 0.2}
+    cfg = dict(n=4, beam_width=2, max_steps=3)
+    world_ = Scripted(steps, reward, horizon=1)
+    (res,) = dvts([Problem("p", "")], SearchConfig(method="dvts", **cfg), world_.parts(), torch.Generator())
+    assert res.extra["answers"] == ["a", "d"] and res.answer == "a"
+    world_ = Scripted(steps, reward, horizon=1)
+    (res,) = beam_search(
+        [Problem("p", "")], SearchConfig(method="beam_search", **cfg), world_.parts(), torch.Generator()
+    )
+    assert res.extra["answers"] == ["a", "b"]
+
+
+@pytest.mark.parametrize("refill, expanded", [(True, 4), (False, 2)])
+def test_beam_search_refills_to_n_beams_when_beams_finish(refill, expanded):
+    """Two beams survive step 1; one of them (a) finishes. With refill the other (b) is copied back to two beams,
+    so step 2 still expands n = 4 candidates; without it only b's 2."""
+    steps = {"": ["a", "b", "c", "d"], "b": ["e", "f", "g", "h"]}
+    reward = {"a": 0.9, "b": 0.8, "c": 0.1, "d": 0.2, "be": 0.3, "bf": 0.95, "bg": 0.4, "bh": 0.5}
+    world_ = Scripted(steps, reward, horizon=2, ends={"a"})
+    cfg = SearchConfig(method="beam_search", n=4, beam_width=2, beam_refill=refill, max_steps=4)
+    (res,) = beam_search([Problem("p", "")], cfg, world_.parts(), torch.Generator())
+    assert sum(x.startswith("b") and len(x) == 2 for x in world_.proposed) == expanded
+    # a, then the best two of b's 4 expansions (refill) or the best one of its 2
+    assert res.answer == "bf" and res.extra["completed"] == (3 if refill else 2)
+
+
+def test_rsd_runs_no_prm_pass_on_the_step_the_target_rewrote():
+    """RSD keeps the target's rewrite unread, so the PRM never scores it and the problem is not charged for it."""
+    steps = {
+        "": ["x"],
+        "y": ["z"],
+        "yz": ["w"],
+    }  # draft and target share the script: x is drafted, y rewritten
+    world_ = Scripted({**steps, "": ["x", "y"]}, {"x": 0.1, "yz": 0.9, "yzw": 0.9}, horizon=3)
+    (res,) = rsd(
+        [Problem("p", "")], SearchConfig(method="rsd", rsd_delta=0.7), world_.parts(), torch.Generator()
+    )
+    assert res.answer == "yzw" and [s.source for s in res.steps] == [Mode.TARGET, Mode.DRAFT, Mode.DRAFT]
+    assert "y" not in world_.scored and world_.scored == ["x", "yz", "yzw"]
+    assert res.steps[0].rewards == [] and res.steps[0].deferred
 
 
 def test_max_steps_generates_the_last_step_to_the_end():
