@@ -25,17 +25,21 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from eval.compare import (
-    PRESENTATION_KEYS,
-    CompareConfig,
-    plan_runs,
-    report,
-)
 from specs_rl.cli import entry_point
-from specs_rl.config import ConfigError, load_config
+from specs_rl.config import ConfigError, load_config, parse_overrides, split_argv
 from specs_rl.datasets import parse_shard
 from specs_rl.errors import SpecsError
-from specs_rl.runner import check_run_dir, config_diff, prepare_run_dir, read_results
+from specs_rl.run import (
+    PRESENTATION_KEYS,
+    CompareConfig,
+    check_run_dir,
+    config_diff,
+    plan_runs,
+    prepare_run_dir,
+    read_results,
+    write_report,
+)
+from specs_rl.run.records import record_key
 
 OPTIONS = ("out", "wandb", "project", "wandb_dir", "plot")
 USAGE = "usage: specs-rl merge DIR [DIR ...] out=DIR [wandb=true|false] [project=NAME] [wandb_dir=DIR] [plot=true|false]"
@@ -86,16 +90,14 @@ def _without_shard(identity: dict[str, Any]) -> dict[str, Any]:
 
 
 def _parse_argv(argv: Sequence[str]) -> tuple[list[Path], dict[str, str]]:
-    dirs, opts = [], {}
-    for a in argv:
-        if "=" in a:
-            key, _, value = a.partition("=")
-            key = key.strip().removeprefix("--")
-            if key not in OPTIONS:
-                raise ConfigError(f"unknown merge option {key!r}; known: {', '.join(OPTIONS)}")
-            opts[key] = value
-        else:
-            dirs.append(Path(a))
+    """The run directories (positional) and the options (the project's ``key=value`` syntax)."""
+    dirs = [Path(a) for a in argv if "=" not in a and not a.startswith("-")]
+    _, items, _ = split_argv([a for a in argv if "=" in a or a.startswith("-")])
+    opts = {}
+    for key, value in parse_overrides(items).items():
+        if key not in OPTIONS or isinstance(value, dict):
+            raise ConfigError(f"unknown merge option {key!r}; known: {', '.join(OPTIONS)}")
+        opts[key] = str(value)
     if not dirs:
         raise ConfigError(f"merge needs at least one run directory\n{USAGE}")
     if "out" not in opts or not opts["out"]:
@@ -153,7 +155,7 @@ def merge_records(sources: Sequence[Source]) -> list[dict[str, Any]]:
     out = []
     for s in sources:
         for r in s.records:
-            key = (str(r.get("method")), str(r.get("n")), str(r.get("seed")), str(r["id"]))
+            key = record_key(r)
             if key in owner:
                 where = (
                     "twice in " + str(s.dir) if owner[key] == s.dir else f"in both {owner[key]} and {s.dir}"
@@ -215,13 +217,14 @@ def main(argv: Sequence[str] | None = None) -> int:
     grader = next(
         (s["grader"] for s in summaries if s.get("grader")), {"name": "unknown", "version": "unknown"}
     )
-    report(
+    write_report(
         out,
         cfg,
         records,
         grader,
         order=order,
         job_type="merge",
+        title=f"{cfg.data.dataset if cfg.backend != 'tabular' else 'tabular'} (merged {len(dirs)} runs)",
         extra={
             "merged_from": [str(d) for d in dirs],
             "shards": [s.shard for s in sources],

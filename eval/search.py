@@ -14,7 +14,7 @@ from collections.abc import Sequence
 
 from specs_rl.cli import entry_point
 from specs_rl.config import config_from_argv
-from specs_rl.runner import (
+from specs_rl.run import (
     ResultsWriter,
     RunConfig,
     build_task,
@@ -33,23 +33,17 @@ def main(argv: Sequence[str] | None = None) -> int:
     task = build_task(cfg)  # loads data / models: every input error surfaces before a file is written
     out = prepare_run_dir(cfg.out, cfg)
     with ResultsWriter(out / "results.jsonl") as writer:
-        skip = {r["id"] for r in writer.records}
         search_task(
             task,
             cfg,
             cfg.seed,
             batch_size=cfg.batch_size,
-            skip=skip,
+            skip={r["id"] for r in writer.records},
             on_result=writer.write,
             extra={"n": cfg.n, "seed": cfg.seed},
         )
-        summary = {
-            "method": cfg.method,
-            "n": cfg.n,
-            "seed": cfg.seed,
-            "task": task.name,
-            **summarize(writer.records),
-        }
+        summary = {"method": cfg.method, "n": cfg.n, "seed": cfg.seed, "task": task.name}
+        summary.update(summarize(writer.records))
     write_json(out / "summary.json", summary)
     print(json.dumps(summary, indent=2))
     return 0

@@ -122,8 +122,38 @@ def _hints(cls: type) -> dict[str, Any]:
     return typing.get_type_hints(cls)
 
 
+def _lift_flat(cls: type, data: dict[str, Any], prefix: str) -> dict[str, Any]:
+    """Move top-level keys that belong to a ``flat`` section (a field whose metadata says ``flat: True``) into it:
+    ``K=6`` is ``tabular.K=6``. A key given both ways is an error naming both."""
+    hints = _hints(cls)
+    names = {f.name for f in dataclasses.fields(cls)}
+    owners = {
+        sub.name: f.name
+        for f in dataclasses.fields(cls)
+        if f.metadata.get("flat")
+        for sub in dataclasses.fields(hints[f.name])
+        if sub.name not in names
+    }
+    lifted = {k: v for k, v in data.items() if k not in owners}
+    for k, v in data.items():
+        if k in owners:
+            given = lifted.get(owners[k])
+            if given is not None and not isinstance(given, dict):
+                raise ConfigError(f"{prefix}{owners[k]} must be a mapping of keys, got {given!r}")
+            section = dict(given or {})
+            if k in section:
+                raise ConfigError(
+                    f"{prefix}{k} is given twice: as {prefix}{k} and as {prefix}{owners[k]}.{k}"
+                )
+            section[k] = v
+            lifted[owners[k]] = section
+    return lifted
+
+
 def _build(cls: type[T], data: dict[str, Any], prefix: str = "") -> T:
     names = {f.name: f for f in dataclasses.fields(cls)}
+    if any(f.metadata.get("flat") for f in names.values()):
+        data = _lift_flat(cls, data, prefix)
     unknown = [k for k in data if k not in names]
     if unknown:
         raise ConfigError(
@@ -218,8 +248,9 @@ def load_config(cls: type[T], path: str | Path | None = None, overrides: Sequenc
 
     ``validate`` may raise ValueError; it is re-raised as ConfigError so entry points need one except clause.
     """
-    data = load_yaml(path) if path is not None else {}
-    data = _merge(data, parse_overrides(overrides))
+    layers = [load_yaml(path) if path is not None else {}, parse_overrides(overrides)]
+    # flat keys join their section within each layer, so an override (K=6) overrides the file's tabular.K
+    data = _merge(*(_lift_flat(cls, layer, "") for layer in layers))
     cfg = _build(cls, data)
     if hasattr(cfg, "validate"):
         try:
@@ -245,6 +276,8 @@ def describe(cls: type, prefix: str = "") -> list[str]:
     for f in dataclasses.fields(cls):
         tp = hints[f.name]
         if dataclasses.is_dataclass(tp):
+            if f.metadata.get("flat"):
+                lines.append(f"  {prefix}{f.name}.* (its keys may also be given without '{f.name}.'):")
             lines.extend(describe(tp, f"{prefix}{f.name}."))
             continue
         default = (
@@ -257,33 +290,45 @@ def describe(cls: type, prefix: str = "") -> list[str]:
     return lines
 
 
-def config_from_argv(cls: type[T], argv: Sequence[str], prog: str, default_config: str | None = None) -> T:
-    """Parse ``[--config PATH] [key=value ...]`` (``--help`` lists every key) into a validated ``cls``."""
+def split_argv(argv: Sequence[str]) -> tuple[str | None, list[str], bool]:
+    """The project's one command line: ``[--config PATH] [key=value | --key value | --key=value | --flag] ...``.
+
+    Returns ``(config path, ["key=value", ...], help asked)``; ``--flag`` alone means ``flag=true`` and dashes in
+    option names become underscores. A bare word is a :class:`ConfigError`."""
     argv = list(argv)
-    if any(a in ("-h", "--help") for a in argv):
-        print(f"usage: {prog} [--config PATH] [key=value ...]\n\nkeys:")
-        print("\n".join(describe(cls)))
-        raise SystemExit(0)
-    path = default_config
-    overrides = []
+    path, items, wants_help = None, [], False
     i = 0
     while i < len(argv):
         a = argv[i]
-        if a == "--config":
+        if a in ("-h", "--help"):
+            wants_help = True
+        elif a == "--config":
             if i + 1 >= len(argv):
                 raise ConfigError("--config needs a path")
-            path, i = argv[i + 1], i + 2
-            continue
-        if a.startswith("--config="):
+            path, i = argv[i + 1], i + 1
+        elif a.startswith("--config="):
             path = a.split("=", 1)[1]
-        elif a.startswith("--") and "=" not in a and i + 1 < len(argv) and "=" not in argv[i + 1]:
-            overrides.append(f"{a[2:].replace('-', '_')}={argv[i + 1]}")
-            i += 2
-            continue
-        elif a.startswith("--") and "=" in a:
-            key, _, val = a[2:].partition("=")
-            overrides.append(f"{key.replace('-', '_')}={val}")
+        elif a.startswith("--"):
+            key, eq, val = a[2:].partition("=")
+            if not eq and i + 1 < len(argv) and not argv[i + 1].startswith("--") and "=" not in argv[i + 1]:
+                val, i = argv[i + 1], i + 1
+            elif not eq:
+                val = "true"
+            items.append(f"{key.replace('-', '_')}={val}")
+        elif "=" in a:
+            items.append(a)
         else:
-            overrides.append(a)
+            raise ConfigError(f"unexpected argument {a!r}: use key=value (or --config PATH)")
         i += 1
-    return load_config(cls, path, overrides)
+    return path, items, wants_help
+
+
+def config_from_argv(cls: type[T], argv: Sequence[str], prog: str, default_config: str | None = None) -> T:
+    """Parse ``[--config PATH] [key=value ...]`` (:func:`split_argv`; ``--help`` lists every key) into a validated
+    ``cls``."""
+    path, overrides, wants_help = split_argv(argv)
+    if wants_help:
+        print(f"usage: {prog} [--config PATH] [key=value ...]\n\nkeys:")
+        print("\n".join(describe(cls)))
+        raise SystemExit(0)
+    return load_config(cls, path if path is not None else default_config, overrides)

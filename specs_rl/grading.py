@@ -10,11 +10,14 @@ from __future__ import annotations
 import importlib.metadata
 import multiprocessing as mp
 import threading
+from collections.abc import Callable
 from concurrent.futures import ProcessPoolExecutor
 from concurrent.futures import TimeoutError as FutureTimeout
 from concurrent.futures.process import BrokenProcessPool
 from dataclasses import dataclass
 from typing import Any
+
+from specs_rl.types import SearchResult, Trace
 
 
 def extract_boxed(text: str) -> str | None:
@@ -156,6 +159,24 @@ class Grader:
 
     def __exit__(self, *exc: object) -> None:
         self.close()
+
+
+def boxed_answer_grade(
+    answer_of: Callable[[Trace], str], grader: Grader | None = None
+) -> tuple[Callable[[SearchResult], dict[str, Any]], dict[str, str]]:
+    """How a math task grades a result, for every backend that searches a dataset: the last ``\\boxed{}`` of the
+    response against the gold answer (:class:`Grader`). Returns ``(grade, grader info)``; ``grade`` gives
+    ``correct``, ``pred``, ``gold``, ``timed_out`` (``correct: None`` and the extracted answer when a problem has
+    no gold answer)."""
+    grader = grader or Grader()
+
+    def grade(result: SearchResult) -> dict[str, Any]:
+        gold = result.problem.answer
+        if gold is None:
+            return {"correct": None, "pred": answer_of(result.trace) or None, "gold": None}
+        return grader.grade(result.trace.text, gold).as_dict()
+
+    return grade, dict(grader.info)
 
 
 def _normalize(s: str) -> str:

@@ -11,7 +11,7 @@ import math
 from typing import Any, TypeVar
 
 from specs_rl.errors import SpecsError
-from specs_rl.search import SearchConfig
+from specs_rl.settings import SearchConfig
 
 C = TypeVar("C", bound=SearchConfig)
 
@@ -27,8 +27,14 @@ METHOD_PRESETS: dict[str, dict[str, Any]] = {
     "draft_only": {"method": "draft_only"},
     "specs_no_target": {"method": "specs", "score_form": "reward_only"},
     "specs_no_deferral": {"method": "specs", "tau_reject": -math.inf},
+    # random_switch is set by compare to the target-step fraction SPECS measured (MATCHED_FRACTION); 0.5 alone
     "specs_random_switch": {"method": "specs", "random_switch": 0.5},
 }
+
+# Presets whose ``random_switch`` is the target-step fraction another method measured for the same n, seed and
+# problems (ALGORITHM.md §4: "random switching at the same target-step fraction"): ``compare`` runs that method
+# first, reads the fraction from its records and runs the ablation at it.
+MATCHED_FRACTION: dict[str, str] = {"specs_random_switch": "specs"}
 
 
 # Strategies that draw one sample per step: n changes nothing, so a grid runs them once per seed.

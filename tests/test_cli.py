@@ -11,7 +11,7 @@ import pytest
 from eval import demo, search
 from specs_rl import cli
 from specs_rl.config import ConfigError, load_config
-from specs_rl.runner import RunConfig, read_results
+from specs_rl.run import RunConfig, read_results
 from tests.conftest import REPO
 
 TABULAR = str(REPO / "configs" / "search" / "tabular.yaml")
@@ -24,8 +24,18 @@ def test_search_writes_results_summary_and_config(tmp_path):
     assert len(recs) == 6
     for r in recs:
         assert set(r) >= {"id", "method", "answer", "text", "correct", "steps", "latency_s", "tokens"}
-        assert set(r["latency_s"]) == {"draft", "target_score", "target_generate", "reward", "total"}
-        assert r["latency_s"]["total"] > 0 and r["tokens"]["target"] > 0
+        assert set(r["latency_s"]) == {
+            "draft",
+            "target_score",
+            "target_generate",
+            "reward",
+            "verify",
+            "total",
+        }
+        assert set(r["tokens"]) == {"draft", "target_generate", "target_score"}
+        assert (
+            r["latency_s"]["total"] > 0 and r["tokens"]["target_generate"] + r["tokens"]["target_score"] > 0
+        )
         assert all(s["source"] in ("draft", "target") for s in r["steps"])
         assert r["correct"] == (r["reward"] >= 0.5)
     summary = json.loads((out / "summary.json").read_text())
@@ -48,6 +58,11 @@ def test_search_writes_results_summary_and_config(tmp_path):
         (["tabular.K=x"], "tabular.K must be an integer"),
         (["tabular.colour=1"], "unknown config key 'tabular.colour'"),
         (["method=magic"], "method must be one of"),
+        (["K=1"], "a random tree needs K >= 2"),
+        (["K=4", "tabular.K=5"], "K is given twice: as K and as tabular.K"),
+        (["tabular.cost.target_token_s=0"], "tabular.cost.target_token_s must be a finite number > 0"),
+        (["tabular.cost.draft_call_s=-0.001"], "tabular.cost.draft_call_s must be a finite number > 0"),
+        (["tabular.cost.batch_slowdown=-1"], "tabular.cost.batch_slowdown must be a finite number >= 0"),
     ],
 )
 def test_bad_input_is_one_line_exit_2_and_no_files(tmp_path, capsys, args, message):
@@ -166,3 +181,59 @@ def test_console_script_and_module_entry_points(tmp_path):
         [*cmd, "search", "--config", TABULAR, "n=-3"], capture_output=True, text=True, timeout=120
     )
     assert proc.returncode == 2 and proc.stderr.strip() == "error: n must be >= 1, got -3"
+
+
+def test_the_tree_keys_may_be_given_flat_in_every_recipe(tmp_path):
+    """One random-tree config (specs_rl.tree.TreeConfig), the same names in search, converge and real, and the flat
+    overrides users type (K=6 H=2) land in its section."""
+    from specs_rl.config import load_config
+    from theory.converge import ConvergeConfig
+    from theory.real_task import RealConfig
+
+    for cls in (RunConfig, ConvergeConfig, RealConfig):
+        cfg = load_config(cls, None, ["K=6", "H=2", "tree_seed=7", "concentration=2.0", "seed=3"])
+        assert (cfg.tabular.K, cfg.tabular.H, cfg.tabular.tree_seed, cfg.tabular.concentration) == (
+            6,
+            2,
+            7,
+            2.0,
+        )
+        assert cfg.seed == 3  # the search's seed, in every recipe
+        same = load_config(
+            cls, None, ["tabular.K=6", "tabular.H=2", "tabular.tree_seed=7", "tabular.concentration=2"]
+        )
+        assert same.tabular.build(0).target[1].tolist() == cfg.tabular.build(0).target[1].tolist()
+    out = tmp_path / "flat"
+    assert search.main(["--config", TABULAR, "K=3", "H=2", "tabular.problems=2", f"out={out}"]) == 0
+    assert all(len(r["answer"].split(".")) == 2 for r in read_results(out / "results.jsonl"))
+
+
+def test_a_tree_whose_target_gives_a_draft_probability_zero_runs(tmp_path):
+    """A target row [1, 0] with a draft that proposes the second symbol: that draft has weight 0. The search defers
+    when every draft has weight 0 (it used to end in a math.log(0) traceback, leaving files behind), and the
+    answers are drawn from the target's support."""
+    tree = tmp_path / "zero.json"
+    tree.write_text(
+        json.dumps(
+            {
+                "alphabet": ["a", "b"],
+                "horizon": 2,
+                "target": {"": [1.0, 0.0], "a": [0.6, 0.4], "b": [0.5, 0.5]},
+                "draft": {"": [0.5, 0.5], "a": [0.5, 0.5], "b": [0.5, 0.5]},
+                "reward": {"a.a": 0.2, "a.b": 0.9, "b.a": 0.5, "b.b": 0.1},
+            }
+        )
+    )
+    out = tmp_path / "run"
+    args = [
+        "method=specs",
+        "n=2",
+        "start_mode=draft",
+        "tau_reject=-inf",
+        f"tree={tree}",
+        "tabular.problems=40",
+    ]
+    assert search.main(["--config", TABULAR, *args, f"out={out}"]) == 0
+    recs = read_results(out / "results.jsonl")
+    assert len(recs) == 40 and all(r["answer"].startswith("a.") for r in recs)
+    assert sum(r["deferrals"] for r in recs) > 0  # both drafts were b on some problems: deferred

@@ -4,7 +4,6 @@ write (nothing recomputed, nothing lost); a directory of another config refused 
 from __future__ import annotations
 
 import doctest
-import io
 import json
 import math
 import os
@@ -18,8 +17,11 @@ from pathlib import Path
 import pytest
 
 import eval.compare as compare
-import specs_rl.runner as runner
+import specs_rl.run as run
+import specs_rl.run.grid as grid
+import specs_rl.run.report as report
 from specs_rl.config import load_config
+from specs_rl.settings import SearchConfig
 from specs_rl.tracking import find_offline_runs, read_offline_run
 
 from .conftest import REPO, SHARED_DATA
@@ -41,12 +43,12 @@ ROW_KEYS = {"method", "n", "seed", "problems", "accuracy", "accuracy_ci", "laten
 ROW_KEYS |= {"latency_p90_s", "draft_step_fraction", "latency_stage_mean_s", "tokens_mean"}
 
 
-def _tab_cfg(*overrides: str) -> compare.CompareConfig:
-    return load_config(compare.CompareConfig, TAB, [*SMALL, *overrides])
+def _tab_cfg(*overrides: str) -> run.CompareConfig:
+    return load_config(run.CompareConfig, TAB, [*SMALL, *overrides])
 
 
-def _expected_records(cfg: compare.CompareConfig, problems: int) -> int:
-    return len(compare.plan_runs(cfg)) * problems
+def _expected_records(cfg: run.CompareConfig, problems: int) -> int:
+    return len(run.plan_runs(cfg)) * problems
 
 
 def _lines(path: Path) -> list[str]:
@@ -80,13 +82,13 @@ def _same_records(a: list[str], b: list[str]) -> bool:
 def count_searches(monkeypatch):
     """Counts the problems actually searched (run_search is what search_task calls)."""
     seen: list[str] = []
-    real = runner.run_search
+    real = grid.run_search
 
     def counting(problems, *args, **kwargs):
         seen.extend(p.id for p in problems)
         return real(problems, *args, **kwargs)
 
-    monkeypatch.setattr(runner, "run_search", counting)
+    monkeypatch.setattr(grid, "run_search", counting)
     return seen
 
 
@@ -103,7 +105,7 @@ def test_end_to_end_on_tabular_worlds(tmp_path, monkeypatch, capsys):
     assert compare.main(["--config", TAB, f"out={out}", *SMALL]) == 0
     cfg = _tab_cfg()
     problems = cfg.tabular.problems
-    runs = compare.plan_runs(cfg)
+    runs = run.plan_runs(cfg)
     # 4 methods x 2 n + target_only, draft_only once (they ignore n), x 2 seeds
     assert len(runs) == (4 * 2 + 2) * 2
 
@@ -142,7 +144,11 @@ def test_end_to_end_on_tabular_worlds(tmp_path, monkeypatch, capsys):
             assert a["latency_vs_beam_search_target"] == pytest.approx(a["latency_mean_s"] / ref[a["n"]])
 
     printed = capsys.readouterr().out
-    assert "accuracy [95% CI]" in printed and "over seeds:" in printed and "vs BS(target)" in printed
+    assert (
+        "accuracy [95% CI]" in printed
+        and "over seeds (the repeats):" in printed
+        and "vs BS(target)" in printed
+    )
     assert all(m in printed for m in cfg.methods)
 
     # the plot: a real PNG with one point per method and n (n-free methods once)
@@ -150,7 +156,7 @@ def test_end_to_end_on_tabular_worlds(tmp_path, monkeypatch, capsys):
     assert (w, h) == (825, 550)
     assert summary["plot"]["points"] == 10 == len(agg)
     front = summary["plot"]["pareto"]
-    pts = {compare._point_label(a): (a["latency_mean_s"], a["accuracy"]) for a in agg}
+    pts = {report.point_label(a): (a["latency_mean_s"], a["accuracy"]) for a in agg}
     for label in front:  # nothing is both faster and more accurate than a Pareto point
         x, y = pts[label]
         assert not any(px <= x and py > y or px < x and py >= y for px, py in pts.values())
@@ -203,7 +209,7 @@ def test_killed_process_resumes_without_loss(tmp_path, count_searches):
         *QUIET,
     ]
     code = (
-        "import sys, time, specs_rl.runner as r, eval.compare as c\n"
+        "import sys, time, specs_rl.run.grid as r, eval.compare as c\n"
         "real = r.run_search\n"
         "def slow(*a, **k):\n    time.sleep(0.02)\n    return real(*a, **k)\n"
         "r.run_search = slow\n"
@@ -287,7 +293,7 @@ def test_a_directory_of_another_config_is_refused_before_loading(tmp_path, monke
         ("tau_switch=nan", "tau_switch must be a number"),
         ("colour=red", "unknown config key 'colour'"),
         ("tabular.problems=0", "tabular.problems must be >= 1"),
-        ("order=random", "order must be one of method, problem, got 'random'"),
+        ("order=random", "order must be one of problem, method, got 'random'"),
     ],
 )
 def test_config_errors_write_nothing(tmp_path, capsys, override, message):
@@ -299,9 +305,7 @@ def test_config_errors_write_nothing(tmp_path, capsys, override, message):
 
 
 def test_plan_runs_per_method_n_seed():
-    runs = compare.plan_runs(
-        _tab_cfg("methods=[beam_search_target,specs,rsd]", "n_grid=[2,4]", "seeds=[1,2]")
-    )
+    runs = run.plan_runs(_tab_cfg("methods=[beam_search_target,specs,rsd]", "n_grid=[2,4]", "seeds=[1,2]"))
     assert [(r.method, r.n, r.seed) for r in runs] == [
         ("beam_search_target", 2, 1),
         ("beam_search_target", 2, 2),
@@ -319,9 +323,9 @@ def test_plan_runs_per_method_n_seed():
         ("beam_search", "target", 2, 2),  # one surviving beam: beam_width = n
         ("beam_search", "target", 4, 4),
     ]
-    assert all(type(r.config) is compare.SearchConfig for r in runs)
-    assert runner.problem_seed(42, "a") == runner.problem_seed(42, "a") != runner.problem_seed(43, "a")
-    assert runner.problem_seed(42, "a") != runner.problem_seed(42, "b")
+    assert all(type(r.config) is SearchConfig for r in runs)
+    assert run.problem_seed(42, "a") == run.problem_seed(42, "a") != run.problem_seed(43, "a")
+    assert run.problem_seed(42, "a") != run.problem_seed(42, "b")
 
 
 def test_problem_order_interleaves_runs_and_gives_the_same_records(tmp_path):
@@ -330,13 +334,17 @@ def test_problem_order_interleaves_runs_and_gives_the_same_records(tmp_path):
     started in one order resumes in the other."""
     by_method, by_problem = tmp_path / "method", tmp_path / "problem"
     args = ["--config", TAB, *SMALL, *QUIET, "tabular.problems=4", "seeds=[42]", "n_grid=[2]"]
-    assert compare.main([*args, f"out={by_method}"]) == 0
-    assert compare.main([*args, f"out={by_problem}", "order=problem"]) == 0
+    assert compare.main([*args, f"out={by_method}", "order=method"]) == 0
+    assert compare.main([*args, f"out={by_problem}"]) == 0  # order=problem is the default
     first = [json.loads(x) for x in _lines(by_method / "results.jsonl")]
     second = [json.loads(x) for x in _lines(by_problem / "results.jsonl")]
-    runs = len(compare.plan_runs(_tab_cfg("tabular.problems=4", "seeds=[42]", "n_grid=[2]")))
+    planned = [r.key[0] for r in run.plan_runs(_tab_cfg("tabular.problems=4", "seeds=[42]", "n_grid=[2]"))]
+    runs = len(planned)
     assert [r["id"] for r in second] == [p for p in ("0", "1", "2", "3") for _ in range(runs)]
     assert [r["id"] for r in first][:4] == ["0", "1", "2", "3"]
+    # the method order rotates from problem to problem: problem b starts with planned run b (mod the count)
+    for b in range(4):
+        assert [r["method"] for r in second[b * runs : (b + 1) * runs]] == planned[b:] + planned[:b]
 
     def strip(r: dict) -> dict:
         return {k: v for k, v in r.items() if k != "latency_s"}  # the tabular clock is simulated, but be safe
@@ -359,38 +367,57 @@ def test_problem_order_interleaves_runs_and_gives_the_same_records(tmp_path):
 
 def test_warm_up_searches_each_method_once_unrecorded(count_searches):
     cfg = _tab_cfg("tabular.problems=3")
-    task = runner.build_task(cfg)
-    runs = compare.plan_runs(cfg)
-    compare.warm_up(task, runs, 2)
+    task = run.build_task(cfg)
+    runs = run.plan_runs(cfg)
+    run.warm_up(task, runs, 2)
     assert count_searches == ["0", "1"] * len(cfg.methods)  # the first 2 problems, once per method
     count_searches.clear()
-    compare.warm_up(task, runs, 0)
+    run.warm_up(task, runs, 0)
     assert count_searches == []
 
 
-def test_progress_bar_and_pareto():
-    buf = io.StringIO()
-    bar = compare.Progress(4, done=1, stream=buf, log_every_s=0.0)
-    bar.advance(1, "specs n=4 seed=42")
-    bar.advance(2)
-    lines = buf.getvalue().splitlines()
-    assert lines[0].startswith("[############") and "2/4" in lines[0] and "ETA" in lines[0]
-    assert "4/4 100%" in lines[-1] and "specs n=4 seed=42" in lines[-1]
+def test_progress_bar_and_pareto(tmp_path, capsys):
+    """The grid's progress is a tqdm bar on stderr (plain ASCII in a log), silent with progress=false."""
+    out = tmp_path / "bar"
+    args = ["--config", TAB, *SMALL, "wandb=false", "plot=false", "tabular.problems=3", "seeds=[42]"]
+    assert compare.main([*args, f"out={out}"]) == 0
+    err = capsys.readouterr().err
+    total = len(run.plan_runs(_tab_cfg("tabular.problems=3", "seeds=[42]"))) * 3
+    assert f"{total}/{total}" in err and "100%" in err and "problem/s" in err
+    assert compare.main([*args, f"out={tmp_path / 'quiet'}", "progress=false"]) == 0
+    assert capsys.readouterr().err == ""
+    assert run.pareto_front([(1, 0.5), (1, 0.7), (2, 0.7), (3, 0.9)]) == [1, 3]
+    assert doctest.testmod(report).failed == 0
 
-    class Tty(io.StringIO):
-        def isatty(self):
-            return True
 
-    tty = Tty()
-    bar = compare.Progress(2, stream=tty)
-    bar.advance(2, "x")
-    bar.close()
-    assert tty.getvalue().startswith("\r[") and tty.getvalue().endswith("\n")
-    silent = io.StringIO()
-    compare.Progress(3, stream=silent, enabled=False).advance(3)
-    assert silent.getvalue() == ""
-    assert compare.pareto_front([(1, 0.5), (1, 0.7), (2, 0.7), (3, 0.9)]) == [1, 3]
-    assert doctest.testmod(compare).failed == 0
+def test_random_switch_ablation_runs_at_the_target_fraction_specs_measured(tmp_path, capsys):
+    """ALGORITHM.md §4: the random-switch ablation runs at SPECS' measured target-step fraction for the same n,
+    seed and problems (compare runs SPECS first and passes the fraction on), not at a fixed 0.5."""
+    out = tmp_path / "switch"
+    args = ["--config", TAB, *QUIET, "tabular.problems=60", "methods=[specs_random_switch,specs]"]
+    assert compare.main([*args, "n_grid=[2,4]", "seeds=[1,2]", f"out={out}"]) == 0
+    records = [json.loads(x) for x in _lines(out / "results.jsonl")]
+    fractions = []
+    for n in (2, 4):
+        for seed in (1, 2):
+            mine = [r for r in records if (r["n"], r["seed"]) == (n, seed)]
+            spec = [r for r in mine if r["method"] == "specs"]
+            ablation = [r for r in mine if r["method"] == "specs_random_switch"]
+            steps = [s for r in spec for s in r["steps"]]
+            fraction = sum(s["source"] == "target" for s in steps) / len(steps)
+            assert 0.05 < fraction < 0.95
+            fractions.append(fraction)
+            assert {r["random_switch"] for r in ablation} == {fraction}
+            got = [s["source"] == "target" for r in ablation for s in r["steps"]]
+            assert (
+                abs(sum(got) / len(got) - fraction)
+                < 4 * math.sqrt(fraction * (1 - fraction) / len(got)) + 0.02
+            )
+    # it needs SPECS in the same run
+    assert (
+        compare.main(["--config", TAB, *QUIET, "methods=[specs_random_switch]", f"out={tmp_path / 'x'}"]) == 2
+    )
+    assert "add specs to methods" in capsys.readouterr().err
 
 
 def _tiny_hf_checks(out: Path, methods: list[str], seeds: list[int]) -> dict:
@@ -454,7 +481,7 @@ def test_hf_input_errors_come_before_any_file(tmp_path, capsys):
 def test_the_tiny_config_as_written(tmp_path, monkeypatch):
     """``specs-rl compare --config configs/eval/tiny.yaml`` exactly as the YAML says (about a minute here)."""
     monkeypatch.setenv("WANDB_MODE", "offline")
-    cfg = load_config(compare.CompareConfig, TINY)
+    cfg = load_config(run.CompareConfig, TINY)
     assert compare.main(["--config", TINY, f"out={tmp_path / 'tiny'}"]) == 0
     _tiny_hf_checks(tmp_path / "tiny", cfg.methods, cfg.seeds)
 
@@ -463,8 +490,8 @@ def test_the_tiny_config_as_written(tmp_path, monkeypatch):
 def test_every_eval_config_loads_and_plans(path):
     text = path.read_text()
     assert text.startswith(f"# specs-rl compare --config configs/eval/{path.name}")
-    cfg = load_config(compare.CompareConfig, path)
-    runs = compare.plan_runs(cfg)  # every (method, n, seed) valid
+    cfg = load_config(run.CompareConfig, path)
+    runs = run.plan_runs(cfg)  # every (method, n, seed) valid
     assert len(runs) >= len(cfg.methods) * len(cfg.seeds)
     if path.name.endswith("_qwen25.yaml"):  # the paper's settings (ALGORITHM.md §6)
         assert cfg.n_grid == [4, 8, 16] and cfg.seeds == [42, 43, 45] and cfg.tau_switch == 0.7

@@ -8,7 +8,7 @@ import pytest
 import yaml
 
 from specs_rl.config import load_config
-from specs_rl.runner import RunConfig
+from specs_rl.run import RunConfig
 from tests.conftest import REPO
 
 CONFIGS = sorted((REPO / "configs").rglob("*.yaml"))

@@ -11,7 +11,7 @@ import torch
 
 from specs_rl.config import load_config
 from specs_rl.hf import HFConfig, ModelSpec, PrmSpec, TinySpec, build_parts, tiny_parts
-from specs_rl.runner import RunConfig
+from specs_rl.run import RunConfig
 from specs_rl.search import SearchConfig, specs
 from specs_rl.types import STAGES, Problem
 
@@ -31,7 +31,7 @@ def test_tiny_hf_config_runs_and_writes_per_stage_latency(tmp_path):
         assert set(STAGES) <= set(lat) and lat["total"] > 0
         assert lat["reward"] > 0 and lat["draft"] + lat["target_generate"] > 0
         assert all(lat[s] >= 0 for s in STAGES)
-        assert r["tokens"]["draft"] + r["tokens"]["target"] > 0
+        assert r["tokens"]["draft"] + r["tokens"]["target_generate"] > 0
         assert r["grader"]["name"] == "math-verify" and r["gold"] is not None
         assert r["correct"] is False  # random models write no boxed answer
         assert 1 <= len(r["steps"]) <= 4

@@ -89,8 +89,8 @@ def test_cli_on_the_tabular_backend_writes_json_and_plot(tmp_path):
 
 def test_bad_input_is_rejected_before_anything_is_written(tmp_path, capsys):
     out = tmp_path / "out"
-    assert main(["backend=vllm", f"out={out}"]) == 2
-    assert "backend must be tabular or hf" in capsys.readouterr().err
+    assert main(["backend=magic", f"out={out}"]) == 2
+    assert "backend must be one of tabular, hf" in capsys.readouterr().err
     assert main([f"tree={tmp_path / 'missing.json'}", f"out={out}"]) == 2
     assert "tree file not found" in capsys.readouterr().err
     assert main(["n=0", f"out={out}"]) == 2

@@ -22,7 +22,7 @@ def test_converge_writes_json_and_plot_with_the_measured_rates(tmp_path):
             "--n", ",".join(map(str, GRID)),
             "--variants", "exact,no_target,threshold",
             "--out", str(out),
-            "K=3", "H=2", "seed=1", "tau_reject=1.0",
+            "K=3", "H=2", "tree_seed=1", "tau_reject=1.0",
             "samples=1500", "batch=1500", "empirical_n=4",
         ]
     )  # fmt: skip
@@ -79,7 +79,9 @@ def test_tree_file_and_key_value_forms_agree_with_the_random_spec(tmp_path):
     )
     assert main([f"tree={path}", "beta=1.5", "variants=exact,code", f"out={tmp_path / 'b'}", *common]) == 0
     assert (
-        main(["K=3", "H=2", "seed=4", "beta=1.5", "variants=exact,code", f"out={tmp_path / 'c'}", *common])
+        main(
+            ["K=3", "H=2", "tree_seed=4", "beta=1.5", "variants=exact,code", f"out={tmp_path / 'c'}", *common]
+        )
         == 0
     )
     a, b, c = (json.loads((tmp_path / d / "converge.json").read_text()) for d in "abc")

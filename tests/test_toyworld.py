@@ -11,7 +11,7 @@ import pytest
 from eval import demo
 from specs_rl import toymath
 from specs_rl.prm_format import PrmFormat
-from specs_rl.runner import wilson_interval
+from specs_rl.run import wilson_interval
 from tests.conftest import REPO
 from train import toyworld as tw
 

@@ -2,7 +2,11 @@
 
     specs-rl theory converge --beta 2.0 --n 1,2,4,8,16,32,64,128,256,512,1024 --out runs/theory/converge
     specs-rl theory converge --tree tree.json --beta 2.0 --n 1,2,4,8 --variants exact,no_target --out DIR
-    python -m theory.converge K=6 H=4 seed=3 variants=exact,threshold tau_reject=0.5 samples=0 out=DIR
+    python -m theory.converge K=6 H=4 tree_seed=3 variants=exact,threshold tau_reject=0.5 samples=0 out=DIR
+
+The tree is the ``tabular:`` section every recipe shares (:class:`specs_rl.tree.TreeConfig`; its keys may be given
+at the top level: ``K``, ``H``, ``concentration``, ``coverage``, ``draft_noise``, ``tree_seed``, ``tree``, ``prm``);
+``seed`` is the seed of the searches, as in every recipe.
 
 On a tabular tree (a file in the project's tree schema, or a seeded random tree) it computes, for every variant and
 every ``n`` on the grid, the exact law ``q_n`` of the response SPECS returns (:func:`specs_rl.exact.specs_log_law`)
@@ -22,9 +26,7 @@ deferral to target mode and the ``tau_switch`` mode switch).
 from __future__ import annotations
 
 import dataclasses
-import json
 import math
-import os
 import sys
 import time
 from collections import Counter
@@ -39,8 +41,10 @@ from specs_rl.cli import entry_point
 from specs_rl.config import config_from_argv, save_config
 from specs_rl.errors import SpecsError
 from specs_rl.exact import asymptotic_law, expected, kl, optimal_log_law, specs_log_law, tv
+from specs_rl.progress import progress_bar
+from specs_rl.run.records import write_json
 from specs_rl.search import SearchConfig
-from specs_rl.tabular import TabularTree, load_tree, random_tree
+from specs_rl.tree import TabularTree, TreeConfig
 
 VARIANTS = ("exact", "poisson", "code", "no_target", "argmax", "threshold")
 DEFAULT_N = [1, 2, 4, 8, 16, 32, 64, 128, 256, 512, 1024]
@@ -51,26 +55,13 @@ MAX_SEQUENCES = 100_000  # K**H above this makes the written laws unreasonably l
 class ConvergeConfig:
     """``specs-rl theory converge``. Defaults chosen here unless a help text says otherwise."""
 
-    tree: str | None = field(
-        default=None, metadata={"help": "a tree JSON file (the tabular schema); null: a random tree"}
+    tabular: TreeConfig = field(
+        default_factory=lambda: TreeConfig(H=3, concentration=1.0),
+        metadata={"help": "the tree: a file or a seeded random tree, and its PRM", "flat": True},
     )
-    K: int = field(default=4, metadata={"help": "random tree: alphabet size"})  # noqa: N815
-    H: int = field(default=3, metadata={"help": "random tree: horizon"})  # noqa: N815
-    concentration: float = field(
-        default=1.0, metadata={"help": "random tree: Dirichlet concentration of target rows"}
-    )
-    coverage: float = field(
-        default=0.3, metadata={"help": "random tree: weight of the uniform law in the draft"}
-    )
-    draft_noise: float = field(default=1.0, metadata={"help": "random tree: log-normal draft perturbation"})
-    seed: int = field(default=0, metadata={"help": "random tree seed"})
     beta: float = field(default=2.0, metadata={"help": "tilt β of the objective and of the score"})
     n: list[int] = field(default_factory=lambda: list(DEFAULT_N), metadata={"help": "grid of n"})
     variants: list[str] = field(default_factory=lambda: list(VARIANTS), metadata={"help": f"of {VARIANTS}"})
-    prm: str = field(
-        default="idealized",
-        metadata={"help": "idealized (r = V at beta: the theorem's PRM) | table (the tree's) | outcome"},
-    )
     code_temperature: float = field(
         default=0.3, metadata={"help": "'code' variant: selection temperature (authors' code: 0.2-0.3)"}
     )
@@ -93,7 +84,7 @@ class ConvergeConfig:
     empirical_n: int = field(default=8, metadata={"help": "n of the empirical check"})
     samples: int = field(default=20000, metadata={"help": "searches in the empirical check (0: skip it)"})
     batch: int = field(default=2000, metadata={"help": "problems per call of the search"})
-    search_seed: int = field(default=0, metadata={"help": "seed of the search's torch.Generator"})
+    seed: int = field(default=0, metadata={"help": "seed of the search's torch.Generator"})
     plot: bool = field(default=True, metadata={"help": "write converge.png"})
     out: str = field(default="runs/theory/converge", metadata={"help": "output directory"})
 
@@ -107,8 +98,7 @@ class ConvergeConfig:
                 raise ValueError(f"unknown variant {v!r}; known: {', '.join(VARIANTS)}")
         if not self.beta > 0 or math.isinf(self.beta):
             raise ValueError(f"beta must be a finite number > 0, got {self.beta}")
-        if self.prm not in ("idealized", "table", "outcome"):
-            raise ValueError(f"prm must be one of idealized, table, outcome; got {self.prm!r}")
+        self.tabular.validate()
         if not self.code_temperature > 0:
             raise ValueError(f"code_temperature must be > 0, got {self.code_temperature}")
         if self.target_select not in ("argmax", "soft"):
@@ -167,22 +157,10 @@ def fit_slope(ns: Sequence[int], ys: Sequence[float]) -> float | None:
 
 
 def build_tree(cfg: ConvergeConfig) -> TabularTree:
-    tree = (
-        load_tree(cfg.tree)
-        if cfg.tree is not None
-        else random_tree(
-            cfg.K,
-            cfg.H,
-            concentration=cfg.concentration,
-            coverage=cfg.coverage,
-            draft_noise=cfg.draft_noise,
-            seed=cfg.seed,
-        )
-    )
+    """The tree of ``cfg.tabular`` (random tree ``tree_seed``, or the file), if its laws are small enough to write."""
+    tree = cfg.tabular.build()
     if tree.K**tree.horizon > MAX_SEQUENCES:
         raise SpecsError(f"K**H = {tree.K**tree.horizon} responses is too many (at most {MAX_SEQUENCES})")
-    if cfg.prm == "table" and tree.prm_table is None:
-        raise SpecsError("prm=table needs a 'prm' table in the tree file")
     return tree
 
 
@@ -195,7 +173,7 @@ def asymptotics(
     if name not in ("exact", "poisson", "code", "no_target"):
         return None
     config, _ = variant_config(name, 1, cfg, tree.horizon)
-    log_lim, c = asymptotic_law(tree, config, prm=cfg.prm, prm_beta=cfg.beta)
+    log_lim, c = asymptotic_law(tree, config, prm=cfg.tabular.prm, prm_beta=cfg.beta)
     lim = np.exp(log_lim)
     return {
         "tv_coef": 0.5 * float(lim @ np.abs(c)),
@@ -219,7 +197,7 @@ def convergence_curves(tree: TabularTree, cfg: ConvergeConfig) -> dict[str, Any]
         laws[name] = {}
         for n in cfg.n:
             config, draws = variant_config(name, n, cfg, tree.horizon)
-            law = specs_log_law(tree, config, prm=cfg.prm, prm_beta=cfg.beta, draws=draws)
+            law = specs_log_law(tree, config, prm=cfg.tabular.prm, prm_beta=cfg.beta, draws=draws)
             curve["kl_star_q"].append(kl(star, law.log_q))
             curve["kl_q_star"].append(kl(law.log_q, star))
             curve["tv"].append(tv(star, law.log_q))
@@ -274,19 +252,21 @@ def empirical_check(tree: TabularTree, cfg: ConvergeConfig) -> dict[str, Any]:
     from specs_rl.types import Problem
 
     config, draws = variant_config(cfg.empirical_variant, cfg.empirical_n, cfg, tree.horizon)
-    law = specs_log_law(tree, config, prm=cfg.prm, prm_beta=cfg.beta, draws=draws)
-    backend = TabularBackend({"t": tree}, beta=cfg.beta, prm=cfg.prm)
+    law = specs_log_law(tree, config, prm=cfg.tabular.prm, prm_beta=cfg.beta, draws=draws)
+    backend = TabularBackend({"t": tree}, beta=cfg.beta, prm=cfg.tabular.prm)
     parts = backend.parts()
-    generator = torch.Generator().manual_seed(cfg.search_seed)
+    generator = torch.Generator().manual_seed(cfg.seed)
     counts: Counter[str] = Counter()
     deferrals = 0
     t0 = time.perf_counter()
-    for start in range(0, cfg.samples, cfg.batch):
-        size = min(cfg.batch, cfg.samples - start)
-        problems = [Problem(id=str(start + i), prompt="", meta={"tree": "t"}) for i in range(size)]
-        for res in specs(problems, config, parts, generator):
-            counts[res.answer] += 1
-            deferrals += res.deferrals
+    with progress_bar(cfg.samples, desc="empirical check", unit="search") as bar:
+        for start in range(0, cfg.samples, cfg.batch):
+            size = min(cfg.batch, cfg.samples - start)
+            problems = [Problem(id=str(start + i), prompt="", meta={"tree": "t"}) for i in range(size)]
+            for res in specs(problems, config, parts, generator):
+                counts[res.answer] += 1
+                deferrals += res.deferrals
+            bar.update(size)
     keys = tree.sequences()
     obs = np.array([counts.get(k, 0) for k in keys], dtype=np.float64)
     if sum(counts.values()) != obs.sum():
@@ -341,23 +321,6 @@ def plot_curves(result: dict[str, Any], path: Path) -> None:
     plt.close(fig)
 
 
-def _json_safe(x: Any) -> Any:
-    if isinstance(x, float) and not math.isfinite(x):
-        return None
-    if isinstance(x, dict):
-        return {k: _json_safe(v) for k, v in x.items()}
-    if isinstance(x, (list, tuple)):
-        return [_json_safe(v) for v in x]
-    return x
-
-
-def write_json(path: Path, obj: Any) -> None:
-    """Atomic write (temp file + rename); non-finite floats become null."""
-    tmp = path.with_suffix(path.suffix + ".tmp")
-    tmp.write_text(json.dumps(_json_safe(obj), indent=1))
-    os.replace(tmp, path)
-
-
 def _table(result: dict[str, Any]) -> str:
     lines = [
         f"{'variant':<10} {'n':>6} {'KL(π*||q)':>11} {'KL(q||π*)':>11} {'TV':>9} {'gap E[r]':>9} {'defer':>6}"
@@ -397,7 +360,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     out = Path(cfg.out)
     out.mkdir(parents=True, exist_ok=True)
     save_config(cfg, out / "config.yaml")
-    write_json(out / "converge.json", result)
+    write_json(out / "converge.json", result, indent=1)
     if cfg.plot:
         plot_curves(result, out / "converge.png")
     print(_table(result))

@@ -1,6 +1,6 @@
 """``specs-rl theory real``: does SPECS approach the KL-regularized optimum over final answers with real parts?
 
-    specs-rl theory real backend=tabular K=4 H=3 beta=2.0 n=1,4,16,64 samples=2000 out=runs/theory/real
+    specs-rl theory real backend=tabular K=4 H=3 tree_seed=0 beta=2.0 n=1,4,16,64 samples=2000 out=runs/theory/real
     specs-rl theory real backend=hf hf.target.name=PATH hf.draft.name=PATH hf.prm.name=PATH \\
         data.dataset=toymath problem=0 beta=2.0 n=1,2,4,8 samples=400 out=runs/theory/real_toymath
 
@@ -38,11 +38,13 @@ from specs_rl.cli import entry_point
 from specs_rl.config import config_from_argv, save_config
 from specs_rl.datasets import DataConfig
 from specs_rl.errors import SpecsError
-from specs_rl.hf.config import HFConfig
 from specs_rl.interfaces import SearchParts
+from specs_rl.progress import progress_bar
+from specs_rl.run import BACKENDS, build_task, with_backends, write_json
+from specs_rl.run.backends import validate_backend
 from specs_rl.search import SearchConfig, specs
+from specs_rl.tabular import TabularTaskConfig
 from specs_rl.types import Problem, Trace
-from theory.converge import write_json
 
 
 def sample_optimum(
@@ -67,8 +69,10 @@ def sample_optimum(
     root = Trace(problem)
     answers: list[str] = []
     draws = 0
+    bar = progress_bar(samples, desc="optimum (rejection)", unit="answer")
     while len(answers) < samples:
         if draws >= max_draws:
+            bar.close()
             raise SpecsError(
                 f"rejection sampling of the optimum accepted {len(answers)} of {draws} target draws; "
                 f"lower beta (acceptance ~ E[exp(beta (r - r_max))]) or raise max_draws"
@@ -84,8 +88,10 @@ def sample_optimum(
             draws += 1  # draws after the last needed acceptance are not counted (acceptance stays unbiased)
             if ok:
                 answers.append(parts.answer_of(root.extend(c)))
+                bar.update(1)
                 if len(answers) == samples:
                     break
+    bar.close()
     return answers, draws
 
 
@@ -101,11 +107,13 @@ def sample_specs(
     """``samples`` final answers of :func:`specs_rl.search.specs` on ``problem``; also the deferral rate per step."""
     answers: list[str] = []
     deferred = steps = 0
-    for start in range(0, samples, batch):
-        results = specs([problem] * min(batch, samples - start), config, parts, generator)
-        answers += [r.answer for r in results]
-        deferred += sum(r.deferrals for r in results)
-        steps += sum(len(r.steps) for r in results)
+    with progress_bar(samples, desc=f"SPECS n={config.n}", unit="answer") as bar:
+        for start in range(0, samples, batch):
+            results = specs([problem] * min(batch, samples - start), config, parts, generator)
+            answers += [r.answer for r in results]
+            deferred += sum(r.deferrals for r in results)
+            steps += sum(len(r.steps) for r in results)
+            bar.update(len(results))
     return answers, deferred / max(steps, 1)
 
 
@@ -237,31 +245,23 @@ def real_task_check(
 # the entry point
 
 
+@with_backends(defaults={"tabular": lambda: TabularTaskConfig(H=3, concentration=1.0, problems=1)})
 @dataclass
 class RealConfig:
-    """``specs-rl theory real``. Defaults chosen here unless a help text says otherwise."""
+    """``specs-rl theory real``. Defaults chosen here unless a help text says otherwise. The task is built by the
+    run layer (:func:`specs_rl.run.build_task`) like any run's: ``backend`` picks its section (``tabular:``, whose
+    keys may be given flat, ``K=4 H=3``; ``hf:``; any registered backend) and ``problem`` one of its problems."""
 
-    backend: str = field(default="tabular", metadata={"help": "tabular | hf"})
-    tree: str | None = field(
-        default=None, metadata={"help": "tabular: a tree JSON file (null: a random tree)"}
-    )
-    K: int = field(default=4, metadata={"help": "tabular random tree: alphabet size"})  # noqa: N815
-    H: int = field(default=3, metadata={"help": "tabular random tree: horizon"})  # noqa: N815
-    concentration: float = field(
-        default=1.0, metadata={"help": "tabular random tree: Dirichlet concentration"}
-    )
-    coverage: float = field(
-        default=0.3, metadata={"help": "tabular random tree: uniform weight in the draft"}
-    )
-    draft_noise: float = field(default=1.0, metadata={"help": "tabular random tree: draft perturbation"})
-    tree_seed: int = field(default=0, metadata={"help": "tabular random tree seed"})
-    prm: str = field(default="idealized", metadata={"help": "tabular PRM: idealized | table | outcome"})
-    hf: HFConfig = field(default_factory=HFConfig)
+    backend: str = field(default="tabular", metadata={"help": f"one of {', '.join(BACKENDS)}"})
     data: DataConfig = field(
         default_factory=lambda: DataConfig(dataset="toymath", prompt_template="{problem}\n\n"),
-        metadata={"help": "hf: where the problem comes from (default: the toy-math test split)"},
+        metadata={
+            "help": "backends that read data: where the problem comes from (default: toy-math test split)"
+        },
     )
-    problem: int = field(default=0, metadata={"help": "hf: position of the problem in the data slice"})
+    problem: int = field(
+        default=0, metadata={"help": "position of the problem in the task (tabular: tree i)"}
+    )
     beta: float = field(default=2.0, metadata={"help": "tilt β of the optimum and of the SPECS score"})
     n: list[int] = field(default_factory=lambda: [1, 2, 4, 8, 16, 32, 64], metadata={"help": "grid of n"})
     samples: int = field(default=2000, metadata={"help": "answers per distribution (optimum and each n)"})
@@ -299,8 +299,6 @@ class RealConfig:
         )
 
     def validate(self) -> None:
-        if self.backend not in ("tabular", "hf"):
-            raise ValueError(f"backend must be tabular or hf, got {self.backend!r}")
         if not self.beta > 0 or math.isinf(self.beta):
             raise ValueError(f"beta must be a finite number > 0, got {self.beta}")
         if not self.n or min(self.n) < 1:
@@ -310,44 +308,21 @@ class RealConfig:
         if self.problem < 0:
             raise ValueError(f"problem must be >= 0, got {self.problem}")
         self.search_config().validate()
-        if self.backend == "hf":
-            self.hf.validate()
-            self.data.validate()
+        validate_backend(self)
+        if self.backend == "tabular" and self.problem >= self.tabular.problems:
+            raise ValueError(f"problem={self.problem} but tabular.problems={self.tabular.problems}")
 
 
 def build_parts(cfg: RealConfig) -> tuple[SearchParts, Problem, dict[str, Any]]:
-    """The parts and the problem; for the tabular backend also the exact answer laws (``extra``)."""
-    if cfg.backend == "tabular":
-        from specs_rl.tabular import TabularBackend, load_tree, random_tree
-
-        tree = (
-            load_tree(cfg.tree)
-            if cfg.tree is not None
-            else random_tree(
-                cfg.K,
-                cfg.H,
-                concentration=cfg.concentration,
-                coverage=cfg.coverage,
-                draft_noise=cfg.draft_noise,
-                seed=cfg.tree_seed,
-            )
-        )
-        if cfg.max_steps < tree.horizon:
-            raise SpecsError(f"max_steps must be >= the tree's horizon {tree.horizon} on the tabular backend")
-        backend = TabularBackend({"t": tree}, beta=cfg.beta, prm=cfg.prm)
-        return backend.parts(), Problem(id="0", prompt="", meta={"tree": "t"}), {"tree": tree}
-    try:
-        from specs_rl.hf import build_parts as hf_build_parts  # torch models: imported only when asked for
-    except ImportError:
-        raise SpecsError(
-            "backend=hf needs specs_rl.hf.build_parts (the Hugging Face backend), which this checkout lacks"
-        ) from None
-    from specs_rl.datasets import load_problems
-
-    problems = load_problems(cfg.data)  # data errors before any model is loaded
-    if cfg.problem >= len(problems):
-        raise SpecsError(f"problem={cfg.problem} but the data slice has {len(problems)} problems")
-    return hf_build_parts(cfg.hf), problems[cfg.problem], {}
+    """The parts and the problem, built by the run layer; for the tabular backend also the tree (``extra``), whose
+    exact answer laws are reported beside the sampled ones."""
+    if cfg.backend == "tabular" and cfg.tabular.tree is None and cfg.max_steps < cfg.tabular.H:
+        raise SpecsError(f"max_steps must be >= the tree's horizon {cfg.tabular.H} on the tabular backend")
+    task = build_task(cfg)  # data and tree errors surface here, before any model loads or a file is written
+    if cfg.problem >= len(task.problems):
+        raise SpecsError(f"problem={cfg.problem} but the task has {len(task.problems)} problems")
+    extra = {"tree": cfg.tabular.build(cfg.problem)} if cfg.backend == "tabular" else {}
+    return task.parts, task.problems[cfg.problem], extra
 
 
 def exact_answer_tv(tree: Any, cfg: RealConfig) -> list[float]:
@@ -358,7 +333,7 @@ def exact_answer_tv(tree: Any, cfg: RealConfig) -> list[float]:
     out = []
     for n in cfg.n:
         config = dataclasses.replace(cfg.search_config(), n=n)
-        out.append(tv(star, specs_log_law(tree, config, prm=cfg.prm, prm_beta=cfg.beta).log_q))
+        out.append(tv(star, specs_log_law(tree, config, prm=cfg.tabular.prm, prm_beta=cfg.beta).log_q))
     return out
 
 
@@ -418,7 +393,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     out = Path(cfg.out)
     out.mkdir(parents=True, exist_ok=True)
     save_config(cfg, out / "config.yaml")
-    write_json(out / "real.json", result)
+    write_json(out / "real.json", result, indent=1)
     if cfg.plot:
         plot_real(result, out / "real.png")
     head = f"{'n':>6} {'TV':>8} {'TV corr.':>8} {'95% CI':>17}"

@@ -1,6 +1,6 @@
 """Configuration of the Hugging Face backend: which draft, target and PRM to load, and how to sample steps.
 
-``HFConfig`` is the ``hf:`` section of a run config (``specs_rl.runner.RunConfig.hf``). This module imports nothing
+``HFConfig`` is the ``hf:`` section of a run config (registered in ``specs_rl.run.backends``). This module imports nothing
 heavy (no torch, no transformers): the runner imports it on every run, tabular ones included.
 
 Model sources (``ModelSpec.name`` / ``PrmSpec.name``):

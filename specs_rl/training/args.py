@@ -16,6 +16,13 @@ On top of that:
 - an unknown key, a value of the wrong type, or a value the dataclass rejects is a :class:`ConfigError` naming
   the key, before anything is loaded or written;
 - ``report_to`` defaults to ``wandb`` (transformers 5 defaults to ``none``), offline unless the user chose a mode.
+
+Why the trainers keep TRL's parser: the command line itself is the project's one parser (:func:`read_argv` is
+:func:`specs_rl.config.split_argv` + :func:`specs_rl.config.parse_overrides`, as for every other recipe), but the
+dataclasses are built by ``trl.TrlParser``. ``TrainingArguments`` and its TRL subclasses resolve hundreds of fields
+in their own ``__post_init__`` (devices and ``accelerate`` state, ``report_to``, precision flags, deprecated
+aliases) and expect argparse-typed text for them; filling them through the project's dataclass loader would skip
+or duplicate that logic, and ``accelerate launch`` / PEFT options would stop behaving as TRL users expect.
 """
 
 from __future__ import annotations
@@ -29,7 +36,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from specs_rl.config import ConfigError, load_yaml
+from specs_rl.config import ConfigError, load_yaml, parse_overrides, split_argv
 
 NULLS = ("null", "None", "~")  # a key=value text meaning None
 
@@ -58,58 +65,16 @@ class RawConfig:
 
 
 def read_argv(argv: Sequence[str]) -> RawConfig:
-    """Split ``[--config PATH] [key=value | --key value | --key=value | --flag] ...`` and read the YAML."""
-    argv = list(argv)
-    raw = RawConfig()
-    items: list[str] = []
-    i = 0
-    while i < len(argv):
-        a = argv[i]
-        if a in ("-h", "--help"):
-            raw.help = True
-        elif a == "--config":
-            if i + 1 >= len(argv):
-                raise ConfigError("--config needs a path")
-            raw.path = argv[i + 1]
-            i += 1
-        elif a.startswith("--config="):
-            raw.path = a.split("=", 1)[1]
-        elif a.startswith("--") and "=" in a:
-            items.append(a[2:])
-        elif a.startswith("--"):
-            if i + 1 < len(argv) and not argv[i + 1].startswith("--") and "=" not in argv[i + 1]:
-                items.append(f"{a[2:]}={argv[i + 1]}")
-                i += 1
-            else:
-                items.append(f"{a[2:]}=true")
-        elif "=" in a:
-            items.append(a)
-        else:
-            raise ConfigError(f"unexpected argument {a!r}: use key=value (or --config PATH)")
-        i += 1
-    if raw.path is not None:
-        raw.yaml = load_yaml(raw.path)
-    raw.overrides = _overrides(items)
+    """Split the command line with the project's one parser (:func:`specs_rl.config.split_argv`) and read the YAML.
+
+    Override values stay text (:func:`specs_rl.config.parse_overrides`): TRL's parser converts them by the field's
+    type, as on TRL's own command line, so ``system_prompt=a: b`` stays a string."""
+    path, items, wants_help = split_argv(argv)
+    raw = RawConfig(path=path, help=wants_help)
+    if path is not None:
+        raw.yaml = load_yaml(path)
+    raw.overrides = parse_overrides(items)
     return raw
-
-
-def _overrides(items: Sequence[str]) -> dict[str, Any]:
-    """``["a.b=1", "c=x"]`` -> ``{"a": {"b": "1"}, "c": "x"}``: values stay text; the parser converts them by the
-    field's type (as on TRL's command line), so ``system_prompt=a: b`` stays a string."""
-    out: dict[str, Any] = {}
-    for item in items:
-        key, _, text = item.partition("=")
-        key = key.strip().replace("-", "_")
-        if not key:
-            raise ConfigError(f"override {item!r} has an empty key")
-        node = out
-        parts = key.split(".")
-        for p in parts[:-1]:
-            node = node.setdefault(p, {})
-            if not isinstance(node, dict):
-                raise ConfigError(f"override {item!r} conflicts with another override of {p!r}")
-        node[parts[-1]] = text
-    return out
 
 
 def check_keys(data: Mapping[str, Any], dataclass_types: Sequence[type], where: str = "") -> None:

@@ -1,0 +1,88 @@
+"""The backends a run can use, registered in one place, and the run configs' backend sections built from it.
+
+A backend is a module with a config section (a dataclass with ``validate()``) and a function building a
+:class:`specs_rl.interfaces.Task` from a run config. Adding one is a new module plus one line in
+:data:`BACKENDS`; the run configs (``specs-rl search``, ``compare``, ``demo``, ``theory real``, ``tune``) get its
+section (``<name>:``), ``backend: <name>`` selects it, and nothing else changes. The builder is imported only when
+its backend runs, so a tabular run never imports transformers and the core never imports a served client.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import importlib
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any, TypeVar
+
+from specs_rl.hf.config import HFConfig
+from specs_rl.interfaces import Task
+from specs_rl.tabular import TabularTaskConfig
+
+
+@dataclass(frozen=True)
+class Backend:
+    """``section``: the dataclass of the ``<name>:`` config section; ``build``: ``"module:function"`` taking the
+    run config and returning a Task; ``uses_data``: the backend reads its problems from ``data:``; ``flat``: the
+    section's keys may also be given at the top level (``K=6`` for ``tabular.K=6``)."""
+
+    section: type
+    build: str
+    uses_data: bool = True
+    flat: bool = False
+
+
+BACKENDS: dict[str, Backend] = {
+    "tabular": Backend(TabularTaskConfig, "specs_rl.tabular:build_task", uses_data=False, flat=True),
+    "hf": Backend(HFConfig, "specs_rl.hf.task:build_task"),
+}
+
+
+def backend(name: str) -> Backend:
+    if name not in BACKENDS:
+        raise ValueError(f"backend must be one of {', '.join(BACKENDS)}, got {name!r}")
+    return BACKENDS[name]
+
+
+C = TypeVar("C", bound=type)
+
+
+def with_backends(cls: C | None = None, *, defaults: dict[str, Callable[[], Any]] | None = None) -> Any:
+    """Class decorator: ``cls`` plus one field per registered backend, named as the backend, holding its section.
+
+    ``defaults`` gives a recipe its own default section (``{"tabular": lambda: TabularTaskConfig(H=3)}``)."""
+
+    def wrap(base: C) -> C:
+        extra = []
+        for name, spec in BACKENDS.items():
+            factory = (defaults or {}).get(name, spec.section)
+            meta = {"help": f"settings of backend: {name}", "flat": spec.flat}
+            extra.append((name, spec.section, field(default_factory=factory, metadata=meta)))
+        new = dataclasses.make_dataclass(base.__name__, extra, bases=(base,))
+        new.__module__, new.__qualname__, new.__doc__ = base.__module__, base.__qualname__, base.__doc__
+        return new  # type: ignore[return-value]
+
+    return wrap if cls is None else wrap(cls)
+
+
+def validate_backend(cfg: Any) -> None:
+    """The selected backend's section (and ``data`` when the backend reads it); the other sections are unused."""
+    spec = backend(cfg.backend)
+    getattr(cfg, cfg.backend).validate()
+    if spec.uses_data:
+        cfg.data.validate()
+
+
+def build_task(cfg: Any) -> Task:
+    """The Task of ``cfg.backend`` (problems, parts, grading), built by its registered function. Backends that do
+    not read ``data`` get ``data.shard`` applied here, so ``shard=i/k`` slices every backend alike."""
+    from specs_rl.datasets import parse_shard
+
+    spec = backend(cfg.backend)
+    module, _, fn = spec.build.partition(":")
+    task: Task = getattr(importlib.import_module(module), fn)(cfg)
+    shard = getattr(getattr(cfg, "data", None), "shard", None)
+    if not spec.uses_data and shard is not None:
+        i, k = parse_shard(shard)
+        task.problems = task.problems[i::k]
+    return task

@@ -1,0 +1,261 @@
+"""Searching a task: one method over its problems (:func:`search_task`), and a grid of methods x n x seeds in one
+resumable, interleaved run (:func:`run_grid`), as ``specs-rl compare`` / ``demo`` run it.
+
+Timing is comparable across methods because the grid interleaves them: with ``order: problem`` (the default) every
+planned run searches problem ``i`` before any searches ``i + 1``, and the order of the runs rotates from problem to
+problem, so a slow spell of a shared machine, or whatever the previous method left in the caches, hits every method
+alike. Runs that depend on another run's result (the random-switch ablation runs at the target-step fraction SPECS
+measured for the same n, seed and problems) go after the runs they depend on.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Callable, Container, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from specs_rl.config import ConfigError
+from specs_rl.errors import SpecsError
+from specs_rl.interfaces import Task
+from specs_rl.methods import MATCHED_FRACTION, METHOD_PRESETS, preset, uses_n
+from specs_rl.progress import progress_bar
+from specs_rl.run.config import RunConfig
+from specs_rl.run.records import ResultsWriter, problem_seed, record_key, result_record
+from specs_rl.run.report import REPORT_KEYS, ReportConfig
+from specs_rl.run.summary import target_step_fraction
+from specs_rl.search import run_search
+from specs_rl.settings import SearchConfig
+
+ORDERS = ("problem", "method")
+# Keys that change how a run is shown, warmed up or ordered in time, not what it computes: they may differ when a
+# run is resumed or merged (records are the same in any order: seeds are per problem).
+PRESENTATION_KEYS = (*REPORT_KEYS, "warmup", "order")
+
+
+def search_task(
+    task: Task,
+    config: SearchConfig,
+    seed: int,
+    *,
+    batch_size: int = 1,
+    skip: Container[str] = frozenset(),
+    on_result: Callable[[dict[str, Any]], None] | None = None,
+    extra: dict[str, Any] | None = None,
+) -> list[dict[str, Any]]:
+    """Search every problem not in ``skip`` in batches; grade each result and hand its record to ``on_result``.
+
+    Each batch gets its own ``torch.Generator`` seeded by :func:`problem_seed` of its first problem, so with
+    ``batch_size=1`` every problem's result is independent of the others (resume and shards reproduce it)."""
+    todo = [p for p in task.problems if p.id not in skip]
+    out = []
+    for start in range(0, len(todo), batch_size):
+        batch = todo[start : start + batch_size]
+        generator = torch.Generator().manual_seed(problem_seed(seed, batch[0].id))
+        for res in run_search(batch, config, task.parts, generator):
+            rec = result_record(res, task.grade(res), grader=dict(task.grader), **(extra or {}))
+            out.append(rec)
+            if on_result is not None:
+                on_result(rec)
+    return out
+
+
+@dataclass
+class CompareConfig(ReportConfig, RunConfig):
+    """``specs-rl compare``: the task and algorithm settings of ``specs-rl search`` plus the grid to run.
+
+    ``method``, ``n`` and ``seed`` are set per run from ``methods``, ``n_grid`` and ``seeds``."""
+
+    # set per run from methods / n_grid / seeds (declared again only to say so in --help)
+    method: str = field(default="specs", metadata={"help": "not used by compare: see methods"})
+    n: int = field(default=4, metadata={"help": "not used by compare: see n_grid"})
+    seed: int = field(default=0, metadata={"help": "not used by compare: see seeds"})
+    methods: list[str] = field(
+        default_factory=lambda: [
+            "specs",
+            "beam_search_target",
+            "beam_search_draft",
+            "target_only",
+            "draft_only",
+        ],
+        metadata={"help": f"method presets to run, from: {', '.join(METHOD_PRESETS)}"},
+    )
+    n_grid: list[int] = field(
+        default_factory=lambda: [4, 8, 16], metadata={"help": "values of n (paper: 4, 8, 16)"}
+    )
+    seeds: list[int] = field(
+        default_factory=lambda: [42, 43, 45],
+        metadata={"help": "seeds (authors: 42, 43, 45); they are also the latency repeats"},
+    )
+    out: str = field(default="runs/compare", metadata={"help": "output directory"})
+    warmup: int = field(
+        default=1,
+        metadata={
+            "help": "problems each method searches, unrecorded, before the timed grid, so the first method does "
+            "not pay the models' warm-up (not on the tabular backend, whose clock is simulated)"
+        },
+    )
+    order: str = field(
+        default="problem",
+        metadata={
+            "help": "problem: every run searches a batch of problems before the next batch, the runs' order "
+            "rotating from batch to batch, so load changes hit every method alike; method: each run searches all "
+            "its problems in turn (results are the same either way: seeds are per problem)"
+        },
+    )
+
+    def validate(self) -> None:
+        super().validate()
+        if self.order not in ORDERS:
+            raise ValueError(f"order must be one of {', '.join(ORDERS)}, got {self.order!r}")
+        for name, values in (("methods", self.methods), ("n_grid", self.n_grid), ("seeds", self.seeds)):
+            if not values:
+                raise ValueError(f"{name} must not be empty")
+            if len(set(values)) != len(values):
+                raise ValueError(f"{name} has duplicates: {values}")
+        unknown = [m for m in self.methods if m not in METHOD_PRESETS]
+        if unknown:
+            raise ValueError(f"unknown method {unknown[0]!r} in methods; known: {', '.join(METHOD_PRESETS)}")
+        for m in self.methods:
+            if m in MATCHED_FRACTION and MATCHED_FRACTION[m] not in self.methods:
+                raise ValueError(
+                    f"{m} runs at the target-step fraction {MATCHED_FRACTION[m]} measures for the same n, seed "
+                    f"and problems: add {MATCHED_FRACTION[m]} to methods"
+                )
+        if self.warmup < 0:
+            raise ValueError(f"warmup must be >= 0, got {self.warmup}")
+        bad = [n for n in self.n_grid if n < 1]
+        if bad:
+            raise ValueError(f"n_grid values must be >= 1, got {bad[0]}")
+
+
+@dataclass(frozen=True)
+class PlannedRun:
+    """One (method, n, seed) of the grid with its resolved search settings; ``n`` is None for n-free methods.
+    ``matches``: the method whose measured target-step fraction this run's ``random_switch`` takes."""
+
+    method: str
+    n: int | None
+    seed: int
+    config: SearchConfig
+    matches: str | None = None
+
+    @property
+    def key(self) -> tuple[str, str, str]:
+        return (self.method, str(self.n), str(self.seed))  # as record_key spells it
+
+    @property
+    def label(self) -> str:
+        return f"{self.method}" + (f" n={self.n}" if self.n is not None else "") + f" seed={self.seed}"
+
+
+def plan_runs(cfg: CompareConfig) -> list[PlannedRun]:
+    """Every (method, n, seed) with its validated settings, before anything is loaded (a bad combination, such as
+    a beam width that does not divide n, is a ConfigError here)."""
+    runs = []
+    for name in cfg.methods:
+        grid: list[int | None] = list(cfg.n_grid) if uses_n(name) else [None]
+        for n in grid:
+            for seed in cfg.seeds:
+                # n goes into the base first: presets derive settings (beam_width = n) from the base's n
+                base = dataclasses.replace(cfg, n=n if n is not None else min(cfg.n_grid), seed=seed)
+                try:
+                    run_cfg = preset(base, name)
+                except SpecsError as e:
+                    raise ConfigError(str(e)) from None
+                search_cfg = SearchConfig(
+                    **{f.name: getattr(run_cfg, f.name) for f in dataclasses.fields(SearchConfig)}
+                )
+                runs.append(PlannedRun(name, n, seed, search_cfg, MATCHED_FRACTION.get(name)))
+    return runs
+
+
+def warm_up(task: Task, runs: Sequence[PlannedRun], problems: int) -> None:
+    """Search the first ``problems`` problems once with each method (its first planned n and seed) and drop the
+    results: first calls pay one-off costs (kernel selection, allocator growth, lazy imports, the grader's
+    worker start) that would otherwise be charged to whichever method runs first."""
+    if problems < 1:
+        return
+    first: dict[str, PlannedRun] = {}
+    for run in runs:
+        first.setdefault(run.method, run)
+    sub = dataclasses.replace(task, problems=task.problems[:problems])
+    for run in first.values():
+        search_task(sub, run.config, run.seed)
+
+
+def run_grid(
+    task: Task,
+    runs: Sequence[PlannedRun],
+    results_path: Path,
+    *,
+    batch_size: int = 1,
+    progress: bool = True,
+    warmup: int = 0,
+    order: str = "problem",
+) -> list[dict[str, Any]]:
+    """Search every problem of every planned run not yet in ``results_path``; returns every record of the file.
+
+    ``order``: ``problem`` takes the problems ``batch_size`` at a time through every run (rotating the runs' order
+    from batch to batch) before the next batch; ``method`` runs each planned run over all its problems in turn.
+    The same records either way. Runs with ``matches`` go last, each at the target-step fraction its matched run
+    measured on the same problems (recorded as ``random_switch`` in its records)."""
+    if order not in ORDERS:
+        raise ValueError(f"order must be one of {', '.join(ORDERS)}, got {order!r}")
+    with ResultsWriter(results_path) as writer:
+        done = writer.done
+        pending = {run.key: [p for p in task.problems if (*run.key, p.id) not in done] for run in runs}
+        if any(pending.values()):
+            warm_up(task, runs, warmup)
+        total = len(runs) * len(task.problems)
+        bar = progress_bar(
+            total, unit="problem", initial=total - sum(len(v) for v in pending.values()), enabled=progress
+        )
+
+        def search(run: PlannedRun, config: SearchConfig, batch: list[Any], **more: Any) -> None:
+            extra = {"method": run.method, "strategy": config.method, "n": run.n, "seed": run.seed, **more}
+            sub = dataclasses.replace(task, problems=batch)
+            search_task(sub, config, run.seed, batch_size=len(batch), on_result=writer.write, extra=extra)
+            bar.set_postfix_str(run.label, refresh=False)
+            bar.update(len(batch))
+
+        def phase(group: Sequence[PlannedRun], configs: dict, more: dict) -> None:
+            """Search ``group`` with ``configs[key]``, adding ``more[key]`` to its records."""
+            if order == "method":
+                for run in group:
+                    todo = pending[run.key]
+                    for start in range(0, len(todo), batch_size):
+                        search(
+                            run, configs[run.key], todo[start : start + batch_size], **more.get(run.key, {})
+                        )
+                return
+            for b, start in enumerate(range(0, len(task.problems), batch_size)):
+                ids = {p.id for p in task.problems[start : start + batch_size]}
+                turn = b % len(group)
+                for run in [*group[turn:], *group[:turn]]:
+                    batch = [p for p in pending[run.key] if p.id in ids]
+                    if batch:
+                        search(run, configs[run.key], batch, **more.get(run.key, {}))
+
+        try:
+            first = [r for r in runs if r.matches is None]
+            if first:
+                phase(first, {r.key: r.config for r in first}, {})
+            second = [r for r in runs if r.matches is not None]
+            if second:
+                ids = {p.id for p in task.problems}
+                fractions = {}
+                for run in second:
+                    ref = (run.matches, str(run.n), str(run.seed))
+                    measured = [r for r in writer.records if record_key(r)[:3] == ref and r["id"] in ids]
+                    fractions[run.key] = target_step_fraction(measured)
+                configs = {
+                    r.key: dataclasses.replace(r.config, random_switch=fractions[r.key]) for r in second
+                }
+                phase(second, configs, {k: {"random_switch": f} for k, f in fractions.items()})
+        finally:
+            bar.close()
+        return list(writer.records)
