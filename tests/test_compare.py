@@ -497,6 +497,7 @@ def test_every_eval_config_loads_and_plans(path):
         assert cfg.n_grid == [4, 8, 16] and cfg.seeds == [42, 43, 45] and cfg.tau_switch == 0.7
         assert 5 <= cfg.tau_reject <= 7 and cfg.beta in (1.0, 10.0) and 0.2 <= cfg.temperature <= 0.3
         assert 10 <= cfg.max_steps <= 30 and 512 <= cfg.hf.max_step_tokens <= 2048 and cfg.batch_size == 1
+        assert cfg.order == "problem" and "order: problem" in text  # comparable latency, said in the file
         assert cfg.hf.draft.name == "Qwen/Qwen2.5-Math-1.5B-Instruct"
         assert cfg.hf.target.name == "Qwen/Qwen2.5-Math-7B-Instruct"
         assert (

@@ -27,7 +27,11 @@ def test_known_datasets_load_with_their_columns():
     assert all(p.answer.lstrip("-").replace(".", "").isdigit() for p in a)
     g = load_problems(DataConfig(dataset="gsm8k"))
     assert len(g) == 1319 and g[0].answer == "18" and g[2].answer == "70000"
-    assert all(float(p.answer) == float(p.answer) for p in g)  # every '#### n' parsed to a number
+    # every '#### n' parsed to its number: checked against the raw rows, read here independently of the loader
+    raw = [json.loads(line)["answer"] for line in (SHARED_DATA / "gsm8k_test.jsonl").open()]
+    finals = [r.rsplit("####", 1)[1].strip().replace(",", "") for r in raw]
+    assert [float(p.answer) for p in g] == [float(x) for x in finals]
+    assert sum("," in r.rsplit("####", 1)[1] for r in raw) > 0  # the file does have thousands separators
     assert all("," not in p.answer and "####" not in p.answer for p in g)
     # a known hub id reads the verified offline copy of its test split
     hub = load_problems(DataConfig(dataset="HuggingFaceH4/MATH-500", limit=3))
