@@ -252,12 +252,34 @@ def load_config(cls: type[T], path: str | Path | None = None, overrides: Sequenc
     # flat keys join their section within each layer, so an override (K=6) overrides the file's tabular.K
     data = _merge(*(_lift_flat(cls, layer, "") for layer in layers))
     cfg = _build(cls, data)
+    object.__setattr__(cfg, _GIVEN, frozenset(data))  # not a field: never saved, compared or logged
     if hasattr(cfg, "validate"):
         try:
             cfg.validate()
         except ValueError as e:
             raise ConfigError(str(e)) from None
     return cfg
+
+
+_GIVEN = "_given_keys"
+
+
+def given_keys(cfg: Any) -> frozenset[str]:
+    """The top-level keys a config file or the command line set (as opposed to the dataclass defaults)."""
+    return getattr(cfg, _GIVEN, frozenset())
+
+
+def typed_fields(cls: type, data: dict[str, Any], prefix: str) -> dict[str, Any]:
+    """``data`` checked against the fields of ``cls`` (a subset of them), each value converted to its field's type;
+    an unknown key or a wrong type is a :class:`ConfigError` naming ``prefix.key``."""
+    names = {f.name for f in dataclasses.fields(cls)}
+    hints = _hints(cls)
+    out = {}
+    for k, v in data.items():
+        if k not in names:
+            raise ConfigError(f"unknown key {prefix + k!r}; known keys: {', '.join(sorted(names))}")
+        out[k] = _coerce(v, hints[k], f"{prefix}{k}")
+    return out
 
 
 def save_config(cfg: Any, path: str | Path) -> None:

@@ -1,13 +1,22 @@
 """Named method presets: a baseline or ablation is a strategy plus a few settings over a shared ``SearchConfig``.
 
-``compare`` and ``demo`` list methods by these names. Each preset is applied on top of the run's own settings,
-so ``n``, ``beta`` and the thresholds stay shared unless the preset pins them.
+``compare`` and ``demo`` list methods by these names. A method's settings come from three places:
+
+- the preset's **pinned** values (:data:`METHOD_PRESETS`): what makes the method that method (its strategy, sampler,
+  score form); they always apply, and a method's own settings may not change them;
+- the method's **own** settings (``method_settings.<name>`` in a compare config, what ``specs-rl tune`` chooses):
+  its thresholds, beta, temperatures, so each method runs at its own tuned setting;
+- the run's **shared** settings (the top-level keys), for everything neither of the above sets.
+
+A key set both as a shared key and in a method's own settings is refused (one of the two would be silently
+ignored); so is an own setting of a pinned key, or of ``n`` (``n_grid`` sets it).
 """
 
 from __future__ import annotations
 
 import dataclasses
 import math
+from collections.abc import Mapping
 from typing import Any, TypeVar
 
 from specs_rl.errors import SpecsError
@@ -46,11 +55,19 @@ def uses_n(name: str) -> bool:
     return METHOD_PRESETS[name]["method"] not in N_FREE_STRATEGIES
 
 
-def preset(base: C, name: str, **overrides: Any) -> C:
-    """``base`` with the preset ``name`` applied (then ``overrides``), validated."""
+def preset(base: C, name: str, own: Mapping[str, Any] | None = None) -> C:
+    """``base`` (the shared settings) with the method's ``own`` settings and then the preset's pinned values applied,
+    validated. An own setting of a pinned key or of ``n`` is a :class:`SpecsError`."""
     if name not in METHOD_PRESETS:
         raise SpecsError(f"unknown method {name!r}; known: {', '.join(METHOD_PRESETS)}")
-    values = {**METHOD_PRESETS[name], **overrides}
+    own = dict(own or {})
+    pinned = METHOD_PRESETS[name]
+    for key in own:
+        if key in pinned:
+            raise SpecsError(f"method {name} pins {key}={pinned[key]!r}; remove {key} from its own settings")
+        if key in ("n", "method"):
+            raise SpecsError(f"method {name}: {key} is not a per-method setting (n comes from n_grid)")
+    values = {**own, **pinned}
     if "beam_width" in values and values["beam_width"] is None:
         values["beam_width"] = values.get("n", base.n)
     cfg = dataclasses.replace(base, **values)

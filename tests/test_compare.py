@@ -503,3 +503,40 @@ def test_every_eval_config_loads_and_plans(path):
         assert (
             cfg.hf.system_prompt == "Please reason step by step, and put your final answer within \\boxed{}."
         )
+
+
+def test_each_method_may_run_at_its_own_settings(tmp_path, capsys):
+    """method_settings gives a method its own thresholds and beta; they apply to that method only, are recorded,
+    and a key set both for every method and for one method, or a key its preset pins, is refused in one line."""
+    base = ["--config", TAB, *QUIET, "tabular.problems=3", "seeds=[42]", "n_grid=[4]", "methods=[specs,rsd]"]
+    out = tmp_path / "own"
+    own = ["method_settings.specs.target_select=soft", "method_settings.specs.bon_vote=majority"]
+    own += ["method_settings.rsd.rsd_delta=0.4"]
+    assert compare.main([*base, *own, f"out={out}"]) == 0
+    cfg = load_config(run.CompareConfig, TAB, [*base[2:], *own])
+    runs = {r.method: r for r in run.plan_runs(cfg)}
+    assert runs["specs"].config.target_select == "soft" and runs["rsd"].config.target_select == "argmax"
+    assert runs["rsd"].config.rsd_delta == 0.4 and runs["specs"].config.rsd_delta == cfg.rsd_delta == 0.7
+    records = [json.loads(x) for x in _lines(out / "results.jsonl")]
+    assert all(
+        r["settings"] == {"target_select": "soft", "bon_vote": "majority"}
+        for r in records
+        if r["method"] == "specs"
+    )
+    assert all(r["settings"] == {"rsd_delta": 0.4} for r in records if r["method"] == "rsd")
+    for bad, message in (
+        (["method_settings.specs.beta=5.0"], "beta is set for every method (beta=2.0) and for specs"),
+        (["method_settings.dvts.bon_vote=naive"], "method_settings.dvts: dvts is not in methods"),
+        (
+            ["methods=[best_of_n]", "method_settings.best_of_n.bon_vote=naive"],
+            "method best_of_n pins bon_vote='weighted'",
+        ),
+        (["method_settings.specs.colour=1"], "unknown key 'method_settings.specs.colour'"),
+        (["method_settings.specs.n=8"], "n is not a per-method setting"),
+        (["method_settings.specs.rsd_delta=abc"], "method_settings.specs.rsd_delta must be a number"),
+    ):
+        never = tmp_path / "never"
+        assert compare.main([*base, *bad, f"out={never}"]) == 2
+        err = capsys.readouterr().err
+        assert message in err and err.count("\n") == 1, err
+        assert not never.exists()

@@ -18,7 +18,7 @@ from typing import Any
 
 import torch
 
-from specs_rl.config import ConfigError
+from specs_rl.config import ConfigError, given_keys, typed_fields
 from specs_rl.errors import SpecsError
 from specs_rl.interfaces import Task
 from specs_rl.methods import MATCHED_FRACTION, METHOD_PRESETS, preset, uses_n
@@ -98,6 +98,13 @@ class CompareConfig(ReportConfig, RunConfig):
             "not pay the models' warm-up (not on the tabular backend, whose clock is simulated)"
         },
     )
+    method_settings: dict[str, dict[str, Any]] = field(
+        default_factory=dict,
+        metadata={
+            "help": "each method's own settings, e.g. {gsi: {beta: 3.0, tau_reject: 1.2}} (what specs-rl tune "
+            "chooses); a key set here and at the top level is refused, as is a key the method's preset pins"
+        },
+    )
     order: str = field(
         default="problem",
         metadata={
@@ -125,6 +132,15 @@ class CompareConfig(ReportConfig, RunConfig):
                     f"{m} runs at the target-step fraction {MATCHED_FRACTION[m]} measures for the same n, seed "
                     f"and problems: add {MATCHED_FRACTION[m]} to methods"
                 )
+        for m, own in self.method_settings.items():
+            if m not in self.methods:
+                raise ValueError(f"method_settings.{m}: {m} is not in methods")
+            if not isinstance(own, dict):
+                raise ValueError(f"method_settings.{m} must be a mapping of settings, got {own!r}")
+        self.method_settings = {
+            m: typed_fields(SearchConfig, own, f"method_settings.{m}.")
+            for m, own in self.method_settings.items()
+        }
         if self.warmup < 0:
             raise ValueError(f"warmup must be >= 0, got {self.warmup}")
         bad = [n for n in self.n_grid if n < 1]
@@ -142,6 +158,9 @@ class PlannedRun:
     seed: int
     config: SearchConfig
     matches: str | None = None
+    settings: dict[str, Any] = field(
+        default_factory=dict
+    )  # the method's own settings (method_settings.<name>)
 
     @property
     def key(self) -> tuple[str, str, str]:
@@ -154,7 +173,17 @@ class PlannedRun:
 
 def plan_runs(cfg: CompareConfig) -> list[PlannedRun]:
     """Every (method, n, seed) with its validated settings, before anything is loaded (a bad combination, such as
-    a beam width that does not divide n, is a ConfigError here)."""
+    a beam width that does not divide n, or a key set both for every method and in a method's own settings, is a
+    ConfigError here)."""
+    shared = given_keys(cfg)
+    for name, own in cfg.method_settings.items():
+        both = sorted(k for k in own if k in shared)
+        if both:
+            k = both[0]
+            raise ConfigError(
+                f"{k} is set for every method ({k}={getattr(cfg, k)!r}) and for {name} "
+                f"(method_settings.{name}.{k}={own[k]!r}): set it in one place"
+            )
     runs = []
     for name in cfg.methods:
         grid: list[int | None] = list(cfg.n_grid) if uses_n(name) else [None]
@@ -163,13 +192,14 @@ def plan_runs(cfg: CompareConfig) -> list[PlannedRun]:
                 # n goes into the base first: presets derive settings (beam_width = n) from the base's n
                 base = dataclasses.replace(cfg, n=n if n is not None else min(cfg.n_grid), seed=seed)
                 try:
-                    run_cfg = preset(base, name)
+                    run_cfg = preset(base, name, cfg.method_settings.get(name))
                 except SpecsError as e:
                     raise ConfigError(str(e)) from None
                 search_cfg = SearchConfig(
                     **{f.name: getattr(run_cfg, f.name) for f in dataclasses.fields(SearchConfig)}
                 )
-                runs.append(PlannedRun(name, n, seed, search_cfg, MATCHED_FRACTION.get(name)))
+                own = dict(cfg.method_settings.get(name, {}))
+                runs.append(PlannedRun(name, n, seed, search_cfg, MATCHED_FRACTION.get(name), own))
     return runs
 
 
@@ -217,6 +247,8 @@ def run_grid(
 
         def search(run: PlannedRun, config: SearchConfig, batch: list[Any], **more: Any) -> None:
             extra = {"method": run.method, "strategy": config.method, "n": run.n, "seed": run.seed, **more}
+            if run.settings:
+                extra["settings"] = dict(run.settings)
             sub = dataclasses.replace(task, problems=batch)
             search_task(sub, config, run.seed, batch_size=len(batch), on_result=writer.write, extra=extra)
             bar.set_postfix_str(run.label, refresh=False)
