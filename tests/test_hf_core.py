@@ -7,6 +7,7 @@ import logging
 import torch
 
 from specs_rl.hf import cascade
+from specs_rl.hf.engine import LRU
 
 
 def _qkv(seed: int = 0) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
@@ -58,3 +59,12 @@ def test_the_kernel_and_the_eager_reference_agree():
         out, lse = cascade._flash_cpu(q, k, v, m, 0.3)
         ref_out, ref_lse = cascade.attention_lse_eager(q, k, v, m, 0.3)
         assert torch.allclose(out, ref_out, atol=1e-5) and torch.allclose(lse, ref_lse, atol=1e-5)
+
+
+def test_the_lru_keeps_the_most_recently_put_keys():
+    memo = LRU(2)
+    assert memo.put("a", 1) == 1
+    memo.put("b", 2)
+    memo.put("a", 3)  # "a" is now the most recent
+    memo.put("c", 4)
+    assert dict(memo) == {"a": 3, "c": 4}

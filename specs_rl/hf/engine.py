@@ -24,6 +24,7 @@ import time
 from collections import OrderedDict
 from collections.abc import Callable, Hashable, Sequence
 from dataclasses import dataclass, field
+from typing import Any
 
 import torch
 
@@ -268,6 +269,22 @@ class CachedStack:
         err = max(float((got - ref).abs().max()), float((hid2[1, :2].float() - ref[4:6]).abs().max()))
         self.stats.update(forward_s=0.0, forward_calls=0, forward_tokens=0)
         return routed and err / float(scale) < tol
+
+
+class LRU(OrderedDict):
+    """A dict that keeps its ``size`` most recently put keys (the models' memo of prompt and step token ids)."""
+
+    def __init__(self, size: int) -> None:
+        super().__init__()
+        self.size = size
+
+    def put(self, key: Any, value: Any) -> Any:
+        """Store ``value`` under ``key`` as the most recent entry, drop the oldest beyond ``size``; return ``value``."""
+        self[key] = value
+        self.move_to_end(key)
+        while len(self) > self.size:
+            self.popitem(last=False)
+        return value
 
 
 class _Timer:

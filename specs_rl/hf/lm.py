@@ -23,7 +23,6 @@ from __future__ import annotations
 import hashlib
 import math
 from array import array
-from collections import OrderedDict
 from collections.abc import Sequence
 from typing import Any
 
@@ -31,24 +30,11 @@ import torch
 
 from specs_rl.errors import SpecsError
 from specs_rl.hf.cascade import CascadeContext, make_suffix_cache
-from specs_rl.hf.engine import CachedStack, State
+from specs_rl.hf.engine import LRU, CachedStack, State
 from specs_rl.hf.text import StepStop, TokenText
 from specs_rl.types import Candidate, Problem, Trace
 
 UNIFORM_BLOCK = 64  # uniforms drawn per row at a time
-
-
-class _LRU(OrderedDict):
-    def __init__(self, size: int) -> None:
-        super().__init__()
-        self.size = size
-
-    def put(self, key: Any, value: Any) -> Any:
-        self[key] = value
-        self.move_to_end(key)
-        while len(self) > self.size:
-            self.popitem(last=False)
-        return value
 
 
 class HFLM:
@@ -85,8 +71,8 @@ class HFLM:
         self.chat_template = chat_template and bool(getattr(tokenizer, "chat_template", None))
         self.system_prompt = system_prompt
         self.native = True
-        self._prompts = _LRU(1024)
-        self._steps = _LRU(8192)
+        self._prompts = LRU(1024)
+        self._steps = LRU(8192)
 
     def _eos_ids(self) -> frozenset[int]:
         ids = set()

@@ -34,8 +34,7 @@ from typing import Any
 
 import torch
 
-from specs_rl.hf.engine import CachedStack, State
-from specs_rl.hf.lm import _LRU
+from specs_rl.hf.engine import LRU, CachedStack, State
 from specs_rl.prm_format import PrmFormat, encode_steps, prefix_min_rewards, strip_step
 from specs_rl.types import Candidate, Problem, Trace
 
@@ -82,8 +81,8 @@ class HFRewardModel:
         self.sep_ids = tuple(tokenizer(self.sep, add_special_tokens=False)["input_ids"])
         if not self.sep_ids:
             raise ValueError(f"the step separator {self.sep!r} encodes to no tokens")
-        self._prompts = _LRU(1024)
-        self._steps = _LRU(8192)
+        self._prompts = LRU(1024)
+        self._steps = LRU(8192)
 
     # -- the encoding ---------------------------------------------------------------------------------------------
     def prompt_text(self, problem: Problem) -> str:
