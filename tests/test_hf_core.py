@@ -7,7 +7,7 @@ import logging
 import torch
 
 from specs_rl.hf import cascade
-from specs_rl.hf.engine import LRU
+from specs_rl.hf.engine import LRU, State, group_by_state
 
 
 def _qkv(seed: int = 0) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
@@ -68,3 +68,11 @@ def test_the_lru_keeps_the_most_recently_put_keys():
     memo.put("a", 3)  # "a" is now the most recent
     memo.put("c", 4)
     assert dict(memo) == {"a": 3, "c": 4}
+
+
+def test_group_by_state_groups_by_identity_in_order_of_first_appearance():
+    a, b, c = State((1,)), State((1,)), State((2,))  # a and b hold equal ids but are two cached states
+    groups, row_group = group_by_state([b, a, b, c, a])
+    assert [id(g) for g in groups] == [id(b), id(a), id(c)]
+    assert row_group == [0, 1, 0, 2, 1]
+    assert group_by_state([]) == ([], [])

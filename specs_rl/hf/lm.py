@@ -29,8 +29,8 @@ from typing import Any
 import torch
 
 from specs_rl.errors import SpecsError
-from specs_rl.hf.cascade import CascadeContext, make_suffix_cache
-from specs_rl.hf.engine import LRU, CachedStack, State
+from specs_rl.hf.cascade import make_suffix_cache
+from specs_rl.hf.engine import LRU, CachedStack, State, row_state
 from specs_rl.hf.text import StepStop, TokenText
 from specs_rl.types import Candidate, Problem, Trace
 
@@ -132,15 +132,14 @@ class HFLM:
         """Prefix states with next-token logits, extending cached ancestors in one batched pass."""
 
         def usable(st: State, exact: bool) -> bool:
-            return st.logits is not None or not exact
+            return st.logits is not None or not exact  # a sampled step's state has no logits: only extended
 
-        def finalize(made: list[tuple[State, State, torch.Tensor]]) -> None:
-            last = torch.stack([h[-1] for _, _, h in made])  # [N, hidden]
-            logits = self.logits_of(last)
+        states, made = self.stack.catch_up(keys, usable)
+        if made:
+            logits = self.logits_of(torch.stack([h[-1] for _, _, h in made]))  # [N, rows]
             for (st, _, _), lg in zip(made, logits):
                 st.logits = lg
-
-        return self.stack.catch_up(keys, usable, finalize)
+        return states
 
 
 def _row_seed(call_seed: int, ids: tuple[int, ...], j: int, occurrence: int) -> int:
@@ -239,13 +238,9 @@ class HFSampler:
                 hard.append(h)
                 step.append(h if to_end else min(h, self.max_step_tokens))
             rows = self._generate(keys, states, n, seeds, hard, step, to_end)
-            keep: dict[tuple[int, ...], list[State]] = {}
-            for (pids, _), st in zip(keys, states):
-                keep.setdefault(pids, []).append(st)
-            for (pids, _), r in zip([k for k in keys for _ in range(n)], rows):
-                if r[3] is not None:
-                    keep[pids].append(r[3])
-            lm.stack.retain(keep)
+            pkeys = [pids for pids, _ in keys]
+            made = [(pkeys[r // n], row[3]) for r, row in enumerate(rows) if row[3] is not None]
+            lm.stack.retain([*zip(pkeys, states), *made])
         out: list[list[Candidate]] = []
         for i in range(len(prefixes)):
             cands = []
@@ -257,21 +252,13 @@ class HFSampler:
     def _generate(self, keys, states, n, seeds, hard, step, to_end):
         lm, stack = self.lm, self.lm.stack
         dev = stack.device
-        groups: list[State] = []
-        gid: dict[int, int] = {}
-        for st in states:
-            if id(st) not in gid:
-                gid[id(st)] = len(groups)
-                groups.append(st)
-        P = len(states)  # noqa: N806
-        B = P * n  # noqa: N806
-        row_prefix = [i for i in range(P) for _ in range(n)]
-        row_group = [gid[id(states[i])] for i in row_prefix]
-        ctx = CascadeContext.build([g.materialize() for g in groups], row_group, dev)
+        B = len(states) * n  # noqa: N806
+        row_prefix = [states[r // n] for r in range(B)]
+        ctx = stack.context(row_prefix)
         longest = max(step)
         suffix = make_suffix_cache(stack.num_layers, min(longest, 64))
-        base_pos = torch.tensor([len(groups[g].ids) for g in row_group], device=dev)  # [B]
-        logits = torch.stack([groups[g].logits for g in row_group])  # [B, rows]
+        base_pos = torch.tensor([len(p.ids) for p in row_prefix], device=dev)  # [B]
+        logits = torch.stack([p.logits for p in row_prefix])  # [B, rows]
         gens = [torch.Generator().manual_seed(s) for s in seeds]
         uni = torch.stack([torch.rand(UNIFORM_BLOCK, generator=g, dtype=torch.float64) for g in gens]).to(dev)
         eos = lm.eos_ids
@@ -316,10 +303,7 @@ class HFSampler:
                     done[r] = True
                     finished[r] = finished[r] or to_end or count >= hard_limit[r]
                     if not finished[r] and count > 1:
-                        g = groups[row_group[r]]
-                        pending[r] = State(
-                            g.ids + tuple(toks[r][:-1]), parent=g, seg=suffix.row_kv(k, count - 1)
-                        )
+                        pending[r] = row_state(row_prefix[r], toks[r][:-1], suffix, k)
             alive = [k for k, r in enumerate(cur) if not done[r]]
             if not alive:
                 break
@@ -369,40 +353,39 @@ class HFScorer:
         with torch.inference_mode(), lm.stack.lock:
             keys = [lm.key(t) for t in prefixes]
             states = lm.states(keys)
-            out: list[list[tuple[float, ...]]] = [[() for _ in cs] for cs in candidates]
-            groups: list[State] = []
-            gid: dict[int, int] = {}
-            rows = []  # (i, j, ids, finished)
-            for i, (st, cs) in enumerate(zip(states, candidates)):
+            rows = []  # (prefix index, candidate index, token ids, finished) of each candidate with tokens
+            for i, cs in enumerate(candidates):
                 for j, c in enumerate(cs):
                     ids = self._ids(c)
-                    if not ids:
-                        continue
-                    if id(st) not in gid:
-                        gid[id(st)] = len(groups)
-                        groups.append(st)
-                    rows.append((i, j, ids, c.finished))
-            keep: dict[tuple[int, ...], list[State]] = {}
-            for (pids, _), st in zip(keys, states):
-                keep.setdefault(pids, []).append(st)
-            if rows:
-                self._score_rows(states, groups, gid, rows, keys, out, keep)
-            lm.stack.retain(keep)
+                    if ids:
+                        rows.append((i, j, ids, c.finished))
+            logprobs, made = (
+                self._score_rows([(states[i], ids, fin) for i, _, ids, fin in rows]) if rows else ([], [])
+            )
+            kept = [(keys[i][0], st) for (i, _, _, _), st in zip(rows, made) if st is not None]
+            lm.stack.retain([*((pids, st) for (pids, _), st in zip(keys, states)), *kept])
+        out: list[list[tuple[float, ...]]] = [[() for _ in cs] for cs in candidates]
+        for (i, j, _, _), lps in zip(rows, logprobs):
+            out[i][j] = lps
         return out
 
-    def _score_rows(self, states, groups, gid, rows, keys, out, keep) -> None:
+    def _score_rows(
+        self, rows: Sequence[tuple[State, tuple[int, ...], bool]]
+    ) -> tuple[list[tuple[float, ...]], list[State | None]]:
+        """For each row ``(prefix, ids, finished)``: the log-probs of ``ids`` after ``prefix``, and the state of
+        ``prefix ∘ ids`` with its next-token logits (``None`` for a finished candidate), from one batched pass."""
         lm = self.lm
         vocab = lm.vocab
-        row_group = [gid[id(states[i])] for i, _, _, _ in rows]
-        hidden, suffix, _ = lm.stack.run_rows(groups, row_group, [ids for _, _, ids, _ in rows])  # [B, q, h]
+        prefixes = [p for p, _, _ in rows]
+        hidden, suffix = lm.stack.run_rows(prefixes, [ids for _, ids, _ in rows])  # [B, q, h]
         dev = hidden.device
-        lengths = torch.tensor([len(ids) for _, _, ids, _ in rows], device=dev)  # [B]
+        lengths = torch.tensor([len(ids) for _, ids, _ in rows], device=dev)  # [B]
         q = hidden.shape[1]
         pos = torch.arange(q, device=dev)[None, :]
         # Position t of a row predicts its token t + 1: positions 0..len-2 are scored, len-1 gives the next logits.
         scored = pos < (lengths - 1)[:, None]  # [B, q]
         nxt = torch.tensor(
-            [list(ids[1:]) + [0] * (q - len(ids) + 1) for _, _, ids, _ in rows], dtype=torch.long, device=dev
+            [list(ids[1:]) + [0] * (q - len(ids) + 1) for _, ids, _ in rows], dtype=torch.long, device=dev
         )  # [B, q]: the token each position predicts (0 where unused)
         flat, tgt = hidden[scored], nxt[scored]  # [N, h], [N]
         lp_flat = torch.empty(flat.shape[0], device=dev)
@@ -411,25 +394,27 @@ class HFScorer:
             ls = torch.log_softmax(lm.logits_of(flat[a : a + chunk])[:, :vocab], dim=-1)
             lp_flat[a : a + chunk] = ls.gather(1, tgt[a : a + chunk, None]).squeeze(1)
         first_lp = torch.log_softmax(
-            torch.stack([groups[g].logits[:vocab] for g in row_group]).float(), dim=-1
+            torch.stack([p.logits[:vocab] for p in prefixes]).float(), dim=-1
         )  # [B, vocab]
-        first_ids = torch.tensor([ids[0] for _, _, ids, _ in rows], device=dev)
+        first_ids = torch.tensor([ids[0] for _, ids, _ in rows], device=dev)
         first = first_lp.gather(1, first_ids[:, None]).squeeze(1).tolist()
-        open_rows = [r for r, row in enumerate(rows) if not row[3]]
+        open_rows = [r for r, (_, _, fin) in enumerate(rows) if not fin]
         last = {}
         if open_rows:
             idx = torch.tensor(open_rows, device=dev)
             lg = lm.logits_of(hidden[idx, lengths[idx] - 1])  # [R, rows] logits after each open candidate
             last = dict(zip(open_rows, lg))
         rest = lp_flat.tolist()
+        logprobs: list[tuple[float, ...]] = []
+        made: list[State | None] = []
         offs = 0
-        for r, (i, j, ids, fin) in enumerate(rows):
+        for r, (prefix, ids, fin) in enumerate(rows):
             n = len(ids)
-            out[i][j] = (float(first[r]), *rest[offs : offs + n - 1])
+            logprobs.append((float(first[r]), *rest[offs : offs + n - 1]))
             offs += n - 1
+            st = None
             if not fin:
-                g = groups[row_group[r]]
-                seg = suffix.row_kv(r, n) if suffix is not None else None
-                st = State(g.ids + tuple(ids), parent=g if seg is not None else None, seg=seg)
+                st = row_state(prefix, ids, suffix, r)
                 st.logits = last[r]
-                keep[keys[i][0]].append(st)
+            made.append(st)
+        return logprobs, made
