@@ -24,6 +24,7 @@ import hashlib
 import math
 from array import array
 from collections.abc import Sequence
+from dataclasses import dataclass, field
 from typing import Any
 
 import torch
@@ -179,6 +180,28 @@ def sample_from_logits(
     return tok, logp.gather(1, tok[:, None]).squeeze(1)
 
 
+@dataclass(eq=False)
+class _Row:
+    """One candidate step being sampled: the cached ``prefix`` continued by ``tokens``."""
+
+    prefix: State
+    rng: torch.Generator  # the row's own stream of uniforms
+    step_limit: int  # the most tokens this step may have
+    hard_limit: int  # the tokens the response has left (max_tokens, the model's context): finished there
+    stop: Any  # the StepStop state of the decoded text
+    tokens: list[int] = field(default_factory=list)
+    logprobs: list[float] = field(default_factory=list)  # under the sampled law, one per token
+    done: bool = False  # the step has ended
+    finished: bool = False  # the response has ended (end-of-sequence, its limit, or ``to_end``)
+    state: State | None = None  # the cached state of ``tokens[:-1]`` (an unfinished step), for the next call
+
+
+def _uniforms(rows: Sequence[_Row], device: torch.device) -> torch.Tensor:
+    """The next ``UNIFORM_BLOCK`` uniforms of each row's stream: ``[len(rows), UNIFORM_BLOCK]`` float64."""
+    uni = [torch.rand(UNIFORM_BLOCK, generator=r.rng, dtype=torch.float64) for r in rows]
+    return torch.stack(uni).to(device)
+
+
 class HFSampler:
     """``StepSampler`` over an :class:`HFLM`: ``n`` candidate steps per prefix, all prefixes in one batch.
 
@@ -227,96 +250,86 @@ class HFSampler:
         with torch.inference_mode(), lm.stack.lock:
             keys = [lm.key(t) for t in prefixes]
             states = lm.states(keys)
-            seen: dict[tuple[int, ...], int] = {}
-            seeds, hard, step = [], [], []
-            for pids, ids in keys:
-                occ = seen.get(ids, 0)
-                seen[ids] = occ + 1
-                seeds.extend(_row_seed(call_seed, ids, j, occ) for j in range(n))
-                left = min(self.max_tokens - (len(ids) - len(pids)), lm.max_positions - len(ids))
-                h = max(left, 1)
-                hard.append(h)
-                step.append(h if to_end else min(h, self.max_step_tokens))
-            rows = self._generate(keys, states, n, seeds, hard, step, to_end)
+            rows = self._generate(keys, states, n, call_seed, to_end)
             pkeys = [pids for pids, _ in keys]
-            made = [(pkeys[r // n], row[3]) for r, row in enumerate(rows) if row[3] is not None]
+            made = [(pkeys[r // n], row.state) for r, row in enumerate(rows) if row.state is not None]
             lm.stack.retain([*zip(pkeys, states), *made])
-        out: list[list[Candidate]] = []
-        for i in range(len(prefixes)):
-            cands = []
-            for toks, lps, finished, _ in rows[i * n : (i + 1) * n]:
-                cands.append(Candidate(tuple(toks), lm.text.text(toks), tuple(lps), finished))
-            out.append(cands)
-        return out
+        cands = [
+            Candidate(tuple(r.tokens), lm.text.text(r.tokens), tuple(r.logprobs), r.finished) for r in rows
+        ]
+        return [cands[i * n : (i + 1) * n] for i in range(len(prefixes))]
 
-    def _generate(self, keys, states, n, seeds, hard, step, to_end):
+    def _generate(
+        self,
+        keys: Sequence[tuple[tuple[int, ...], tuple[int, ...]]],
+        states: Sequence[State],
+        n: int,
+        call_seed: int,
+        to_end: bool,
+    ) -> list[_Row]:
+        """``n`` rows per prefix (``keys[i]``, cached as ``states[i]``), each sampled to the end of its step.
+
+        All rows decode in one batch, one forward per token. Once half of the batch is done, it keeps only the rows
+        still sampling: a filter of the row list, and one index into their suffix KV, context and uniforms.
+        """
         lm, stack = self.lm, self.lm.stack
         dev = stack.device
-        B = len(states) * n  # noqa: N806
-        row_prefix = [states[r // n] for r in range(B)]
-        ctx = stack.context(row_prefix)
-        longest = max(step)
-        suffix = make_suffix_cache(stack.num_layers, min(longest, 64))
-        base_pos = torch.tensor([len(p.ids) for p in row_prefix], device=dev)  # [B]
-        logits = torch.stack([p.logits for p in row_prefix])  # [B, rows]
-        gens = [torch.Generator().manual_seed(s) for s in seeds]
-        uni = torch.stack([torch.rand(UNIFORM_BLOCK, generator=g, dtype=torch.float64) for g in gens]).to(dev)
-        eos = lm.eos_ids
-        vocab = lm.vocab
+        rows: list[_Row] = []
+        seen: dict[tuple[int, ...], int] = {}
+        for (pids, ids), st in zip(keys, states):
+            occ = seen.get(ids, 0)
+            seen[ids] = occ + 1
+            left = max(min(self.max_tokens - (len(ids) - len(pids)), lm.max_positions - len(ids)), 1)
+            step = left if to_end else min(left, self.max_step_tokens)
+            for j in range(n):
+                rng = torch.Generator().manual_seed(_row_seed(call_seed, ids, j, occ))
+                rows.append(_Row(st, rng, step_limit=step, hard_limit=left, stop=self.stop.start()))
+        ctx = stack.context([row.prefix for row in rows])
+        suffix = make_suffix_cache(stack.num_layers, min(max(row.step_limit for row in rows), 64))
+        base_pos = torch.tensor([len(row.prefix.ids) for row in rows], device=dev)  # [B]
+        logits = torch.stack([row.prefix.logits for row in rows])  # [B, rows]
+        eos, vocab = lm.eos_ids, lm.vocab
         ban = sorted(eos) if self.ignore_eos and eos else None
-        toks: list[list[int]] = [[] for _ in range(B)]
-        lps: list[list[float]] = [[] for _ in range(B)]
-        finished = [False] * B
-        pending: list[State | None] = [None] * B
-        done = [False] * B
-        stop_state = [self.stop.start() for _ in range(B)]
-        cur = list(range(B))  # batch position -> row
-        cur_t = torch.arange(B, device=dev)
-        step_limit = [step[r // n] for r in range(B)]
-        hard_limit = [hard[r // n] for r in range(B)]
+        batch = rows  # batch position -> row
+        uni = _uniforms(batch, dev)  # [B, t_max] float64: each row's next uniforms
         t = 0
         while True:
             if t >= uni.shape[1]:
-                more = [torch.rand(UNIFORM_BLOCK, generator=g, dtype=torch.float64) for g in gens]
-                uni = torch.cat([uni, torch.stack(more).to(dev)], dim=1)
+                uni = torch.cat([uni, _uniforms(batch, dev)], dim=1)
             lg = logits[:, :vocab].float()
             if ban is not None:
                 lg[:, ban] = -math.inf
-            tok, lp = sample_from_logits(lg, uni[cur_t, t], self.temperature, self.top_p)
-            pair = torch.stack([tok.double(), lp.double()]).tolist()
-            for k, r in enumerate(cur):
-                if done[r]:
+            tok, lp = sample_from_logits(lg, uni[:, t], self.temperature, self.top_p)  # [b], [b]
+            toks, lps = torch.stack([tok.double(), lp.double()]).tolist()
+            for k, row in enumerate(batch):
+                if row.done:
                     continue
-                tk = int(pair[0][k])
-                toks[r].append(tk)
-                lps[r].append(float(pair[1][k]))
-                count = len(toks[r])
-                stop = False
+                tk = int(toks[k])
+                row.tokens.append(tk)
+                row.logprobs.append(lps[k])
                 if tk in eos and not self.ignore_eos:
-                    stop, finished[r] = True, True
+                    row.done = row.finished = True
                 elif not to_end:
-                    hit, stop_state[r] = self.stop.feed(stop_state[r], tk)
-                    stop = hit
-                if not stop and count >= step_limit[r]:
-                    stop = True
-                if stop:
-                    done[r] = True
-                    finished[r] = finished[r] or to_end or count >= hard_limit[r]
-                    if not finished[r] and count > 1:
-                        pending[r] = row_state(row_prefix[r], toks[r][:-1], suffix, k)
-            alive = [k for k, r in enumerate(cur) if not done[r]]
+                    row.done, row.stop = self.stop.feed(row.stop, tk)
+                count = len(row.tokens)
+                if row.done or count >= row.step_limit:
+                    row.done = True
+                    row.finished = row.finished or to_end or count >= row.hard_limit
+                    # the step's last token is not run yet: keep the state before it for the next call
+                    if not row.finished and count > 1:
+                        row.state = row_state(row.prefix, row.tokens[:-1], suffix, k)
+            alive = [k for k, row in enumerate(batch) if not row.done]
             if not alive:
-                break
-            if len(alive) <= len(cur) // 2:
+                return rows
+            if len(alive) <= len(batch) // 2:
                 idx = torch.tensor(alive, device=dev)
                 suffix.select_rows(idx)
                 ctx.select_rows(idx)
-                tok, base_pos, cur_t = tok[idx], base_pos[idx], cur_t[idx]
-                cur = [cur[k] for k in alive]
+                tok, base_pos, uni = tok[idx], base_pos[idx], uni[idx]
+                batch = [batch[k] for k in alive]
             hidden = stack.forward(ctx, suffix, tok[:, None], (base_pos + t)[:, None], None)  # [b, 1, hidden]
-            logits = lm.logits_of(hidden[:, 0])
+            logits = lm.logits_of(hidden[:, 0])  # [b, rows]
             t += 1
-        return [(toks[r], lps[r], finished[r], pending[r]) for r in range(B)]
 
 
 class HFScorer:
