@@ -20,6 +20,7 @@ PRM scoring run concurrently when ``concurrent_scoring`` is on).
 
 from __future__ import annotations
 
+import logging
 import threading
 from collections.abc import Sequence
 
@@ -29,6 +30,7 @@ ATTN_NAME = "specs_cascade"
 NEG = -1.0e30  # additive mask value: finite in float32 so an all-masked part yields weight 0, never NaN
 MAX_SCORE_ELEMENTS = 1 << 25  # chunk the query axis above this many score entries (bounded temporary memory)
 
+log = logging.getLogger(__name__)
 _LOCAL = threading.local()
 _REGISTERED = False
 
@@ -242,7 +244,9 @@ class active:
 # Attention with its log-sum-exp
 
 
+# False once that device kind's fused kernel has failed: a record for tests and diagnostics (every call retries it)
 _KERNELS = {"cpu": True, "cuda": True}
+_LOGGED: set[tuple[str, str, str]] = set()  # (device kind, exception type, message) already warned about
 
 
 def attention_lse(
@@ -255,34 +259,59 @@ def attention_lse(
     """``softmax(q k^T · scale + mask) v`` and ``logsumexp(q k^T · scale + mask)`` over the key axis.
 
     Uses PyTorch's fused kernels that return the log-sum-exp (the CPU flash kernel; the memory-efficient kernel on
-    CUDA); any failure there falls back, once and for good, to :func:`attention_lse_eager`.
+    CUDA). When the kernel fails, this call falls back to :func:`attention_lse_eager` and the failure is logged (a
+    warning, once per distinct failure); the next call tries the kernel again.
     """
     kind = q.device.type
-    if kind == "cpu" and _KERNELS["cpu"]:
+    if kind in ("cpu", "cuda"):
+        fused = _flash_cpu if kind == "cpu" else _efficient_cuda
         try:
-            out, lse = torch.ops.aten._scaled_dot_product_flash_attention_for_cpu(
-                q, k, v, 0.0, False, attn_mask=mask, scale=scale
-            )
-            return out, lse
-        except (RuntimeError, AttributeError, TypeError):
-            _KERNELS["cpu"] = False
-    if kind == "cuda" and _KERNELS["cuda"]:
-        try:
-            bias = None
-            if mask is not None:
-                n, _, length, s = mask.shape
-                width = -(-s // 16) * 16  # the kernel wants the bias rows 16-aligned: pad, then view
-                padded = mask.new_full((n, 1, length, width), NEG)
-                padded[..., :s] = mask
-                low = torch.finfo(q.dtype).min
-                bias = padded.clamp(min=low).to(q.dtype)[..., :s].expand(n, q.shape[1], length, s)
-            out, lse, *_ = torch.ops.aten._scaled_dot_product_efficient_attention(
-                q, k, v, bias, True, 0.0, False, scale=scale
-            )
-            return out, lse[..., : q.shape[2]].float()
-        except (RuntimeError, AttributeError, TypeError, NotImplementedError):
-            _KERNELS["cuda"] = False
+            return fused(q, k, v, mask, scale)
+        except (RuntimeError, AttributeError, TypeError) as exc:  # NotImplementedError is a RuntimeError
+            _kernel_failed(kind, exc)
     return attention_lse_eager(q, k, v, mask, scale)
+
+
+def _kernel_failed(kind: str, exc: Exception) -> None:
+    """Record a failed kernel call; warn once per distinct (device kind, exception type, message)."""
+    _KERNELS[kind] = False
+    key = (kind, type(exc).__name__, str(exc))
+    if key not in _LOGGED:
+        _LOGGED.add(key)
+        log.warning(
+            "the fused %s attention kernel failed (%s: %s); that call used the eager implementation",
+            kind,
+            type(exc).__name__,
+            exc,
+        )
+
+
+def _flash_cpu(
+    q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, mask: torch.Tensor | None, scale: float
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """:func:`attention_lse` by the CPU flash kernel."""
+    out, lse = torch.ops.aten._scaled_dot_product_flash_attention_for_cpu(
+        q, k, v, 0.0, False, attn_mask=mask, scale=scale
+    )
+    return out, lse
+
+
+def _efficient_cuda(
+    q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, mask: torch.Tensor | None, scale: float
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """:func:`attention_lse` by the CUDA memory-efficient kernel (its bias in q's dtype, 16-aligned rows)."""
+    bias = None
+    if mask is not None:
+        n, _, length, s = mask.shape
+        width = -(-s // 16) * 16  # the kernel wants the bias rows 16-aligned: pad, then view
+        padded = mask.new_full((n, 1, length, width), NEG)
+        padded[..., :s] = mask
+        low = torch.finfo(q.dtype).min
+        bias = padded.clamp(min=low).to(q.dtype)[..., :s].expand(n, q.shape[1], length, s)
+    out, lse, *_ = torch.ops.aten._scaled_dot_product_efficient_attention(
+        q, k, v, bias, True, 0.0, False, scale=scale
+    )
+    return out, lse[..., : q.shape[2]].float()
 
 
 def attention_lse_eager(

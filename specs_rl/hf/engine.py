@@ -22,8 +22,9 @@ import inspect
 import threading
 import time
 from collections import OrderedDict
-from collections.abc import Callable, Hashable, Sequence
+from collections.abc import Callable, Hashable, Iterable, Sequence
 from dataclasses import dataclass, field
+from typing import Any
 
 import torch
 
@@ -66,6 +67,30 @@ class State:
 
 EMPTY = ()
 ROOT = State(EMPTY)  # the empty sequence: no KV, never mutated, shared by every problem
+
+
+def row_state(prefix: State, tokens: Sequence[int], suffix: Any, row: int) -> State:
+    """The state of ``prefix.ids + tokens`` left by row ``row`` of a batched pass over ``prefix``.
+
+    Its KV is ``prefix``'s followed by that row's first ``len(tokens)`` entries of the ``suffix`` cache (views,
+    concatenated on first use as a prefix). With ``suffix=None`` (a pass without cascade) it holds no KV.
+    """
+    seg = suffix.row_kv(row, len(tokens)) if suffix is not None else None
+    return State(prefix.ids + tuple(tokens), parent=prefix if seg is not None else None, seg=seg)
+
+
+def group_by_state(states: Sequence[State]) -> tuple[list[State], list[int]]:
+    """``(groups, row_group)``: the distinct states (by identity, in order of first appearance) and the index in
+    ``groups`` of each of ``states``, so that ``states[r] is groups[row_group[r]]``."""
+    groups: list[State] = []
+    index: dict[int, int] = {}
+    row_group = []
+    for st in states:
+        if id(st) not in index:
+            index[id(st)] = len(groups)
+            groups.append(st)
+        row_group.append(index[id(st)])
+    return groups, row_group
 
 
 class CachedStack:
@@ -142,37 +167,37 @@ class CachedStack:
         self.stats["forward_tokens"] += int(ids.numel())
         return out.last_hidden_state
 
-    def run_rows(
-        self,
-        groups: Sequence[State],
-        row_group: Sequence[int],
-        row_tokens: Sequence[Sequence[int]],
-        extra_capacity: int = 0,
-    ):
-        """One batched pass: row ``r`` continues ``groups[row_group[r]]`` with ``row_tokens[r]`` (right-padded).
+    def context(self, prefixes: Sequence[State]) -> CascadeContext:
+        """The cascade context of a batch whose row ``r`` continues ``prefixes[r]``: each distinct prefix is one
+        group, its KV materialized once however many rows continue it."""
+        groups, row_group = group_by_state(prefixes)
+        return CascadeContext.build([g.materialize() for g in groups], row_group, self.device)
 
-        Returns ``(hidden [B, q, hidden], suffix cache or None, context or None)``; ``hidden[r, j]`` is the state
-        after ``row_tokens[r][j]``. Without cascade support the rows are recomputed from scratch.
+    def run_rows(
+        self, prefixes: Sequence[State], row_tokens: Sequence[Sequence[int]]
+    ) -> tuple[torch.Tensor, Any]:
+        """One batched pass: row ``r`` continues ``prefixes[r]`` with ``row_tokens[r]`` (right-padded).
+
+        Returns ``(hidden [B, q, hidden], suffix cache or None)``; ``hidden[r, j]`` is the state after
+        ``row_tokens[r][j]``, and :func:`row_state` makes a row's state from the suffix cache. Without cascade
+        support the rows are recomputed from scratch (and there is no suffix cache).
         """
         B = len(row_tokens)  # noqa: N806
         q = max(len(t) for t in row_tokens)
-        lengths = torch.tensor([len(t) for t in row_tokens], device=self.device)
+        start = torch.tensor([len(p.ids) for p in prefixes], device=self.device)  # [B]
         if not self.cascade:
-            full = [tuple(groups[g].ids) + tuple(t) for g, t in zip(row_group, row_tokens)]
-            h = self.plain_hidden(full)
-            start = torch.tensor([len(groups[g].ids) for g in row_group], device=self.device)
+            h = self.plain_hidden([tuple(p.ids) + tuple(t) for p, t in zip(prefixes, row_tokens)])
             idx = (start[:, None] + torch.arange(q, device=self.device)[None, :]).clamp_(max=h.shape[1] - 1)
-            return h.gather(1, idx[:, :, None].expand(B, q, h.shape[2])), None, None
-        ctx = CascadeContext.build([g.materialize() for g in groups], row_group, self.device)
-        suffix = make_suffix_cache(self.num_layers, q + extra_capacity)
+            return h.gather(1, idx[:, :, None].expand(B, q, h.shape[2])), None
+        ctx = self.context(prefixes)
+        suffix = make_suffix_cache(self.num_layers, q)
         ids = torch.tensor(
             [list(t) + [0] * (q - len(t)) for t in row_tokens], dtype=torch.long, device=self.device
-        )
-        base = torch.tensor([len(groups[g].ids) for g in row_group], device=self.device)
-        positions = base[:, None] + torch.arange(q, device=self.device)[None, :]
-        valid = torch.arange(q, device=self.device)[None, :] < lengths[:, None]
-        hidden = self.forward(ctx, suffix, ids, positions, valid)
-        return hidden, suffix, ctx
+        )  # [B, q]
+        positions = start[:, None] + torch.arange(q, device=self.device)[None, :]  # [B, q]
+        lengths = torch.tensor([len(t) for t in row_tokens], device=self.device)  # [B]
+        valid = torch.arange(q, device=self.device)[None, :] < lengths[:, None]  # [B, q]
+        return self.forward(ctx, suffix, ids, positions, valid), suffix
 
     # -- the store ----------------------------------------------------------------------------------------------
     def find(
@@ -194,46 +219,40 @@ class CachedStack:
         return None, best if best is not None else ROOT
 
     def catch_up(
-        self,
-        requests: Sequence[tuple[Hashable, tuple[int, ...]]],
-        usable: Callable[[State, bool], bool],
-        finalize: Callable[[list[tuple[State, State, torch.Tensor]]], None],
-    ) -> list[State]:
+        self, requests: Sequence[tuple[Hashable, tuple[int, ...]]], usable: Callable[[State, bool], bool]
+    ) -> tuple[list[State], list[tuple[State, State, torch.Tensor]]]:
         """States for every ``(pkey, ids)``: exact hits, else the best stored prefix extended by the missing tokens
-        (all in one batched pass). ``finalize([(new, best, hidden [k, hidden]), ...])`` fills the readouts."""
+        (all in one batched pass).
+
+        Returns ``(states, made)``: ``made`` lists ``(new, best, hidden [k, hidden])`` for each state this pass
+        created (``best``: the prefix it extends by ``k`` tokens), whose readouts the caller fills.
+        """
         out: list[State | None] = [None] * len(requests)
         todo: dict[tuple[Hashable, tuple[int, ...]], tuple[State, list[int]]] = {}
         for i, (pkey, ids) in enumerate(requests):
             exact, best = self.find(pkey, ids, usable)
             if exact is not None:
                 out[i] = exact
-                continue
-            todo.setdefault((pkey, ids), (best, []))[1].append(i)
+            else:
+                todo.setdefault((pkey, ids), (best, []))[1].append(i)
+        made = []
         if todo:
-            groups: list[State] = []
-            gid: dict[int, int] = {}
-            row_group, row_tokens, meta = [], [], []
-            for (pkey, ids), (best, idx) in todo.items():
-                if id(best) not in gid:
-                    gid[id(best)] = len(groups)
-                    groups.append(best)
-                row_group.append(gid[id(best)])
-                row_tokens.append(ids[len(best.ids) :])
-                meta.append((pkey, ids, best, idx))
-            hidden, suffix, _ = self.run_rows(groups, row_group, row_tokens)
-            made = []
-            for r, (_, ids, best, idx) in enumerate(meta):
-                k = len(ids) - len(best.ids)
-                seg = suffix.row_kv(r, k) if suffix is not None else None
-                new = State(ids, parent=best if seg is not None else None, seg=seg)
-                made.append((new, best, hidden[r, :k]))
+            bests = [best for best, _ in todo.values()]
+            missing = [ids[len(best.ids) :] for (_, ids), best in zip(todo, bests)]
+            hidden, suffix = self.run_rows(bests, missing)
+            for r, (best, idx) in enumerate(todo.values()):
+                new = row_state(best, missing[r], suffix, r)
+                made.append((new, best, hidden[r, : len(missing[r])]))
                 for i in idx:
                     out[i] = new
-            finalize(made)
-        return out  # type: ignore[return-value]
+        return out, made  # type: ignore[return-value]
 
-    def retain(self, keep: dict[Hashable, list[State]]) -> None:
-        """Replace the entries of each problem in ``keep`` by the given states; evict least recently used problems."""
+    def retain(self, kept: Iterable[tuple[Hashable, State]]) -> None:
+        """Replace the entries of each problem named in ``kept`` by the states paired with it (in order); evict
+        least recently used problems."""
+        keep: dict[Hashable, list[State]] = {}
+        for pkey, st in kept:
+            keep.setdefault(pkey, []).append(st)
         for pkey, states in keep.items():
             self.store[pkey] = {st.ids: st for st in states}
             self.store.move_to_end(pkey)
@@ -258,9 +277,9 @@ class CachedStack:
         before = cascade_calls()
         with torch.inference_mode():
             ref = self.plain_hidden([ids])[0].float()  # [7, hidden]
-            hid, suffix, _ = self.run_rows([ROOT], [0], [ids[:4]])
-            first = State(tuple(ids[:4]), seg=suffix.row_kv(0, 4))
-            hid2, _, _ = self.run_rows([first], [0, 0], [ids[4:], ids[4:6]])
+            hid, suffix = self.run_rows([ROOT], [ids[:4]])
+            first = row_state(ROOT, ids[:4], suffix, 0)
+            hid2, _ = self.run_rows([first, first], [ids[4:], ids[4:6]])
         routed = cascade_calls() - before == 2 * self.num_layers
         got = torch.cat([hid[0].float(), hid2[0].float()])
         tol = 1e-3 if self.dtype == torch.float32 else 0.25
@@ -268,6 +287,22 @@ class CachedStack:
         err = max(float((got - ref).abs().max()), float((hid2[1, :2].float() - ref[4:6]).abs().max()))
         self.stats.update(forward_s=0.0, forward_calls=0, forward_tokens=0)
         return routed and err / float(scale) < tol
+
+
+class LRU(OrderedDict):
+    """A dict that keeps its ``size`` most recently put keys (the models' memo of prompt and step token ids)."""
+
+    def __init__(self, size: int) -> None:
+        super().__init__()
+        self.size = size
+
+    def put(self, key: Any, value: Any) -> Any:
+        """Store ``value`` under ``key`` as the most recent entry, drop the oldest beyond ``size``; return ``value``."""
+        self[key] = value
+        self.move_to_end(key)
+        while len(self) > self.size:
+            self.popitem(last=False)
+        return value
 
 
 class _Timer:

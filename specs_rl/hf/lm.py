@@ -23,32 +23,19 @@ from __future__ import annotations
 import hashlib
 import math
 from array import array
-from collections import OrderedDict
 from collections.abc import Sequence
+from dataclasses import dataclass, field
 from typing import Any
 
 import torch
 
 from specs_rl.errors import SpecsError
-from specs_rl.hf.cascade import CascadeContext, make_suffix_cache
-from specs_rl.hf.engine import CachedStack, State
+from specs_rl.hf.cascade import make_suffix_cache
+from specs_rl.hf.engine import LRU, CachedStack, State, row_state
 from specs_rl.hf.text import StepStop, TokenText
 from specs_rl.types import Candidate, Problem, Trace
 
 UNIFORM_BLOCK = 64  # uniforms drawn per row at a time
-
-
-class _LRU(OrderedDict):
-    def __init__(self, size: int) -> None:
-        super().__init__()
-        self.size = size
-
-    def put(self, key: Any, value: Any) -> Any:
-        self[key] = value
-        self.move_to_end(key)
-        while len(self) > self.size:
-            self.popitem(last=False)
-        return value
 
 
 class HFLM:
@@ -85,8 +72,8 @@ class HFLM:
         self.chat_template = chat_template and bool(getattr(tokenizer, "chat_template", None))
         self.system_prompt = system_prompt
         self.native = True
-        self._prompts = _LRU(1024)
-        self._steps = _LRU(8192)
+        self._prompts = LRU(1024)
+        self._steps = LRU(8192)
 
     def _eos_ids(self) -> frozenset[int]:
         ids = set()
@@ -146,15 +133,14 @@ class HFLM:
         """Prefix states with next-token logits, extending cached ancestors in one batched pass."""
 
         def usable(st: State, exact: bool) -> bool:
-            return st.logits is not None or not exact
+            return st.logits is not None or not exact  # a sampled step's state has no logits: only extended
 
-        def finalize(made: list[tuple[State, State, torch.Tensor]]) -> None:
-            last = torch.stack([h[-1] for _, _, h in made])  # [N, hidden]
-            logits = self.logits_of(last)
+        states, made = self.stack.catch_up(keys, usable)
+        if made:
+            logits = self.logits_of(torch.stack([h[-1] for _, _, h in made]))  # [N, rows]
             for (st, _, _), lg in zip(made, logits):
                 st.logits = lg
-
-        return self.stack.catch_up(keys, usable, finalize)
+        return states
 
 
 def _row_seed(call_seed: int, ids: tuple[int, ...], j: int, occurrence: int) -> int:
@@ -192,6 +178,28 @@ def sample_from_logits(
     x = (u.to(cdf.device) * cdf[:, -1]).unsqueeze(1)
     tok = torch.searchsorted(cdf, x, right=True).squeeze(1).clamp_(max=logits.shape[1] - 1)
     return tok, logp.gather(1, tok[:, None]).squeeze(1)
+
+
+@dataclass(eq=False)
+class _Row:
+    """One candidate step being sampled: the cached ``prefix`` continued by ``tokens``."""
+
+    prefix: State
+    rng: torch.Generator  # the row's own stream of uniforms
+    step_limit: int  # the most tokens this step may have
+    hard_limit: int  # the tokens the response has left (max_tokens, the model's context): finished there
+    stop: Any  # the StepStop state of the decoded text
+    tokens: list[int] = field(default_factory=list)
+    logprobs: list[float] = field(default_factory=list)  # under the sampled law, one per token
+    done: bool = False  # the step has ended
+    finished: bool = False  # the response has ended (end-of-sequence, its limit, or ``to_end``)
+    state: State | None = None  # the cached state of ``tokens[:-1]`` (an unfinished step), for the next call
+
+
+def _uniforms(rows: Sequence[_Row], device: torch.device) -> torch.Tensor:
+    """The next ``UNIFORM_BLOCK`` uniforms of each row's stream: ``[len(rows), UNIFORM_BLOCK]`` float64."""
+    uni = [torch.rand(UNIFORM_BLOCK, generator=r.rng, dtype=torch.float64) for r in rows]
+    return torch.stack(uni).to(device)
 
 
 class HFSampler:
@@ -242,111 +250,86 @@ class HFSampler:
         with torch.inference_mode(), lm.stack.lock:
             keys = [lm.key(t) for t in prefixes]
             states = lm.states(keys)
-            seen: dict[tuple[int, ...], int] = {}
-            seeds, hard, step = [], [], []
-            for pids, ids in keys:
-                occ = seen.get(ids, 0)
-                seen[ids] = occ + 1
-                seeds.extend(_row_seed(call_seed, ids, j, occ) for j in range(n))
-                left = min(self.max_tokens - (len(ids) - len(pids)), lm.max_positions - len(ids))
-                h = max(left, 1)
-                hard.append(h)
-                step.append(h if to_end else min(h, self.max_step_tokens))
-            rows = self._generate(keys, states, n, seeds, hard, step, to_end)
-            keep: dict[tuple[int, ...], list[State]] = {}
-            for (pids, _), st in zip(keys, states):
-                keep.setdefault(pids, []).append(st)
-            for (pids, _), r in zip([k for k in keys for _ in range(n)], rows):
-                if r[3] is not None:
-                    keep[pids].append(r[3])
-            lm.stack.retain(keep)
-        out: list[list[Candidate]] = []
-        for i in range(len(prefixes)):
-            cands = []
-            for toks, lps, finished, _ in rows[i * n : (i + 1) * n]:
-                cands.append(Candidate(tuple(toks), lm.text.text(toks), tuple(lps), finished))
-            out.append(cands)
-        return out
+            rows = self._generate(keys, states, n, call_seed, to_end)
+            pkeys = [pids for pids, _ in keys]
+            made = [(pkeys[r // n], row.state) for r, row in enumerate(rows) if row.state is not None]
+            lm.stack.retain([*zip(pkeys, states), *made])
+        cands = [
+            Candidate(tuple(r.tokens), lm.text.text(r.tokens), tuple(r.logprobs), r.finished) for r in rows
+        ]
+        return [cands[i * n : (i + 1) * n] for i in range(len(prefixes))]
 
-    def _generate(self, keys, states, n, seeds, hard, step, to_end):
+    def _generate(
+        self,
+        keys: Sequence[tuple[tuple[int, ...], tuple[int, ...]]],
+        states: Sequence[State],
+        n: int,
+        call_seed: int,
+        to_end: bool,
+    ) -> list[_Row]:
+        """``n`` rows per prefix (``keys[i]``, cached as ``states[i]``), each sampled to the end of its step.
+
+        All rows decode in one batch, one forward per token. Once half of the batch is done, it keeps only the rows
+        still sampling: a filter of the row list, and one index into their suffix KV, context and uniforms.
+        """
         lm, stack = self.lm, self.lm.stack
         dev = stack.device
-        groups: list[State] = []
-        gid: dict[int, int] = {}
-        for st in states:
-            if id(st) not in gid:
-                gid[id(st)] = len(groups)
-                groups.append(st)
-        P = len(states)  # noqa: N806
-        B = P * n  # noqa: N806
-        row_prefix = [i for i in range(P) for _ in range(n)]
-        row_group = [gid[id(states[i])] for i in row_prefix]
-        ctx = CascadeContext.build([g.materialize() for g in groups], row_group, dev)
-        longest = max(step)
-        suffix = make_suffix_cache(stack.num_layers, min(longest, 64))
-        base_pos = torch.tensor([len(groups[g].ids) for g in row_group], device=dev)  # [B]
-        logits = torch.stack([groups[g].logits for g in row_group])  # [B, rows]
-        gens = [torch.Generator().manual_seed(s) for s in seeds]
-        uni = torch.stack([torch.rand(UNIFORM_BLOCK, generator=g, dtype=torch.float64) for g in gens]).to(dev)
-        eos = lm.eos_ids
-        vocab = lm.vocab
+        rows: list[_Row] = []
+        seen: dict[tuple[int, ...], int] = {}
+        for (pids, ids), st in zip(keys, states):
+            occ = seen.get(ids, 0)
+            seen[ids] = occ + 1
+            left = max(min(self.max_tokens - (len(ids) - len(pids)), lm.max_positions - len(ids)), 1)
+            step = left if to_end else min(left, self.max_step_tokens)
+            for j in range(n):
+                rng = torch.Generator().manual_seed(_row_seed(call_seed, ids, j, occ))
+                rows.append(_Row(st, rng, step_limit=step, hard_limit=left, stop=self.stop.start()))
+        ctx = stack.context([row.prefix for row in rows])
+        suffix = make_suffix_cache(stack.num_layers, min(max(row.step_limit for row in rows), 64))
+        base_pos = torch.tensor([len(row.prefix.ids) for row in rows], device=dev)  # [B]
+        logits = torch.stack([row.prefix.logits for row in rows])  # [B, rows]
+        eos, vocab = lm.eos_ids, lm.vocab
         ban = sorted(eos) if self.ignore_eos and eos else None
-        toks: list[list[int]] = [[] for _ in range(B)]
-        lps: list[list[float]] = [[] for _ in range(B)]
-        finished = [False] * B
-        pending: list[State | None] = [None] * B
-        done = [False] * B
-        stop_state = [self.stop.start() for _ in range(B)]
-        cur = list(range(B))  # batch position -> row
-        cur_t = torch.arange(B, device=dev)
-        step_limit = [step[r // n] for r in range(B)]
-        hard_limit = [hard[r // n] for r in range(B)]
+        batch = rows  # batch position -> row
+        uni = _uniforms(batch, dev)  # [B, t_max] float64: each row's next uniforms
         t = 0
         while True:
             if t >= uni.shape[1]:
-                more = [torch.rand(UNIFORM_BLOCK, generator=g, dtype=torch.float64) for g in gens]
-                uni = torch.cat([uni, torch.stack(more).to(dev)], dim=1)
+                uni = torch.cat([uni, _uniforms(batch, dev)], dim=1)
             lg = logits[:, :vocab].float()
             if ban is not None:
                 lg[:, ban] = -math.inf
-            tok, lp = sample_from_logits(lg, uni[cur_t, t], self.temperature, self.top_p)
-            pair = torch.stack([tok.double(), lp.double()]).tolist()
-            for k, r in enumerate(cur):
-                if done[r]:
+            tok, lp = sample_from_logits(lg, uni[:, t], self.temperature, self.top_p)  # [b], [b]
+            toks, lps = torch.stack([tok.double(), lp.double()]).tolist()
+            for k, row in enumerate(batch):
+                if row.done:
                     continue
-                tk = int(pair[0][k])
-                toks[r].append(tk)
-                lps[r].append(float(pair[1][k]))
-                count = len(toks[r])
-                stop = False
+                tk = int(toks[k])
+                row.tokens.append(tk)
+                row.logprobs.append(lps[k])
                 if tk in eos and not self.ignore_eos:
-                    stop, finished[r] = True, True
+                    row.done = row.finished = True
                 elif not to_end:
-                    hit, stop_state[r] = self.stop.feed(stop_state[r], tk)
-                    stop = hit
-                if not stop and count >= step_limit[r]:
-                    stop = True
-                if stop:
-                    done[r] = True
-                    finished[r] = finished[r] or to_end or count >= hard_limit[r]
-                    if not finished[r] and count > 1:
-                        g = groups[row_group[r]]
-                        pending[r] = State(
-                            g.ids + tuple(toks[r][:-1]), parent=g, seg=suffix.row_kv(k, count - 1)
-                        )
-            alive = [k for k, r in enumerate(cur) if not done[r]]
+                    row.done, row.stop = self.stop.feed(row.stop, tk)
+                count = len(row.tokens)
+                if row.done or count >= row.step_limit:
+                    row.done = True
+                    row.finished = row.finished or to_end or count >= row.hard_limit
+                    # the step's last token is not run yet: keep the state before it for the next call
+                    if not row.finished and count > 1:
+                        row.state = row_state(row.prefix, row.tokens[:-1], suffix, k)
+            alive = [k for k, row in enumerate(batch) if not row.done]
             if not alive:
-                break
-            if len(alive) <= len(cur) // 2:
+                return rows
+            if len(alive) <= len(batch) // 2:
                 idx = torch.tensor(alive, device=dev)
                 suffix.select_rows(idx)
                 ctx.select_rows(idx)
-                tok, base_pos, cur_t = tok[idx], base_pos[idx], cur_t[idx]
-                cur = [cur[k] for k in alive]
+                tok, base_pos, uni = tok[idx], base_pos[idx], uni[idx]
+                batch = [batch[k] for k in alive]
             hidden = stack.forward(ctx, suffix, tok[:, None], (base_pos + t)[:, None], None)  # [b, 1, hidden]
-            logits = lm.logits_of(hidden[:, 0])
+            logits = lm.logits_of(hidden[:, 0])  # [b, rows]
             t += 1
-        return [(toks[r], lps[r], finished[r], pending[r]) for r in range(B)]
 
 
 class HFScorer:
@@ -383,40 +366,39 @@ class HFScorer:
         with torch.inference_mode(), lm.stack.lock:
             keys = [lm.key(t) for t in prefixes]
             states = lm.states(keys)
-            out: list[list[tuple[float, ...]]] = [[() for _ in cs] for cs in candidates]
-            groups: list[State] = []
-            gid: dict[int, int] = {}
-            rows = []  # (i, j, ids, finished)
-            for i, (st, cs) in enumerate(zip(states, candidates)):
+            rows = []  # (prefix index, candidate index, token ids, finished) of each candidate with tokens
+            for i, cs in enumerate(candidates):
                 for j, c in enumerate(cs):
                     ids = self._ids(c)
-                    if not ids:
-                        continue
-                    if id(st) not in gid:
-                        gid[id(st)] = len(groups)
-                        groups.append(st)
-                    rows.append((i, j, ids, c.finished))
-            keep: dict[tuple[int, ...], list[State]] = {}
-            for (pids, _), st in zip(keys, states):
-                keep.setdefault(pids, []).append(st)
-            if rows:
-                self._score_rows(states, groups, gid, rows, keys, out, keep)
-            lm.stack.retain(keep)
+                    if ids:
+                        rows.append((i, j, ids, c.finished))
+            logprobs, made = (
+                self._score_rows([(states[i], ids, fin) for i, _, ids, fin in rows]) if rows else ([], [])
+            )
+            kept = [(keys[i][0], st) for (i, _, _, _), st in zip(rows, made) if st is not None]
+            lm.stack.retain([*((pids, st) for (pids, _), st in zip(keys, states)), *kept])
+        out: list[list[tuple[float, ...]]] = [[() for _ in cs] for cs in candidates]
+        for (i, j, _, _), lps in zip(rows, logprobs):
+            out[i][j] = lps
         return out
 
-    def _score_rows(self, states, groups, gid, rows, keys, out, keep) -> None:
+    def _score_rows(
+        self, rows: Sequence[tuple[State, tuple[int, ...], bool]]
+    ) -> tuple[list[tuple[float, ...]], list[State | None]]:
+        """For each row ``(prefix, ids, finished)``: the log-probs of ``ids`` after ``prefix``, and the state of
+        ``prefix ∘ ids`` with its next-token logits (``None`` for a finished candidate), from one batched pass."""
         lm = self.lm
         vocab = lm.vocab
-        row_group = [gid[id(states[i])] for i, _, _, _ in rows]
-        hidden, suffix, _ = lm.stack.run_rows(groups, row_group, [ids for _, _, ids, _ in rows])  # [B, q, h]
+        prefixes = [p for p, _, _ in rows]
+        hidden, suffix = lm.stack.run_rows(prefixes, [ids for _, ids, _ in rows])  # [B, q, h]
         dev = hidden.device
-        lengths = torch.tensor([len(ids) for _, _, ids, _ in rows], device=dev)  # [B]
+        lengths = torch.tensor([len(ids) for _, ids, _ in rows], device=dev)  # [B]
         q = hidden.shape[1]
         pos = torch.arange(q, device=dev)[None, :]
         # Position t of a row predicts its token t + 1: positions 0..len-2 are scored, len-1 gives the next logits.
         scored = pos < (lengths - 1)[:, None]  # [B, q]
         nxt = torch.tensor(
-            [list(ids[1:]) + [0] * (q - len(ids) + 1) for _, _, ids, _ in rows], dtype=torch.long, device=dev
+            [list(ids[1:]) + [0] * (q - len(ids) + 1) for _, ids, _ in rows], dtype=torch.long, device=dev
         )  # [B, q]: the token each position predicts (0 where unused)
         flat, tgt = hidden[scored], nxt[scored]  # [N, h], [N]
         lp_flat = torch.empty(flat.shape[0], device=dev)
@@ -425,25 +407,27 @@ class HFScorer:
             ls = torch.log_softmax(lm.logits_of(flat[a : a + chunk])[:, :vocab], dim=-1)
             lp_flat[a : a + chunk] = ls.gather(1, tgt[a : a + chunk, None]).squeeze(1)
         first_lp = torch.log_softmax(
-            torch.stack([groups[g].logits[:vocab] for g in row_group]).float(), dim=-1
+            torch.stack([p.logits[:vocab] for p in prefixes]).float(), dim=-1
         )  # [B, vocab]
-        first_ids = torch.tensor([ids[0] for _, _, ids, _ in rows], device=dev)
+        first_ids = torch.tensor([ids[0] for _, ids, _ in rows], device=dev)
         first = first_lp.gather(1, first_ids[:, None]).squeeze(1).tolist()
-        open_rows = [r for r, row in enumerate(rows) if not row[3]]
+        open_rows = [r for r, (_, _, fin) in enumerate(rows) if not fin]
         last = {}
         if open_rows:
             idx = torch.tensor(open_rows, device=dev)
             lg = lm.logits_of(hidden[idx, lengths[idx] - 1])  # [R, rows] logits after each open candidate
             last = dict(zip(open_rows, lg))
         rest = lp_flat.tolist()
+        logprobs: list[tuple[float, ...]] = []
+        made: list[State | None] = []
         offs = 0
-        for r, (i, j, ids, fin) in enumerate(rows):
+        for r, (prefix, ids, fin) in enumerate(rows):
             n = len(ids)
-            out[i][j] = (float(first[r]), *rest[offs : offs + n - 1])
+            logprobs.append((float(first[r]), *rest[offs : offs + n - 1]))
             offs += n - 1
+            st = None
             if not fin:
-                g = groups[row_group[r]]
-                seg = suffix.row_kv(r, n) if suffix is not None else None
-                st = State(g.ids + tuple(ids), parent=g if seg is not None else None, seg=seg)
+                st = row_state(prefix, ids, suffix, r)
                 st.logits = last[r]
-                keep[keys[i][0]].append(st)
+            made.append(st)
+        return logprobs, made

@@ -34,8 +34,7 @@ from typing import Any
 
 import torch
 
-from specs_rl.hf.engine import CachedStack, State
-from specs_rl.hf.lm import _LRU
+from specs_rl.hf.engine import LRU, CachedStack, State, row_state
 from specs_rl.prm_format import PrmFormat, encode_steps, prefix_min_rewards, strip_step
 from specs_rl.types import Candidate, Problem, Trace
 
@@ -82,8 +81,8 @@ class HFRewardModel:
         self.sep_ids = tuple(tokenizer(self.sep, add_special_tokens=False)["input_ids"])
         if not self.sep_ids:
             raise ValueError(f"the step separator {self.sep!r} encodes to no tokens")
-        self._prompts = _LRU(1024)
-        self._steps = _LRU(8192)
+        self._prompts = LRU(1024)
+        self._steps = LRU(8192)
 
     # -- the encoding ---------------------------------------------------------------------------------------------
     def prompt_text(self, problem: Problem) -> str:
@@ -144,73 +143,72 @@ class HFRewardModel:
     ) -> list[list[float]]:
         with torch.inference_mode(), self.stack.lock:
             enc = [self.encode(t) for t in prefixes]
-            ends_of = {ids: ends for _, ids, ends in enc}
-            prompt_len = {ids: len(pids) for pids, ids, _ in enc}
-
-            def finalize(made: list[tuple[State, State, torch.Tensor]]) -> None:
-                if self.fmt.step_reward == "prefix_min":
-                    return self._finalize_prefix_min(made, ends_of, prompt_len)
-                picks, where = [], []
-                for k, (st, best, h) in enumerate(made):
-                    start = len(best.ids)
-                    for e in ends_of[st.ids]:
-                        if e >= start:
-                            picks.append(h[e - start])
-                            where.append(k)
-                vals = self.rewards_of(torch.stack(picks)).tolist() if picks else []
-                extra: dict[int, list[float]] = {}
-                for k, v in zip(where, vals):
-                    extra.setdefault(k, []).append(v)
-                for k, (st, best, _) in enumerate(made):
-                    st.rewards = best.rewards + tuple(extra.get(k, ()))
-
-            states = self.stack.catch_up([(p, ids) for p, ids, _ in enc], lambda st, exact: True, finalize)
-            groups: list[State] = []
-            gid: dict[int, int] = {}
-            rows = []
-            for i, (st, cs) in enumerate(zip(states, candidates)):
-                if id(st) not in gid:
-                    gid[id(st)] = len(groups)
-                    groups.append(st)
-                for j, c in enumerate(cs):
-                    rows.append((i, j, self.step_ids(c.text), c.finished))
+            states, made = self.stack.catch_up([(p, ids) for p, ids, _ in enc], lambda st, exact: True)
+            for (st, _, _), rewards in zip(made, self._step_rewards(made, enc)):
+                st.rewards = rewards
+            rows = [
+                (i, j, self.step_ids(c.text), c.finished)
+                for i, cs in enumerate(candidates)
+                for j, c in enumerate(cs)
+            ]
             out: list[list[float]] = [[0.0] * len(cs) for cs in candidates]
-            keep: dict[tuple[int, ...], list[State]] = {}
-            for (pids, _, _), st in zip(enc, states):
-                keep.setdefault(pids, []).append(st)
+            kept = [(pids, st) for (pids, _, _), st in zip(enc, states)]
             if rows:
-                row_group = [gid[id(states[i])] for i, _, _, _ in rows]
-                hidden, suffix, _ = self.stack.run_rows(groups, row_group, [ids for _, _, ids, _ in rows])
+                row_prefix = [states[i] for i, _, _, _ in rows]
+                hidden, suffix = self.stack.run_rows(row_prefix, [ids for _, _, ids, _ in rows])  # [B, q, h]
                 if self.fmt.step_reward == "prefix_min":
-                    r_new = self._candidate_prefix_min(hidden, rows, [groups[g] for g in row_group])
+                    r_new = self._candidate_prefix_min(hidden, rows, row_prefix)
                 else:
                     last = torch.tensor([len(ids) - 1 for _, _, ids, _ in rows], device=hidden.device)
                     r_new = self.rewards_of(
                         hidden[torch.arange(len(rows), device=hidden.device), last]
                     ).tolist()
-                for r, ((i, j, ids, fin), rv) in enumerate(zip(rows, r_new)):
-                    g = groups[row_group[r]]
+                for r, ((i, j, ids, fin), g, rv) in enumerate(zip(rows, row_prefix, r_new)):
                     steps = (*g.rewards, float(rv))
                     out[i][j] = min(max(self._agg(steps), 0.0), 1.0)
                     if fin:
                         continue  # a finished response is never extended: no state to keep
-                    seg = suffix.row_kv(r, len(ids)) if suffix is not None else None
-                    st = State(g.ids + ids, parent=g if seg is not None else None, seg=seg, rewards=steps)
-                    keep[enc[i][0]].append(st)
-            self.stack.retain(keep)
+                    st = row_state(g, ids, suffix, r)
+                    st.rewards = steps
+                    kept.append((enc[i][0], st))
+            self.stack.retain(kept)
         return out
 
+    def _step_rewards(
+        self,
+        made: list[tuple[State, State, torch.Tensor]],
+        enc: Sequence[tuple[tuple[int, ...], tuple[int, ...], list[int]]],
+    ) -> list[tuple[float, ...]]:
+        """Step rewards of the states a catch-up made (``(new, best, hidden)``, ``hidden``: of the tokens past
+        ``best``): ``best``'s rewards, then the reward at each step end past ``best``."""
+        if not made:
+            return []
+        ends_of = {ids: ends for _, ids, ends in enc}
+        if self.fmt.step_reward == "prefix_min":
+            return self._prefix_min_step_rewards(made, ends_of, {ids: len(pids) for pids, ids, _ in enc})
+        picks, where = [], []
+        for k, (st, best, h) in enumerate(made):
+            start = len(best.ids)
+            for e in ends_of[st.ids]:
+                if e >= start:
+                    picks.append(h[e - start])
+                    where.append(k)
+        vals = self.rewards_of(torch.stack(picks)).tolist() if picks else []
+        extra: dict[int, list[float]] = {}
+        for k, v in zip(where, vals):
+            extra.setdefault(k, []).append(v)
+        return [best.rewards + tuple(extra.get(k, ())) for k, (_, best, _) in enumerate(made)]
+
     # -- prefix_min reading ----------------------------------------------------------------------------------------
-    def _finalize_prefix_min(
+    def _prefix_min_step_rewards(
         self,
         made: list[tuple[State, State, torch.Tensor]],
         ends_of: dict[tuple[int, ...], list[int]],
         prompt_len: dict[tuple[int, ...], int],
-    ) -> None:
+    ) -> list[tuple[float, ...]]:
         """Step rewards of caught-up prefixes: each new step's least probability, folded into the running min."""
-        if not made:
-            return
         p_all = self.rewards_of(torch.cat([h for _, _, h in made])).tolist()
+        rewards = []
         at = 0
         for st, best, h in made:
             start = len(best.ids)
@@ -220,19 +218,20 @@ class HFRewardModel:
             done = len(best.rewards)  # steps the cached prefix already read (it ends on a step boundary)
             first = ends[done - 1] + 1 if done else prompt_len[st.ids]
             initial = best.rewards[-1] if done else 1.0
-            st.rewards = (*best.rewards, *prefix_min_rewards(p, first, ends[done:], initial))
+            rewards.append((*best.rewards, *prefix_min_rewards(p, first, ends[done:], initial)))
+        return rewards
 
     def _candidate_prefix_min(
         self,
         hidden: torch.Tensor,
         rows: Sequence[tuple[int, int, tuple[int, ...], bool]],
-        groups: Sequence[State],
+        prefixes: Sequence[State],
     ) -> list[float]:
         """Each candidate's reward: the least probability over its tokens and separator, and its prefix's reward."""
         n, length = hidden.shape[0], hidden.shape[1]
         p = self.rewards_of(hidden.reshape(n * length, -1)).reshape(n, length)  # [rows, L]
         out = []
-        for r, ((_, _, ids, _), g) in enumerate(zip(rows, groups)):
+        for r, ((_, _, ids, _), g) in enumerate(zip(rows, prefixes)):
             low = float(p[r, : len(ids)].min())
             out.append(min(low, g.rewards[-1]) if g.rewards else low)
         return out
