@@ -209,3 +209,14 @@ def test_fit_slope_and_chi_square_helpers():
     assert cells == 4 and p == pytest.approx(1.0)
     assert chi_square(np.array([300.0, 500, 150, 40, 10]), probs)[0] < 1e-10
     assert math.isfinite(chi_square(np.array([0.0, 0, 0, 0, 100]), probs)[0])
+
+
+def test_bench_speed_times_every_variant(tmp_path, capsys):
+    """`python -m theory.bench_speed` on a small tree (it had stopped running when the tree keys moved into the
+    tabular section)."""
+    from theory.bench_speed import main as bench
+
+    assert bench(["K=3", "H=2", "n=1,4", "variants=exact,gsi", f"out={tmp_path}"]) == 0
+    res = json.loads((tmp_path / "bench_speed.json").read_text())
+    assert set(res["seconds_per_variant"]) == {"exact", "gsi"} and res["exact_tv_at_largest_n"] > 0
+    assert "gsi" in capsys.readouterr().out

@@ -59,7 +59,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     cfg = config_from_argv(
         BenchConfig, sys.argv[1:] if argv is None else argv, "python -m theory.bench_speed"
     )
-    conv = ConvergeConfig(K=cfg.K, H=cfg.H, seed=cfg.seed, beta=cfg.beta, n=cfg.n, samples=0, plot=False)
+    # the random tree of `theory converge K=.. H=.. tree_seed=..` (its tree defaults, this bench's K, H and seed)
+    tabular = dataclasses.replace(ConvergeConfig().tabular, K=cfg.K, H=cfg.H, tree_seed=cfg.seed)
+    conv = ConvergeConfig(tabular=tabular, beta=cfg.beta, n=cfg.n, samples=0, plot=False)
     tree = build_tree(conv)
     per_variant: dict[str, float] = {}
     for name in cfg.variants:
