@@ -21,7 +21,7 @@ import eval.compare as compare
 import specs_rl.run as run
 import specs_rl.run.grid as grid
 import specs_rl.run.report as report
-from specs_rl.config import load_config
+from specs_rl.config import given_keys, load_config
 from specs_rl.settings import SearchConfig
 from specs_rl.tracking import find_offline_runs, read_offline_run
 
@@ -586,3 +586,48 @@ def test_each_method_may_run_at_its_own_settings(tmp_path, capsys):
         err = capsys.readouterr().err
         assert message in err and err.count("\n") == 1, err
         assert not never.exists()
+
+
+PEERS = str(REPO / "configs" / "eval" / "peers_toymath.yaml")  # issue 17, part 3: the head-to-head
+
+
+def test_the_peers_config_plans_the_head_to_head_and_runs_on_a_tiny_world(tmp_path):
+    """configs/eval/peers_toymath.yaml as written plans the head-to-head (toy-math test split, n = 4 and 8, three
+    seeds, every method at its own settings); the same config on a tabular world runs every method in seconds."""
+    cfg = load_config(run.CompareConfig, PEERS)
+    assert (cfg.data.dataset, cfg.data.split, cfg.n_grid, len(cfg.seeds)) == ("toymath", "test", [4, 8], 3)
+    assert set(cfg.methods) == {
+        *("specs", "specs_paper", "gsi", "rsd", "rsd_bon"),
+        *("beam_search_target", "beam_search_draft", "best_of_n", "target_only"),
+    }
+    runs = run.plan_runs(cfg)
+    assert len(runs) == (7 * 2 + 2) * 3  # rsd and target_only do not depend on n
+    # every method that has thresholds or a beta runs at its own settings, nothing of them is shared
+    assert set(cfg.method_settings) == {"specs", "specs_paper", "gsi", "rsd", "rsd_bon"}
+    assert not given_keys(cfg) & {
+        "beta",
+        "temperature",
+        "tau_reject",
+        "tau_switch",
+        "rsd_delta",
+        "start_mode",
+    }
+    by = {r.method: r.config for r in runs if (r.n, r.seed) in ((4, 0), (None, 0))}
+    assert (by["gsi"].acceptance, by["gsi"].tau_switch, by["gsi"].score_form) == (
+        "select_test",
+        -math.inf,
+        "exact",
+    )
+    assert (by["specs_paper"].score_form, by["specs_paper"].start_mode) == ("mean", "target")
+    assert (by["rsd_bon"].accept_test, by["specs"].acceptance) == ("reward", "filter")
+
+    out = tmp_path / "peers"
+    tiny = ["backend=tabular", "tabular.problems=3", "seeds=[0]", *QUIET, f"out={out}"]
+    assert compare.main(["--config", PEERS, *tiny]) == 0
+    records = [json.loads(x) for x in _lines(out / "results.jsonl")]
+    assert len(records) == (7 * 2 + 2) * 3
+    for r in records:
+        assert r.get("settings", {}) == cfg.method_settings.get(r["method"], {})
+    assert {r["strategy"] for r in records if r["method"] in ("gsi", "rsd_bon", "specs_paper")} == {"specs"}
+    summary = json.loads((out / "summary.json").read_text())
+    assert summary["complete"] and {a["method"] for a in summary["aggregate"]} == set(cfg.methods)
