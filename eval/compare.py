@@ -18,8 +18,9 @@ ratios are measured under the same load. Writes into ``out``:
 - ``config.yaml`` / ``config.json`` (the resolved config), and a W&B run (offline unless the user logged in).
 
 Methods whose strategy draws one sample per step (``target_only``, ``draft_only``, ``rsd``) do not depend on n:
-they run once per seed and their rows have ``"n": null``. ``specs_random_switch`` runs after ``specs``, at the
-target-step fraction SPECS measured for the same n, seed and problems.
+they run once per seed and their rows have ``"n": null``. ``specs_random_switch`` runs after ``specs`` (and
+``specs_paper_random_switch`` after ``specs_paper``), at the target-step fraction it measured for the same n, seed
+and problems.
 """
 
 from __future__ import annotations

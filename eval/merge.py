@@ -185,7 +185,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     sources = [read_source(d) for d in dirs]
     notes = check_sources(sources)
     overrides = ["data.shard=null", f"out={out}"] + [f"{k}={v}" for k, v in opts.items() if k != "out"]
-    cfg = load_config(CompareConfig, dirs[0] / "config.yaml", overrides)
+    # the runs' resolved config: its settings were checked when the run was planned, so only the overrides are given
+    cfg = load_config(CompareConfig, dirs[0] / "config.yaml", overrides, resolved=True)
     runs = plan_runs(cfg)
     check_run_dir(out, cfg, ignore=PRESENTATION_KEYS)
     prior = out / "summary.json"

@@ -243,16 +243,22 @@ def load_yaml(path: str | Path) -> dict[str, Any]:
     return data
 
 
-def load_config(cls: type[T], path: str | Path | None = None, overrides: Sequence[str] = ()) -> T:
+def load_config(
+    cls: type[T], path: str | Path | None = None, overrides: Sequence[str] = (), *, resolved: bool = False
+) -> T:
     """Defaults of ``cls`` <- YAML at ``path`` <- ``key=value`` overrides; validated if ``cls`` has ``validate()``.
 
     ``validate`` may raise ValueError; it is re-raised as ConfigError so entry points need one except clause.
+    ``resolved``: the file is a resolved config written beside results (:func:`save_config`, every key spelled
+    out), so only the overrides count as given (:func:`given_keys`), not every key of the file.
     """
     layers = [load_yaml(path) if path is not None else {}, parse_overrides(overrides)]
     # flat keys join their section within each layer, so an override (K=6) overrides the file's tabular.K
-    data = _merge(*(_lift_flat(cls, layer, "") for layer in layers))
+    lifted = [_lift_flat(cls, layer, "") for layer in layers]
+    data = _merge(*lifted)
     cfg = _build(cls, data)
-    object.__setattr__(cfg, _GIVEN, frozenset(data))  # not a field: never saved, compared or logged
+    given = lifted[1] if resolved else data
+    object.__setattr__(cfg, _GIVEN, frozenset(given))  # not a field: never saved, compared or logged
     if hasattr(cfg, "validate"):
         try:
             cfg.validate()

@@ -19,6 +19,11 @@ the step deferred to the target when every draft is dropped, and the mode moved 
 - argmax (T = 0): ``P_n(y) = (G(y)^n - G⁻(y)^n) p(y) / p(ties of y)``, ``G`` the CDF of the score under ``p``
   (dropped candidates count below every kept one); ties go to the first drawn, as ``torch.argmax`` does.
 
+Select-then-test (``acceptance='select_test'``, GSI): one draft is chosen among ALL ``n`` by the selection law
+``P_n^sel`` above (``w = 0`` only for drafts of target probability 0), then kept iff it passes a test that is a
+function of the chosen candidate alone; so ``P(accept, y) = P_n^sel(y) 1[pass(y)]`` and ``P(defer) = 1 - Σ_y
+P(accept, y)`` (:func:`draft_step_law`). The n -> ∞ laws of every variant are :func:`limit_log_law`.
+
 The integrals are computed on ``v = log(t w(y))`` with the trapezoidal rule (``P_n(y) = n p(y) ∫ e^{v - e^v}
 M(e^v / w(y))^{n-1} dv``): the integrand is analytic and decays doubly-exponentially on the right and like ``e^v``
 on the left, so a uniform grid of step 0.2 is accurate to ~1e-13 relative; the range is cut per ``y`` from the
@@ -28,6 +33,7 @@ bounds ``1/(w(y) + (n-1) E_p[w]) <= ∫ e^{-t w(y)} M^{n-1} dt`` and ``M <= 1``.
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import numpy as np
@@ -205,6 +211,17 @@ def step_scores(
     raise ValueError(f"score form must be one of exact, mean, reward_only; got {form!r}")
 
 
+def stays_in_draft(config: SearchConfig) -> bool:
+    """Whether the search never leaves draft mode: it starts there and its draft test never fails a draft of
+    nonzero weight (``tau_reject = -inf`` on the score, ``rsd_delta = -inf`` on the reward)."""
+    return config.start_mode == "draft" and config.draft_threshold() == -math.inf
+
+
+def _passes(scores: np.ndarray, rewards: np.ndarray, config: SearchConfig) -> np.ndarray:
+    """:func:`specs_rl.verify.acceptance_test` on a tabular level: ``score > τ_reject`` or ``r >= rsd_delta``."""
+    return rewards >= config.rsd_delta if config.accept_test == "reward" else scores > config.tau_reject
+
+
 def draft_step_law(
     log_pt: np.ndarray,
     log_pd: np.ndarray,
@@ -213,34 +230,56 @@ def draft_step_law(
     *,
     draws: str = "fixed",
 ) -> tuple[np.ndarray, np.ndarray]:
-    """Draft mode: ``(log P(accept, y) [R, K], log P(defer) [R])`` for the scores, threshold and temperature of
-    ``config``. Poisson draws: with no draft at all (probability ``e^{-n}``) the step is drawn from the tilted
-    target conditional ``π_t(y|s) e^{β r(s∘y)} / Σ`` (= ``π*(y|s)`` under the idealized PRM); never deferred.
+    """Draft mode: ``(log P(accept, y) [R, K], log P(defer) [R])`` for the scores, threshold, temperature and
+    acceptance rule of ``config``.
 
-    A draft symbol with ``π_t = 0`` scores ``-inf`` (weight 0): :func:`specs_rl.verify.keep_mask` drops it whatever
-    ``tau_reject`` is, and the search defers when every draw is dropped. The law counts such draws as dropped in the
-    same way (they enter the deferral probability), so every row sums to 1."""
+    A draft symbol with ``π_t = 0`` scores ``-inf`` (weight 0): it is never kept, whatever the threshold, and the
+    search defers when every draw is such a draft. With ``D`` the symbols that can be kept and
+    ``P_n^sel`` the selection law over ``D`` (:func:`selection_log_law`, or :func:`argmax_log_law` at ``T = 0``):
+
+    - ``filter`` (ALGORITHM.md §3): ``D = {z: score(z) > τ_reject, w(z) > 0}``; ``P(accept, y) = P_n^sel(y)``,
+      ``P(defer) = (Σ_{z ∉ D} π_d(z))^n``.
+    - ``select_test`` (GSI): ``D = {z: w(z) > 0}``: the choice is over ALL drafts, then the chosen one is tested
+      (``score > τ_reject`` or ``r >= rsd_delta``). The test of candidate ``i`` is a function of its symbol ``y_i``
+      alone (same prefix, same step: same score and reward), so with ``C`` the chosen index,
+      ``{kept = y} = {y_C = y} ∩ {pass(y_C)}``, which is ``{y_C = y}`` when ``pass(y)`` and empty otherwise:
+
+          P(accept, y) = P_n^sel(y) 1[pass(y)],
+          P(defer) = Σ_y P_n^sel(y) 1[not pass(y)] + (Σ_{z ∉ D} π_d(z))^n,
+
+      the last term being "every draw has weight 0" (the rows of ``P_n^sel`` sum to one minus it). Unlike the
+      filter, which defers only when all ``n`` drafts fail (probability ``→ 0`` as ``n`` grows), select-then-test
+      defers with probability ``→ P_∞^sel(fail) > 0`` whenever a failing symbol has limit mass.
+
+    Poisson draws (draft mode that never defers): with no draft at all (probability ``e^{-n}``) the step is drawn
+    from the tilted target conditional ``π_t(y|s) e^{β r(s∘y)} / Σ`` (= ``π*(y|s)`` under the idealized PRM)."""
     n, temperature = config.n, config.temperature
+    if draws == "poisson" and config.draft_threshold() > -math.inf:
+        raise ValueError("Poisson draws are implemented for a draft step that never defers (threshold -inf)")
     scores = step_scores(log_pt, log_pd, rewards, config.beta, config.score_form)  # [R, K]
-    with np.errstate(divide="ignore"):
-        if math.isinf(config.tau_reject) and config.tau_reject < 0:
-            keep = (log_pd > NEG_INF) & (
-                scores > NEG_INF
-            )  # a weight-0 draft (π_t = 0) is dropped all the same
-        else:
-            keep = (scores > config.tau_reject) & (log_pd > NEG_INF)
-        log_drop = np.log(np.where(keep, 0.0, np.exp(log_pd)).sum(axis=1))  # [R] log P_d(dropped)
+    with np.errstate(divide="ignore", invalid="ignore"):
+        selectable = (log_pd > NEG_INF) & (
+            scores > NEG_INF
+        )  # [R, K] a weight-0 draft (π_t = 0) is never kept
+        keep = selectable & (scores > config.tau_reject) if config.acceptance == "filter" else selectable
+        log_drop = np.log(np.where(keep, 0.0, np.exp(log_pd)).sum(axis=1))  # [R] log P_d(not in D)
     if temperature == 0:
         if draws != "fixed":
             raise ValueError("argmax selection (temperature 0) is only implemented for fixed n")
         accept = argmax_log_law(log_pd, np.where(keep, scores, NEG_INF), n)
     else:
         accept = selection_log_law(log_pd, np.where(keep, scores / temperature, NEG_INF), n, draws=draws)
+    defer = n * log_drop  # [R]
+    if config.acceptance == "select_test":
+        passes = _passes(scores, rewards, config)  # [R, K]
+        with np.errstate(divide="ignore"):
+            defer = np.logaddexp(defer, logsumexp(np.where(passes, NEG_INF, accept), axis=1))
+        accept = np.where(passes, accept, NEG_INF)
     if draws == "poisson":
         tilt = log_pt + config.beta * rewards
         tilt = tilt - logsumexp(tilt, axis=1, keepdims=True)
         return np.logaddexp(accept, -n + tilt), np.full(log_pt.shape[0], NEG_INF)
-    return accept, n * log_drop
+    return accept, defer
 
 
 def target_step_law(
@@ -334,21 +373,41 @@ def specs_log_law(
 
     and ``q(y) = D_H(y) + T_H(y)``. The PRM is ``tree.prm_levels(prm, prm_beta or config.beta)`` (the backend's).
     Needs ``config.max_steps >= H`` and no ``random_switch``. Poisson draws need draft mode throughout
-    (``start_mode='draft'``, ``tau_reject=-inf``).
+    (``start_mode='draft'`` and a draft test that never fails, :func:`stays_in_draft`).
     """
-    config.validate()
     if draws not in DRAWS:
         raise ValueError(f"draws must be one of {DRAWS}, got {draws!r}")
+    _check_law_config(tree, config)
+    if draws == "poisson" and not stays_in_draft(config):
+        raise ValueError(
+            "Poisson draws are implemented for draft mode only (start_mode=draft, a threshold of -inf)"
+        )
+    return _mode_dp(
+        tree,
+        config,
+        tree.prm_levels(prm, config.beta if prm_beta is None else prm_beta),
+        lambda lt, ld, r: draft_step_law(lt, ld, r, config, draws=draws),
+        lambda lt, r: target_step_law(lt, r, config),
+    )
+
+
+def _check_law_config(tree: TabularTree, config: SearchConfig) -> None:
+    config.validate()
     if config.random_switch is not None:
         raise ValueError("the exact law does not cover random_switch")
     if config.max_steps < tree.horizon:
         raise ValueError(f"the exact law needs max_steps >= horizon ({tree.horizon}), got {config.max_steps}")
-    uses_target = config.start_mode == "target" or config.tau_reject > -math.inf
-    if draws == "poisson" and uses_target:
-        raise ValueError(
-            "Poisson draws are implemented for draft mode only (start_mode=draft, tau_reject=-inf)"
-        )
-    prm_levels = tree.prm_levels(prm, config.beta if prm_beta is None else prm_beta)
+
+
+def _mode_dp(
+    tree: TabularTree,
+    config: SearchConfig,
+    prm_levels: list[np.ndarray],
+    draft_law: Callable[[np.ndarray, np.ndarray, np.ndarray], tuple[np.ndarray, np.ndarray]],
+    target_law: Callable[[np.ndarray, np.ndarray], tuple[np.ndarray, np.ndarray]],
+) -> SpecsLaw:
+    """The (prefix, mode) recursion of :func:`specs_log_law` with given one-step laws ``draft_law(log_pt, log_pd,
+    r) -> (accept [R, K], defer [R])`` and ``target_law(log_pt, r) -> (to_draft [R, K], to_target [R, K])``."""
     K, H = tree.K, tree.horizon  # noqa: N806
     log_d = np.zeros(1) if config.start_mode == "draft" else np.full(1, NEG_INF)  # [K**h]
     log_t = np.full(1, NEG_INF) if config.start_mode == "draft" else np.zeros(1)
@@ -357,13 +416,13 @@ def specs_log_law(
         log_pt, log_pd = _log(tree.target[h]), _log(tree.draft[h])  # [K**h, K]
         rewards = prm_levels[h].reshape(K**h, K)  # [K**h, K] r(s∘y)
         if np.isfinite(log_d).any():
-            accept, defer = draft_step_law(log_pt, log_pd, rewards, config, draws=draws)
+            accept, defer = draft_law(log_pt, log_pd, rewards)
         else:
             accept, defer = np.full((K**h, K), NEG_INF), np.full(K**h, NEG_INF)
         if (
             np.isfinite(log_t).any() or np.isfinite(defer).any()
         ):  # target mode is reached (a deferral included)
-            to_draft, to_target = target_step_law(log_pt, rewards, config)
+            to_draft, to_target = target_law(log_pt, rewards)
         else:
             to_draft = to_target = np.full((K**h, K), NEG_INF)
         ld, lt, df = log_d[:, None], log_t[:, None], defer[:, None]
@@ -374,6 +433,90 @@ def specs_log_law(
         target_steps += float(np.exp(logsumexp(np.logaddexp(log_d + defer, log_t))))
         log_d, log_t = new_d.reshape(-1), new_t.reshape(-1)
     return SpecsLaw(np.logaddexp(log_d, log_t), deferred / H, target_steps / H)
+
+
+# ------------------------------------------------------------------------------------------------------------------
+# n -> ∞: the limit laws
+
+
+def _limit_selection(log_p: np.ndarray, scores: np.ndarray, temperature: float) -> np.ndarray:
+    """``lim_n P_n^sel``: ``∝ p e^{score / T}`` over the symbols with a finite score (``T > 0``), or the
+    top-scored ones in proportion to ``p`` (``T = 0``: ties go to the first drawn). A row with no such symbol
+    is all ``-inf``. ``[R, K] -> [R, K]``."""
+    kept = np.isfinite(scores) & (log_p > NEG_INF)  # [R, K]
+    if temperature == 0:
+        top = np.max(np.where(kept, scores, NEG_INF), axis=1, keepdims=True)  # [R, 1]
+        z = np.where(kept & (scores == top), log_p, NEG_INF)
+    else:
+        z = np.where(kept, log_p + np.where(kept, scores, 0.0) / temperature, NEG_INF)
+    with np.errstate(divide="ignore", invalid="ignore"):
+        norm = logsumexp(z, axis=1, keepdims=True)  # [R, 1]
+        return np.where(np.isfinite(norm), z - norm, NEG_INF)
+
+
+def draft_step_limit(
+    log_pt: np.ndarray, log_pd: np.ndarray, rewards: np.ndarray, config: SearchConfig
+) -> tuple[np.ndarray, np.ndarray]:
+    """``n -> ∞`` of :func:`draft_step_law`. With ``D`` the symbols that can be kept and ``P_∞^sel ∝ π_d
+    e^{score/T}`` on ``D`` (the top-scored ones at ``T = 0``):
+
+    - ``filter``: ``(P_∞^sel, 0)`` when ``π_d(D) > 0`` (``P(defer) = π_d(not D)^n -> 0``), else ``(0, 1)``:
+      the target's tilt truncated to ``D``;
+    - ``select_test``: ``(P_∞^sel 1[pass], Σ P_∞^sel 1[not pass])``: the deferral rate does not vanish."""
+    scores = step_scores(log_pt, log_pd, rewards, config.beta, config.score_form)  # [R, K]
+    with np.errstate(invalid="ignore"):
+        selectable = (log_pd > NEG_INF) & (scores > NEG_INF)
+    keep = selectable & (scores > config.tau_reject) if config.acceptance == "filter" else selectable
+    sel = _limit_selection(log_pd, np.where(keep, scores, NEG_INF), config.temperature)  # [R, K]
+    defer = np.where(keep.any(axis=1), NEG_INF, 0.0)  # [R]
+    if config.acceptance == "select_test":
+        passes = _passes(scores, rewards, config)  # [R, K]
+        with np.errstate(divide="ignore"):
+            defer = np.logaddexp(defer, logsumexp(np.where(passes, NEG_INF, sel), axis=1))
+        sel = np.where(passes, sel, NEG_INF)
+    return sel, defer
+
+
+def target_step_limit(
+    log_pt: np.ndarray, rewards: np.ndarray, config: SearchConfig
+) -> tuple[np.ndarray, np.ndarray]:
+    """``n -> ∞`` of :func:`target_step_law`: the kept step is the top reward of the target's support (argmax,
+    ties in proportion to ``π_t``) or ``∝ π_t e^{β r}`` (soft); the best of the ``n`` rewards tends to the
+    support's maximum, so the next mode is DRAFT iff ``max_{π_t(z) > 0} r(z) > τ_switch``."""
+    support = log_pt > NEG_INF  # [R, K]
+    if config.target_select == "argmax":
+        law = _limit_selection(log_pt, np.where(support, rewards, NEG_INF), 0.0)
+    else:
+        law = _limit_selection(log_pt, np.where(support, config.beta * rewards, NEG_INF), 1.0)
+    high = (np.max(np.where(support, rewards, NEG_INF), axis=1) > config.tau_switch)[:, None]  # [R, 1]
+    return np.where(high, law, NEG_INF), np.where(high, NEG_INF, law)
+
+
+def limit_log_law(
+    tree: TabularTree, config: SearchConfig, *, prm: str = "idealized", prm_beta: float | None = None
+) -> SpecsLaw:
+    """The ``n -> ∞`` law of :func:`specs_rl.search.specs` with ``config`` (``config.n`` is ignored): the DP of
+    :func:`specs_log_law` with the limit step laws :func:`draft_step_limit` and :func:`target_step_limit`.
+
+    The same for fixed and Poisson draws. Under the idealized PRM (``r = V`` at ``β``, writing ``π*(.|s)`` for the
+    step conditional of the optimum and ``F(s)`` for the symbols failing the draft test):
+
+    - exact form, ``T = 1``, filter: ``π*`` truncated to the kept set at every step (``π*`` itself at
+      ``τ_reject = -inf``);
+    - exact form, ``T = 1``, select-then-test with a soft target fallback: ``q_∞(y|s) = π*(y|s) (1[pass(y)] +
+      π*(F(s)|s))`` — the draft's kept step is ``π*`` restricted to the passing set, the deferred one is
+      ``π*`` again (soft best-of-n of the target under ``r = V``), so ``TV(q_∞(.|s), π*(.|s)) = π*(F)(1 -
+      π*(F))`` per step, against ``π*(F)`` for the filter's truncation.
+
+    Checked against :func:`specs_log_law` at large ``n`` in ``tests/test_exact.py``."""
+    _check_law_config(tree, config)
+    return _mode_dp(
+        tree,
+        config,
+        tree.prm_levels(prm, config.beta if prm_beta is None else prm_beta),
+        lambda lt, ld, r: draft_step_limit(lt, ld, r, config),
+        lambda lt, r: target_step_limit(lt, r, config),
+    )
 
 
 def bias_coefficients(log_p: np.ndarray, log_w: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
@@ -401,7 +544,7 @@ def asymptotic_law(
     (``E_{q_∞}[c] = 0``). Returns ``(log q_∞ [K**H], c [K**H])``; for the ``exact`` form under the idealized PRM,
     ``q_∞ = π*``.
     """
-    if config.start_mode != "draft" or config.tau_reject > -math.inf or config.temperature == 0:
+    if not stays_in_draft(config) or config.temperature == 0:
         raise ValueError("the expansion covers draft mode only, without rejection, with temperature > 0")
     prm_levels = tree.prm_levels(prm, config.beta if prm_beta is None else prm_beta)
     K = tree.K  # noqa: N806

@@ -9,14 +9,15 @@
 - the run's **shared** settings (the top-level keys), for everything neither of the above sets.
 
 A key set both as a shared key and in a method's own settings is refused (one of the two would be silently
-ignored); so is an own setting of a pinned key, or of ``n`` (``n_grid`` sets it).
+ignored); so is an own setting of a pinned key, or of ``n`` (``n_grid`` sets it), and a shared key set to a value
+other than the one a listed method pins (:func:`shared_clash`).
 """
 
 from __future__ import annotations
 
 import dataclasses
 import math
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from typing import Any, TypeVar
 
 from specs_rl.errors import SpecsError
@@ -24,9 +25,61 @@ from specs_rl.settings import SearchConfig
 
 C = TypeVar("C", bound=SearchConfig)
 
+# The forms of speculative soft verification compared here (issue 17). Each pins what makes it that method; its
+# thresholds, beta and temperatures are its own settings (method_settings.<name>), so each runs at its own tuned
+# values.
+#
+# specs: this project's exact form (ALGORITHM.md §3 "exact (theory) form", §5): summed log ratio + beta r, T = 1,
+# filter-then-select (drop drafts scoring <= tau_reject, select among the rest by softmax(score), defer when none
+# survives). Its n -> inf law is the tilted target pi* (theory/README.md §3). Own: beta, tau_reject, tau_switch,
+# start_mode, target_select.
+SPECS: dict[str, Any] = {"method": "specs", "score_form": "exact", "temperature": 1.0, "acceptance": "filter"}
+# specs_paper: the authors' code (ALGORITHM.md §3 [code], §6): per-token mean of the log ratio + beta r, selection
+# temperature T (their recipes: 0.2-0.3), start in target mode, the target keeps its best-reward step, back to the
+# draft above tau_switch (0.7). Own: beta (1 or 10), temperature, tau_reject (5-7), tau_switch (0.7).
+SPECS_PAPER: dict[str, Any] = {
+    "method": "specs",
+    "score_form": "mean",
+    "start_mode": "target",
+    "target_select": "argmax",
+    "acceptance": "filter",
+}
+# gsi: GSI (Geuter, Mroueh, Alvarez-Melis 2025; code j-geuter/GSI, inference/speculative.py, as issue 17 reads it):
+# score = beta r + log pi_t - log pi_d summed over the step's tokens, one draft chosen by softmax(score) (T = 1) over
+# all n drafts, kept iff its tilted score is > the threshold (threshold_on_tilted; here tau_reject), else the target
+# draws n samples and keeps one by soft best-of-n on beta r (softmax(beta r)); every step starts from the draft:
+# tau_switch = -inf sends the mode back to DRAFT after any target step (next_mode: best reward > -inf), so no new
+# option is needed. Its code defaults: 16 drafts and 16 target samples (the same n, so no separate field), sampling
+# temperature 0.7 (the backend's draft/target temperature, not a preset value). Not checked here: GSI's own
+# threshold default and whether its tested score is divided by beta (a rescaled threshold, so only the tuned value
+# would differ). Own: beta, tau_reject.
+GSI: dict[str, Any] = {
+    "method": "specs",
+    "score_form": "exact",
+    "temperature": 1.0,
+    "acceptance": "select_test",
+    "accept_test": "score",
+    "start_mode": "draft",
+    "target_select": "soft",
+    "tau_switch": -math.inf,
+}
+# rsd_bon: GSI's "RSD adapted to best-of-n" (same file): soft best-of-n on beta r over n drafts (reward-only score,
+# T = 1), the chosen draft kept iff its reward is >= rsd_delta (0.7 in that code), else soft best-of-n over n target
+# samples; no mode switching. Own: beta, rsd_delta.
+RSD_BON: dict[str, Any] = {**GSI, "score_form": "reward_only", "accept_test": "reward"}
+
+
+def _ablation(base: dict[str, Any], **changes: Any) -> dict[str, Any]:
+    """An ablation of ``base`` (ALGORITHM.md §4): the base's pinned values with one thing changed."""
+    return {**base, **changes}
+
+
 # beam_width None means "= n": the paper's single-surviving-beam form.
 METHOD_PRESETS: dict[str, dict[str, Any]] = {
-    "specs": {"method": "specs"},
+    "specs": SPECS,
+    "specs_paper": SPECS_PAPER,
+    "gsi": GSI,
+    "rsd_bon": RSD_BON,
     "beam_search_target": {"method": "beam_search", "sampler": "target", "beam_width": None},
     "beam_search_draft": {"method": "beam_search", "sampler": "draft", "beam_width": None},
     "dvts": {"method": "dvts", "sampler": "target"},
@@ -34,16 +87,23 @@ METHOD_PRESETS: dict[str, dict[str, Any]] = {
     "rsd": {"method": "rsd"},
     "target_only": {"method": "target_only"},
     "draft_only": {"method": "draft_only"},
-    "specs_no_target": {"method": "specs", "score_form": "reward_only"},
-    "specs_no_deferral": {"method": "specs", "tau_reject": -math.inf},
-    # random_switch is set by compare to the target-step fraction SPECS measured (MATCHED_FRACTION); 0.5 alone
-    "specs_random_switch": {"method": "specs", "random_switch": 0.5},
+    # ablations of the exact form, and of the authors' form (the paper's ablations, configs/eval/*_qwen25.yaml)
+    "specs_no_target": _ablation(SPECS, score_form="reward_only"),
+    "specs_no_deferral": _ablation(SPECS, tau_reject=-math.inf),
+    # random_switch is set by compare to the target-step fraction its base measured (MATCHED_FRACTION); 0.5 alone
+    "specs_random_switch": _ablation(SPECS, random_switch=0.5),
+    "specs_paper_no_target": _ablation(SPECS_PAPER, score_form="reward_only"),
+    "specs_paper_no_deferral": _ablation(SPECS_PAPER, tau_reject=-math.inf),
+    "specs_paper_random_switch": _ablation(SPECS_PAPER, random_switch=0.5),
 }
 
 # Presets whose ``random_switch`` is the target-step fraction another method measured for the same n, seed and
 # problems (ALGORITHM.md §4: "random switching at the same target-step fraction"): ``compare`` runs that method
 # first, reads the fraction from its records and runs the ablation at it.
-MATCHED_FRACTION: dict[str, str] = {"specs_random_switch": "specs"}
+MATCHED_FRACTION: dict[str, str] = {
+    "specs_random_switch": "specs",
+    "specs_paper_random_switch": "specs_paper",
+}
 
 
 # Strategies that draw one sample per step: n changes nothing, so a grid runs them once per seed.
@@ -53,6 +113,32 @@ N_FREE_STRATEGIES = ("target_only", "draft_only", "rsd")
 def uses_n(name: str) -> bool:
     """Whether the preset's result depends on ``n``."""
     return METHOD_PRESETS[name]["method"] not in N_FREE_STRATEGIES
+
+
+def pinned_value(name: str, key: str, n: int) -> Any:
+    """The value preset ``name`` pins for ``key`` at ``n`` (``beam_width`` None means ``n``)."""
+    value = METHOD_PRESETS[name][key]
+    return n if key == "beam_width" and value is None else value
+
+
+def shared_clash(name: str, shared: Mapping[str, Any], n_values: Sequence[int]) -> str | None:
+    """The one-line refusal when a shared (top-level) setting differs from a value preset ``name`` pins, else None.
+
+    Pinned values always win, so such a shared key would be silently ignored for this method (``score_form: mean``
+    at the top level with ``specs`` listed): the run is refused instead, and the key belongs in
+    ``method_settings`` of the methods it is meant for. A shared value equal to the pinned one is allowed."""
+    for key, value in shared.items():
+        if key not in METHOD_PRESETS[name]:
+            continue
+        for n in n_values:
+            pin = pinned_value(name, key, n)
+            if value != pin:
+                return (
+                    f"{key}={value!r} is set for every method, but method {name} pins {key}={pin!r}: "
+                    f"remove {key} from the top level and set it in method_settings.<name> of the methods it "
+                    f"is meant for"
+                )
+    return None
 
 
 def preset(base: C, name: str, own: Mapping[str, Any] | None = None) -> C:

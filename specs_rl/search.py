@@ -19,7 +19,7 @@ import torch
 from specs_rl.interfaces import SearchParts, StepSampler
 from specs_rl.settings import METHODS, SearchConfig
 from specs_rl.types import Candidate, Ledger, Mode, Problem, SearchResult, StepRecord, Trace
-from specs_rl.verify import keep_mask, next_mode, select, soft_scores
+from specs_rl.verify import acceptance_test, keep_mask, next_mode, select, select_then_test, soft_scores
 
 # ------------------------------------------------------------------------------------------------------------------
 # helpers shared by the strategies
@@ -147,6 +147,9 @@ def specs(
 
     Ablations are options: ``score_form='reward_only'`` (no target), ``tau_reject=-inf`` (no deferral),
     ``random_switch=p`` (each step's mode drawn at random with P(target) = p; deferral still applies).
+    GSI (Geuter et al. 2025) is this loop with ``acceptance='select_test'`` (choose one draft first, then test it),
+    ``target_select='soft'``, ``start_mode='draft'`` and ``tau_switch=-inf`` (every step starts from the draft);
+    the presets are in :mod:`specs_rl.methods`.
     """
     config.validate()
     start = Mode(config.start_mode)
@@ -164,7 +167,7 @@ def specs(
         in_draft = [s for s in active if s.mode == Mode.DRAFT]
         to_target = [s for s in active if s.mode == Mode.TARGET]
         deferred = [False] * len(to_target)
-        if in_draft and config.tau_reject == math.inf:
+        if in_draft and config.draft_threshold() == math.inf:
             # Every draft would be rejected: defer without drafting (same law, no wasted draft work).
             to_target += in_draft
             deferred += [True] * len(in_draft)
@@ -183,7 +186,8 @@ def specs(
 def _draft_step(
     config: SearchConfig, parts: SearchParts, states: Sequence[_State], generator: torch.Generator, last: bool
 ) -> list[_State]:
-    """Draft mode for a batch; returns the states whose drafts were all rejected (to defer)."""
+    """Draft mode for a batch; returns the states whose step is deferred: every draft dropped (``filter``) or the
+    chosen draft failed its test (``select_test``)."""
     prefixes = [s.trace for s in states]
     cands, dt_d = _timed(parts, parts.drafter.propose, prefixes, config.n, generator, to_end=last)
     need_target = config.score_form != "reward_only"
@@ -207,11 +211,17 @@ def _draft_step(
         else:
             lt, tl = ld, dl
         scores = soft_scores(lt, ld, r, config.beta, form=config.score_form, target_len=tl, draft_len=dl)
-        keep = keep_mask(scores, config.tau_reject)
-        if not bool(keep.any()):
+        if config.acceptance == "filter":
+            keep = keep_mask(scores, config.tau_reject)  # [n]
+            idx = select(scores, generator, keep, config.temperature) if bool(keep.any()) else None
+        else:
+            passes = acceptance_test(
+                scores, r, on=config.accept_test, tau_reject=config.tau_reject, rsd_delta=config.rsd_delta
+            )  # [n]
+            idx = select_then_test(scores, passes, generator, config.temperature)
+        if idx is None:
             deferred.append(st)
             continue
-        idx = select(scores, generator, keep, config.temperature)
         st.trace = st.trace.extend(cs[idx])
         st.records.append(
             StepRecord(

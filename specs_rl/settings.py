@@ -9,6 +9,8 @@ import math
 from dataclasses import dataclass, field
 
 METHODS = ("specs", "beam_search", "best_of_n", "dvts", "rsd", "target_only", "draft_only")
+ACCEPTANCES = ("filter", "select_test")
+ACCEPT_TESTS = ("score", "reward")
 
 
 @dataclass
@@ -35,11 +37,32 @@ class SearchConfig:
     tau_reject: float = field(
         default=-math.inf,
         metadata={
-            "help": "drop drafts with score <= tau_reject; -inf never defers (authors: 5-7 with the mean form)"
+            "help": "drop drafts with score <= tau_reject (select_test: defer when the chosen draft's score is "
+            "<= tau_reject); -inf never defers (authors: 5-7 with the mean form)"
         },
     )
     tau_switch: float = field(
-        default=0.7, metadata={"help": "best target reward above which SPECS returns to the draft [code]"}
+        default=0.7,
+        metadata={
+            "help": "best target reward above which SPECS returns to the draft [code]; -inf: every step starts "
+            "from the draft (no mode switching, GSI)"
+        },
+    )
+    acceptance: str = field(
+        default="filter",
+        metadata={
+            "help": "draft-mode acceptance: filter (drop drafts scoring <= tau_reject, select among the rest, "
+            "defer when none is left: ALGORITHM.md §3, authors' code) | select_test (select one of ALL drafts by "
+            "softmax(score / T), keep it iff it passes accept_test, else defer: GSI, Geuter et al. 2025, "
+            "j-geuter/GSI inference/speculative.py)"
+        },
+    )
+    accept_test: str = field(
+        default="score",
+        metadata={
+            "help": "select_test: what the chosen draft is tested on: score (its score > tau_reject: GSI's "
+            "threshold_on_tilted) | reward (its reward >= rsd_delta: GSI's 'RSD adapted to best-of-n')"
+        },
     )
     start_mode: str = field(
         default="target", metadata={"help": "target (authors' final code) | draft (RSD-like)"}
@@ -77,7 +100,11 @@ class SearchConfig:
         default="last", metadata={"help": "how step rewards make a response score: last | min | prod"}
     )
     rsd_delta: float = field(
-        default=0.7, metadata={"help": "RSD acceptance threshold on the draft step's reward (RSD code: 0.7)"}
+        default=0.7,
+        metadata={
+            "help": "RSD acceptance threshold on the draft step's reward (RSD code: 0.7; also GSI's RSD adapted "
+            "to best-of-n, accept_test=reward)"
+        },
     )
     concurrent_scoring: bool = field(
         default=False,
@@ -103,6 +130,8 @@ class SearchConfig:
             "sampler": ("target", "draft"),
             "bon_vote": ("naive", "weighted", "majority"),
             "aggregate": ("last", "min", "prod"),
+            "acceptance": ACCEPTANCES,
+            "accept_test": ACCEPT_TESTS,
         }
         for name, allowed in choices.items():
             if getattr(self, name) not in allowed:
@@ -111,5 +140,17 @@ class SearchConfig:
             raise ValueError(f"random_switch must be in [0, 1], got {self.random_switch}")
         if self.method in ("beam_search", "dvts") and (self.beam_width < 1 or self.n % self.beam_width):
             raise ValueError(f"beam_width must divide n (n={self.n}, beam_width={self.beam_width})")
-        if math.isnan(self.tau_reject) or math.isnan(self.tau_switch):
-            raise ValueError("tau_reject and tau_switch must be numbers, not nan")
+        for name in ("tau_reject", "tau_switch", "rsd_delta"):
+            if math.isnan(getattr(self, name)):
+                raise ValueError(f"{name} must be a number, not nan")
+        if self.acceptance == "filter" and self.accept_test != "score":
+            raise ValueError(
+                f"acceptance=filter drops drafts by their score (score <= tau_reject); accept_test="
+                f"{self.accept_test} needs acceptance=select_test"
+            )
+
+    def draft_threshold(self) -> float:
+        """The threshold of the draft-mode test: ``tau_reject`` on the score (filter, or select_test on the
+        score), ``rsd_delta`` on the reward (select_test on the reward). ``-inf`` never defers a draft of nonzero
+        weight; ``+inf`` always defers."""
+        return self.rsd_delta if self.accept_test == "reward" else self.tau_reject

@@ -108,8 +108,8 @@ class Ledger:
 class StepRecord:
     """What happened at one step of one problem.
 
-    ``source`` is who wrote the kept step. ``deferred`` is True when every draft was rejected and the target wrote
-    the step instead. ``scores`` are the selection scores of the candidates the kept step was chosen from (soft
+    ``source`` is who wrote the kept step. ``deferred`` is True when the draft step was rejected (every draft
+    dropped, or under select-then-test the chosen draft failed its test) and the target wrote the step instead. ``scores`` are the selection scores of the candidates the kept step was chosen from (soft
     verification scores in draft mode, rewards in target mode); ``chosen`` indexes them; ``rewards`` are the PRM
     rewards of the same candidates.
     """

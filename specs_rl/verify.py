@@ -110,6 +110,70 @@ def select(
     return int(torch.argmax(logp + gumbel))
 
 
+def acceptance_test(
+    scores: torch.Tensor, rewards: torch.Tensor, *, on: str, tau_reject: float, rsd_delta: float
+) -> torch.Tensor:
+    """Select-then-test: whether each candidate would be kept if it were the chosen one. ``[n] -> [n] bool``.
+
+    - ``on='score'``: ``score_i > tau_reject`` (GSI's ``threshold_on_tilted``, accept when ``>``; the same
+      comparison as :func:`keep_mask`, so a threshold means the same in both acceptance rules);
+    - ``on='reward'``: ``r_i >= rsd_delta`` (RSD's rule; GSI's "RSD adapted to best-of-n").
+
+    A candidate of weight 0 (score ``-inf``) is never chosen, so its entry does not matter.
+
+    >>> acceptance_test(torch.tensor([0.5, 2.0]), torch.tensor([0.8, 0.1]), on="reward", tau_reject=1.0,
+    ...                 rsd_delta=0.7).tolist()
+    [True, False]
+    """
+    if on == "score":
+        return keep_mask(scores, tau_reject)
+    if on == "reward":
+        return rewards.to(torch.float64) >= rsd_delta
+    raise ValueError(f"the acceptance test is on score or reward, got {on!r}")
+
+
+def select_test_log_probs(
+    scores: torch.Tensor, passes: torch.Tensor, temperature: float = 1.0
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """The law of select-then-test (GSI) given the ``n`` drafted candidates: ``(log P(i chosen and kept) [n],
+    log P(defer) [])``.
+
+    One candidate is chosen by ``softmax(score / T)`` over ALL candidates of nonzero weight (no filter before the
+    choice), then kept iff it passes the test:
+
+        P(keep i) = softmax(score / T)_i · 1[passes_i],    P(defer) = Σ_i softmax(score / T)_i · 1[not passes_i]
+
+    (``P(defer) = 1`` when every candidate has weight 0). Compare filter-then-select (:func:`keep_mask`, then
+    :func:`selection_log_probs` over the survivors), which defers only when *every* candidate fails.
+
+    >>> acc, defer = select_test_log_probs(torch.tensor([0.0, 0.0]), torch.tensor([True, False]))
+    >>> acc.exp().tolist(), round(defer.exp().item(), 12)
+    ([0.5, 0.0], 0.5)
+    """
+    selectable = keep_mask(scores, -math.inf)  # [n]
+    if not bool(selectable.any()):
+        return torch.full(scores.shape, float("-inf"), dtype=torch.float64), torch.tensor(
+            0.0, dtype=torch.float64
+        )
+    logp = selection_log_probs(scores, selectable, temperature)  # [n]
+    passes = passes.to(torch.bool)
+    keep = logp.masked_fill(~passes, float("-inf"))
+    defer = torch.logsumexp(logp.masked_fill(passes, float("-inf")), dim=0)
+    return keep, defer
+
+
+def select_then_test(
+    scores: torch.Tensor, passes: torch.Tensor, generator: torch.Generator, temperature: float = 1.0
+) -> int | None:
+    """Draw one candidate by ``softmax(score / T)`` over all candidates of nonzero weight (:func:`select`) and
+    return its index if it passes the test, else ``None`` (defer). Its law is :func:`select_test_log_probs`."""
+    selectable = keep_mask(scores, -math.inf)
+    if not bool(selectable.any()):
+        return None
+    idx = select(scores, generator, selectable, temperature)
+    return idx if bool(passes[idx]) else None
+
+
 def next_mode(source: Mode, *, best_target_reward: float | None, tau_switch: float) -> Mode:
     """The draft/target switch, state in, state out [code].
 

@@ -3,6 +3,7 @@ write (nothing recomputed, nothing lost); a directory of another config refused 
 
 from __future__ import annotations
 
+import dataclasses
 import doctest
 import json
 import math
@@ -20,7 +21,7 @@ import eval.compare as compare
 import specs_rl.run as run
 import specs_rl.run.grid as grid
 import specs_rl.run.report as report
-from specs_rl.config import load_config
+from specs_rl.config import given_keys, load_config
 from specs_rl.settings import SearchConfig
 from specs_rl.tracking import find_offline_runs, read_offline_run
 
@@ -289,7 +290,21 @@ def test_a_directory_of_another_config_is_refused_before_loading(tmp_path, monke
         ("n_grid=[]", "n_grid must not be empty"),
         ("seeds=[1,1]", "seeds has duplicates"),
         ("n_grid=[0]", "n_grid values must be >= 1"),
-        ("methods=[dvts] beam_width=4", "method dvts: beam_width must divide n (n=2, beam_width=4)"),
+        (
+            "methods=[dvts] method_settings.dvts.beam_width=4",
+            "method dvts: beam_width must divide n (n=2, beam_width=4)",
+        ),
+        # a shared key that a listed method pins to another value would be silently ignored for it: refused
+        (
+            "score_form=mean",
+            "score_form='mean' is set for every method, but method specs pins score_form='exact'",
+        ),
+        (
+            "beam_width=2",
+            "beam_width=2 is set for every method, but method beam_search_target pins beam_width=4",
+        ),
+        ("methods=[gsi] tau_switch=0.5", "tau_switch=0.5 is set for every method, but method gsi pins"),
+        ("method_settings.spec.beta=1", "method_settings.spec: spec is not a method preset"),
         ("tau_switch=nan", "tau_switch must be a number"),
         ("colour=red", "unknown config key 'colour'"),
         ("tabular.problems=0", "tabular.problems must be >= 1"),
@@ -452,10 +467,16 @@ def test_end_to_end_tiny_hf_models_on_5_math500_problems(tmp_path, monkeypatch, 
     """The tiny config (random HF models, Math-Verify grading), cut to one seed and three methods for time."""
     monkeypatch.setenv("WANDB_MODE", "offline")
     out = tmp_path / "tiny"
-    args = ["--config", TINY, f"out={out}", "seeds=[42]", "methods=[specs,beam_search_target,draft_only]"]
+    args = [
+        "--config",
+        TINY,
+        f"out={out}",
+        "seeds=[42]",
+        "methods=[specs_paper,beam_search_target,draft_only]",
+    ]
     assert compare.main([*args, "warmup=0"]) == 0  # warm-up: tested on the tabular backend below
     assert len(count_searches) == 15  # 3 methods x 5 problems
-    _tiny_hf_checks(out, ["specs", "beam_search_target", "draft_only"], [42])
+    _tiny_hf_checks(out, ["specs_paper", "beam_search_target", "draft_only"], [42])
     assert "specs" in capsys.readouterr().out
     count_searches.clear()
     assert compare.main([*args, "wandb=false"]) == 0  # resumed (warmup may differ): nothing to search
@@ -493,9 +514,22 @@ def test_every_eval_config_loads_and_plans(path):
     cfg = load_config(run.CompareConfig, path)
     runs = run.plan_runs(cfg)  # every (method, n, seed) valid
     assert len(runs) >= len(cfg.methods) * len(cfg.seeds)
-    if path.name.endswith("_qwen25.yaml"):  # the paper's settings (ALGORITHM.md §6)
-        assert cfg.n_grid == [4, 8, 16] and cfg.seeds == [42, 43, 45] and cfg.tau_switch == 0.7
-        assert 5 <= cfg.tau_reject <= 7 and cfg.beta in (1.0, 10.0) and 0.2 <= cfg.temperature <= 0.3
+    if path.name.endswith("_qwen25.yaml"):  # the paper's settings (ALGORITHM.md §6), run by the authors' form
+        assert cfg.n_grid == [4, 8, 16] and cfg.seeds == [42, 43, 45]
+        paper = {r.method: r.config for r in runs if (r.n, r.seed) == (4, 42)}
+        spec = paper["specs_paper"]  # pinned: the authors' code form
+        assert (spec.score_form, spec.start_mode, spec.target_select) == ("mean", "target", "argmax")
+        assert spec.tau_switch == 0.7 and 5 <= spec.tau_reject <= 7 and spec.beta in (1.0, 10.0)
+        assert 0.2 <= spec.temperature <= 0.3
+        # the paper's ablations are of that form, at its settings, each with its one change
+        for name, change in (
+            ("specs_paper_no_target", {"score_form": "reward_only"}),
+            ("specs_paper_no_deferral", {"tau_reject": -math.inf}),
+            ("specs_paper_random_switch", {"random_switch": 0.5}),
+        ):
+            assert paper[name] == dataclasses.replace(spec, **change), name
+        assert "specs" not in cfg.methods  # this project's exact form is not the paper's
+        assert paper["dvts"].beam_width == 4 and paper["beam_search_target"].beam_width == 4
         assert 10 <= cfg.max_steps <= 30 and 512 <= cfg.hf.max_step_tokens <= 2048 and cfg.batch_size == 1
         assert cfg.order == "problem" and "order: problem" in text  # comparable latency, said in the file
         assert cfg.hf.draft.name == "Qwen/Qwen2.5-Math-1.5B-Instruct"
@@ -507,7 +541,8 @@ def test_every_eval_config_loads_and_plans(path):
 
 def test_each_method_may_run_at_its_own_settings(tmp_path, capsys):
     """method_settings gives a method its own thresholds and beta; they apply to that method only, are recorded,
-    and a key set both for every method and for one method, or a key its preset pins, is refused in one line."""
+    and a key set both for every method and for one method, a key its preset pins, or a shared key set to another
+    value than a listed method pins, is refused in one line."""
     base = ["--config", TAB, *QUIET, "tabular.problems=3", "seeds=[42]", "n_grid=[4]", "methods=[specs,rsd]"]
     out = tmp_path / "own"
     own = ["method_settings.specs.target_select=soft", "method_settings.specs.bon_vote=majority"]
@@ -518,15 +553,26 @@ def test_each_method_may_run_at_its_own_settings(tmp_path, capsys):
     assert runs["specs"].config.target_select == "soft" and runs["rsd"].config.target_select == "argmax"
     assert runs["rsd"].config.rsd_delta == 0.4 and runs["specs"].config.rsd_delta == cfg.rsd_delta == 0.7
     records = [json.loads(x) for x in _lines(out / "results.jsonl")]
+    from_file = {"tau_reject": -2.0, "tau_switch": 0.6, "start_mode": "target"}  # the config's own settings
     assert all(
-        r["settings"] == {"target_select": "soft", "bon_vote": "majority"}
+        r["settings"] == {**from_file, "target_select": "soft", "bon_vote": "majority"}
         for r in records
         if r["method"] == "specs"
     )
     assert all(r["settings"] == {"rsd_delta": 0.4} for r in records if r["method"] == "rsd")
+    # the file's settings of methods the command line left out (gsi, dvts, ...) are not used
+    assert {r["method"] for r in records} == {"specs", "rsd"} and "gsi" in cfg.method_settings
     for bad, message in (
         (["method_settings.specs.beta=5.0"], "beta is set for every method (beta=2.0) and for specs"),
-        (["method_settings.dvts.bon_vote=naive"], "method_settings.dvts: dvts is not in methods"),
+        (["method_settings.dvtz.bon_vote=naive"], "method_settings.dvtz: dvtz is not a method preset"),
+        (
+            ["temperature=0.3"],
+            "temperature=0.3 is set for every method, but method specs pins temperature=1.0",
+        ),
+        (
+            ["methods=[gsi]", "method_settings.gsi.acceptance=filter"],
+            "method gsi pins acceptance='select_test'",
+        ),
         (
             ["methods=[best_of_n]", "method_settings.best_of_n.bon_vote=naive"],
             "method best_of_n pins bon_vote='weighted'",
@@ -540,3 +586,48 @@ def test_each_method_may_run_at_its_own_settings(tmp_path, capsys):
         err = capsys.readouterr().err
         assert message in err and err.count("\n") == 1, err
         assert not never.exists()
+
+
+PEERS = str(REPO / "configs" / "eval" / "peers_toymath.yaml")  # issue 17, part 3: the head-to-head
+
+
+def test_the_peers_config_plans_the_head_to_head_and_runs_on_a_tiny_world(tmp_path):
+    """configs/eval/peers_toymath.yaml as written plans the head-to-head (toy-math test split, n = 4 and 8, three
+    seeds, every method at its own settings); the same config on a tabular world runs every method in seconds."""
+    cfg = load_config(run.CompareConfig, PEERS)
+    assert (cfg.data.dataset, cfg.data.split, cfg.n_grid, len(cfg.seeds)) == ("toymath", "test", [4, 8], 3)
+    assert set(cfg.methods) == {
+        *("specs", "specs_paper", "gsi", "rsd", "rsd_bon"),
+        *("beam_search_target", "beam_search_draft", "best_of_n", "target_only"),
+    }
+    runs = run.plan_runs(cfg)
+    assert len(runs) == (7 * 2 + 2) * 3  # rsd and target_only do not depend on n
+    # every method that has thresholds or a beta runs at its own settings, nothing of them is shared
+    assert set(cfg.method_settings) == {"specs", "specs_paper", "gsi", "rsd", "rsd_bon"}
+    assert not given_keys(cfg) & {
+        "beta",
+        "temperature",
+        "tau_reject",
+        "tau_switch",
+        "rsd_delta",
+        "start_mode",
+    }
+    by = {r.method: r.config for r in runs if (r.n, r.seed) in ((4, 0), (None, 0))}
+    assert (by["gsi"].acceptance, by["gsi"].tau_switch, by["gsi"].score_form) == (
+        "select_test",
+        -math.inf,
+        "exact",
+    )
+    assert (by["specs_paper"].score_form, by["specs_paper"].start_mode) == ("mean", "target")
+    assert (by["rsd_bon"].accept_test, by["specs"].acceptance) == ("reward", "filter")
+
+    out = tmp_path / "peers"
+    tiny = ["backend=tabular", "tabular.problems=3", "seeds=[0]", *QUIET, f"out={out}"]
+    assert compare.main(["--config", PEERS, *tiny]) == 0
+    records = [json.loads(x) for x in _lines(out / "results.jsonl")]
+    assert len(records) == (7 * 2 + 2) * 3
+    for r in records:
+        assert r.get("settings", {}) == cfg.method_settings.get(r["method"], {})
+    assert {r["strategy"] for r in records if r["method"] in ("gsi", "rsd_bon", "specs_paper")} == {"specs"}
+    summary = json.loads((out / "summary.json").read_text())
+    assert summary["complete"] and {a["method"] for a in summary["aggregate"]} == set(cfg.methods)

@@ -201,6 +201,66 @@ def test_no_target_ablation_skips_the_target_and_scores_by_reward():
             assert s.scores == pytest.approx([2.0 * x for x in s.rewards])
 
 
+def test_gsi_without_threshold_takes_the_same_path_as_specs_exact_from_the_draft():
+    """Select-then-test at threshold -inf never defers and consumes the random stream as filter-then-select does:
+    with the same seed, GSI (and rsd_bon at rsd_delta = -inf) write the very same responses as SPECS' exact form
+    started in draft mode (rsd_bon: its reward-only score)."""
+    problems, backend = world(problems=40, H=4)
+    kw = dict(n=4, beta=2.0, start_mode="draft", tau_reject=-math.inf, temperature=1.0)
+    gsi = run(
+        specs, problems, backend, acceptance="select_test", target_select="soft", tau_switch=-math.inf, **kw
+    )
+    assert texts(gsi) == texts(run(specs, problems, backend, **kw))
+    kw["score_form"] = "reward_only"
+    rsd_bon = dict(acceptance="select_test", accept_test="reward", rsd_delta=-math.inf, target_select="soft")
+    assert texts(run(specs, problems, backend, **rsd_bon, **kw)) == texts(run(specs, problems, backend, **kw))
+    assert all(not s.deferred for r in gsi for s in r.steps)
+
+
+def test_select_then_test_tests_the_chosen_draft_and_every_step_starts_from_the_draft():
+    """GSI's rule: one draft chosen over all n, kept iff its score > tau_reject, else the target writes the step by
+    soft best-of-n; tau_switch = -inf sends the next step back to the draft."""
+    problems, backend = world(problems=60, H=4)
+    cfg = dict(n=4, beta=2.0, start_mode="draft", acceptance="select_test", target_select="soft")
+    res = run(specs, problems, backend, tau_reject=0.5, tau_switch=-math.inf, **cfg)
+    deferred = [s for r in res for s in r.steps if s.deferred]
+    kept = [s for r in res for s in r.steps if not s.deferred]
+    assert len(deferred) > 20 and len(kept) > 20  # both branches
+    assert all(s.source == Mode.DRAFT and s.score > 0.5 for s in kept)  # a kept draft passed the test
+    assert all(s.source == Mode.TARGET for s in deferred)  # a deferred step is the target's, and the next ...
+    for r in res:
+        for prev, cur in zip(r.steps, r.steps[1:]):
+            if (
+                prev.deferred
+            ):  # ... step is drafted again (it may be deferred in turn, never started in target mode)
+                assert cur.source == Mode.DRAFT or cur.deferred
+    # select-then-test defers when the chosen draft fails even if another passes; the filter only when all fail
+    filt = run(
+        specs, problems, backend, tau_reject=0.5, tau_switch=-math.inf, **{**cfg, "acceptance": "filter"}
+    )
+    assert len(deferred) > 2 * sum(r.deferrals for r in filt)
+
+
+def test_a_reward_test_is_not_cut_short_by_tau_reject():
+    """accept_test=reward tests r >= rsd_delta: tau_reject (the score test's threshold) plays no part, even at
+    +inf, where the score test would defer without drafting."""
+    problems, backend = world(problems=20)
+    cfg = dict(
+        n=3,
+        beta=2.0,
+        start_mode="draft",
+        acceptance="select_test",
+        accept_test="reward",
+        tau_switch=-math.inf,
+    )
+    res = run(
+        specs, problems, backend, tau_reject=math.inf, rsd_delta=-math.inf, score_form="reward_only", **cfg
+    )
+    assert all(s.source == Mode.DRAFT and not s.deferred for r in res for s in r.steps)
+    res = run(specs, problems, backend, rsd_delta=math.inf, score_form="reward_only", **cfg)
+    assert all(s.deferred for r in res for s in r.steps)
+
+
 def test_random_switching_hits_the_requested_target_fraction():
     problems, backend = world(problems=200, H=4)
     res = run(specs, problems, backend, n=2, random_switch=0.3, tau_reject=-math.inf)
@@ -351,6 +411,10 @@ def test_rsd_accepts_drafts_above_delta_only():
         (dict(method="beam_search", n=6, beam_width=4), "beam_width must divide n"),
         (dict(score_form="sum"), "score_form must be one of"),
         (dict(random_switch=1.5), "random_switch"),
+        (dict(acceptance="gsi"), "acceptance must be one of"),
+        (dict(acceptance="select_test", accept_test="value"), "accept_test must be one of"),
+        (dict(accept_test="reward"), "accept_test=reward needs acceptance=select_test"),
+        (dict(rsd_delta=math.nan), "rsd_delta must be a number"),
     ],
 )
 def test_invalid_settings_are_named(bad, message):

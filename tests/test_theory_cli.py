@@ -57,6 +57,38 @@ def test_converge_writes_json_and_plot_with_the_measured_rates(tmp_path):
     assert (out / "config.yaml").is_file()
 
 
+def test_the_presets_side_by_side_with_their_limits(tmp_path, capsys):
+    """`--variants specs,specs_paper,gsi` (issue 17): TV and KL to π* against n for the three on the same tree, each
+    with its n -> ∞ limit; specs converges to π*, specs_paper and GSI at a finite threshold do not, GSI at threshold
+    -inf is the law of specs, and the real search runs GSI's rule as its law says."""
+    out = tmp_path / "run"
+    common = ["--n", "1,4,16,64,256", "K=3", "H=2", "tree_seed=1", "plot=false"]
+    rc = main(
+        [*common, "--variants", "specs,specs_paper,gsi,gsi_filter", "--out", str(out)]
+        + ["empirical_variant=gsi", "empirical_n=3", "samples=3000", "batch=1500"]
+    )
+    assert rc == 0
+    res = json.loads((out / "converge.json").read_text())
+    v = res["variants"]
+    assert set(v) == {"specs", "specs_paper", "gsi", "gsi_filter"}
+    for curve in v.values():  # every variant approaches its own limit like 1/n (argmax parts: faster)
+        assert curve["tv_to_limit"][-1] < 0.25 * curve["tv_to_limit"][-3] + 1e-12
+    assert v["specs"]["limit"]["tv"] < 1e-12 and v["specs"]["tv_slope"] == pytest.approx(-1.0, abs=0.1)
+    for name in ("specs_paper", "gsi", "gsi_filter"):
+        assert v[name]["limit"]["tv"] > 0.01, name
+        assert v[name]["tv"][-1] == pytest.approx(v[name]["limit"]["tv"], abs=0.01), name
+    # select-then-test keeps deferring in the limit and keeps π*'s support; the filter neither
+    assert v["gsi"]["limit"]["defer_rate"] > 0.005 and v["gsi_filter"]["limit"]["defer_rate"] == 0.0
+    assert v["gsi"]["limit"]["kl_star_q"] < 1 and v["gsi_filter"]["limit"]["kl_star_q"] is None  # inf -> null
+    assert res["empirical"]["variant"] == "gsi" and res["empirical"]["chi2_p"] > 0.01
+    assert "limit q_inf" in capsys.readouterr().out
+    # threshold -inf: GSI is SIR of the tilted target, the very law of specs
+    rc = main([*common, "variants=specs,gsi", "gsi_threshold=-inf", "samples=0", f"out={tmp_path / 'sir'}"])
+    assert rc == 0
+    sir = json.loads((tmp_path / "sir" / "converge.json").read_text())
+    np.testing.assert_allclose(sir["variants"]["gsi"]["tv"], sir["variants"]["specs"]["tv"], rtol=1e-12)
+
+
 def test_tree_file_and_key_value_forms_agree_with_the_random_spec(tmp_path):
     path = tmp_path / "tree.json"
     random_tree(3, 2, seed=4).save(path)
@@ -177,3 +209,14 @@ def test_fit_slope_and_chi_square_helpers():
     assert cells == 4 and p == pytest.approx(1.0)
     assert chi_square(np.array([300.0, 500, 150, 40, 10]), probs)[0] < 1e-10
     assert math.isfinite(chi_square(np.array([0.0, 0, 0, 0, 100]), probs)[0])
+
+
+def test_bench_speed_times_every_variant(tmp_path, capsys):
+    """`python -m theory.bench_speed` on a small tree (it had stopped running when the tree keys moved into the
+    tabular section)."""
+    from theory.bench_speed import main as bench
+
+    assert bench(["K=3", "H=2", "n=1,4", "variants=exact,gsi", f"out={tmp_path}"]) == 0
+    res = json.loads((tmp_path / "bench_speed.json").read_text())
+    assert set(res["seconds_per_variant"]) == {"exact", "gsi"} and res["exact_tv_at_largest_n"] > 0
+    assert "gsi" in capsys.readouterr().out

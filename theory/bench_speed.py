@@ -22,7 +22,15 @@ from pathlib import Path
 
 from specs_rl.cli import entry_point
 from specs_rl.config import config_from_argv
-from theory.converge import DEFAULT_N, VARIANTS, ConvergeConfig, build_tree, convergence_curves, write_json
+from theory.converge import (
+    DEFAULT_N,
+    DEFAULT_VARIANTS,
+    VARIANTS,
+    ConvergeConfig,
+    build_tree,
+    convergence_curves,
+    write_json,
+)
 
 
 @dataclass
@@ -32,7 +40,9 @@ class BenchConfig:
     seed: int = field(default=0, metadata={"help": "random tree seed"})
     beta: float = field(default=2.0, metadata={"help": "tilt β"})
     n: list[int] = field(default_factory=lambda: list(DEFAULT_N), metadata={"help": "grid of n"})
-    variants: list[str] = field(default_factory=lambda: list(VARIANTS), metadata={"help": f"of {VARIANTS}"})
+    variants: list[str] = field(
+        default_factory=lambda: list(DEFAULT_VARIANTS), metadata={"help": f"of {VARIANTS}"}
+    )
     repeats: int = field(default=1, metadata={"help": "timed repetitions (best is reported)"})
     out: str | None = field(
         default=None, metadata={"help": "directory for bench_speed.json (null: print only)"}
@@ -49,7 +59,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     cfg = config_from_argv(
         BenchConfig, sys.argv[1:] if argv is None else argv, "python -m theory.bench_speed"
     )
-    conv = ConvergeConfig(K=cfg.K, H=cfg.H, seed=cfg.seed, beta=cfg.beta, n=cfg.n, samples=0, plot=False)
+    # the random tree of `theory converge K=.. H=.. tree_seed=..` (its tree defaults, this bench's K, H and seed)
+    tabular = dataclasses.replace(ConvergeConfig().tabular, K=cfg.K, H=cfg.H, tree_seed=cfg.seed)
+    conv = ConvergeConfig(tabular=tabular, beta=cfg.beta, n=cfg.n, samples=0, plot=False)
     tree = build_tree(conv)
     per_variant: dict[str, float] = {}
     for name in cfg.variants:

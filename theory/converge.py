@@ -20,7 +20,21 @@ Writes into ``out``: ``converge.json`` (curves, slopes, the exact laws, the empi
 Variants (ALGORITHM.md §5): ``exact`` (sum form, T = 1, draft mode throughout, no rejection: the process of the
 convergence theorem), ``poisson`` (the same with Poisson(n) drafts), ``code`` (per-token mean form with temperature
 ``code_temperature``), ``no_target`` (reward-only score), ``argmax`` (T = 0), ``threshold`` (``tau_reject`` with
-deferral to target mode and the ``tau_switch`` mode switch).
+deferral to target mode and the ``tau_switch`` mode switch). The method presets (:mod:`specs_rl.methods`, pinned
+values as they are, own settings from this config):
+
+- ``specs``: this project's exact form at the theorem's settings (start in draft mode, ``tau_reject = -inf``): the
+  same law as ``exact``;
+- ``specs_paper``: the authors' form at ``T = code_temperature``, ``tau_reject``, ``tau_switch`` (start in target
+  mode, argmax target step);
+- ``gsi``: GSI at threshold ``gsi_threshold`` (select-then-test, soft best-of-n fallback, no switching);
+  ``gsi_threshold=-inf`` is SIR of the tilted target, the law of ``specs``;
+- ``gsi_filter``: GSI's fallback and threshold with this project's filter-then-select instead (the ``specs``
+  preset, start in draft mode, soft target step, ``tau_switch = -inf``): isolates the acceptance rule;
+- ``rsd_bon``: GSI's "RSD adapted to best-of-n" at ``rsd_delta``.
+
+For every variant it also computes the n -> ∞ law ``q_∞`` (:func:`specs_rl.exact.limit_log_law`), its distance to
+``π*`` and ``TV(q_n, q_∞)``: what each variant converges to, measured.
 """
 
 from __future__ import annotations
@@ -40,13 +54,25 @@ import numpy as np
 from specs_rl.cli import entry_point
 from specs_rl.config import config_from_argv, save_config
 from specs_rl.errors import SpecsError
-from specs_rl.exact import asymptotic_law, expected, kl, optimal_log_law, specs_log_law, tv
+from specs_rl.exact import (
+    asymptotic_law,
+    expected,
+    kl,
+    limit_log_law,
+    optimal_log_law,
+    specs_log_law,
+    stays_in_draft,
+    tv,
+)
+from specs_rl.methods import preset
 from specs_rl.progress import progress_bar
 from specs_rl.run.records import write_json
 from specs_rl.search import SearchConfig
 from specs_rl.tree import TabularTree, TreeConfig
 
-VARIANTS = ("exact", "poisson", "code", "no_target", "argmax", "threshold")
+DEFAULT_VARIANTS = ("exact", "poisson", "code", "no_target", "argmax", "threshold")
+PRESET_VARIANTS = ("specs", "specs_paper", "gsi", "gsi_filter", "rsd_bon")
+VARIANTS = (*DEFAULT_VARIANTS, *PRESET_VARIANTS)
 DEFAULT_N = [1, 2, 4, 8, 16, 32, 64, 128, 256, 512, 1024]
 MAX_SEQUENCES = 100_000  # K**H above this makes the written laws unreasonably large
 
@@ -61,16 +87,34 @@ class ConvergeConfig:
     )
     beta: float = field(default=2.0, metadata={"help": "tilt β of the objective and of the score"})
     n: list[int] = field(default_factory=lambda: list(DEFAULT_N), metadata={"help": "grid of n"})
-    variants: list[str] = field(default_factory=lambda: list(VARIANTS), metadata={"help": f"of {VARIANTS}"})
+    variants: list[str] = field(
+        default_factory=lambda: list(DEFAULT_VARIANTS), metadata={"help": f"of {VARIANTS}"}
+    )
     code_temperature: float = field(
         default=0.3, metadata={"help": "'code' variant: selection temperature (authors' code: 0.2-0.3)"}
     )
     tau_reject: float = field(
         default=0.5,
-        metadata={"help": "'threshold' variant: drop drafts with score <= tau_reject (chosen here for β=2)"},
+        metadata={
+            "help": "'threshold', 'specs_paper' variants: drop drafts with score <= tau_reject (chosen here for β=2)"
+        },
     )
     tau_switch: float = field(
-        default=0.7, metadata={"help": "'threshold' variant: back to the draft above this reward [code]"}
+        default=0.7,
+        metadata={"help": "'threshold', 'specs_paper' variants: back to the draft above this reward [code]"},
+    )
+    gsi_threshold: float = field(
+        default=0.5,
+        metadata={
+            "help": "'gsi', 'gsi_filter' variants: the chosen draft is kept iff its score > gsi_threshold (-inf: "
+            "SIR, the law of 'specs'); 0.5 as tau_reject"
+        },
+    )
+    rsd_delta: float = field(
+        default=0.7,
+        metadata={
+            "help": "'rsd_bon' variant: keep the chosen draft iff its reward >= rsd_delta (GSI's code)"
+        },
     )
     target_select: str = field(
         default="argmax", metadata={"help": "'threshold' variant, target mode: argmax [code] | soft"}
@@ -105,8 +149,9 @@ class ConvergeConfig:
             raise ValueError(f"target_select must be argmax or soft, got {self.target_select!r}")
         if self.start_mode not in ("draft", "target"):
             raise ValueError(f"start_mode must be draft or target, got {self.start_mode!r}")
-        if math.isnan(self.tau_reject) or math.isnan(self.tau_switch):
-            raise ValueError("tau_reject and tau_switch must be numbers, not nan")
+        for name in ("tau_reject", "tau_switch", "gsi_threshold", "rsd_delta"):
+            if math.isnan(getattr(self, name)):
+                raise ValueError(f"{name} must be a number, not nan")
         if self.empirical_variant not in VARIANTS:
             raise ValueError(
                 f"unknown empirical_variant {self.empirical_variant!r}; known: {', '.join(VARIANTS)}"
@@ -121,6 +166,25 @@ class ConvergeConfig:
 
 def variant_config(name: str, n: int, cfg: ConvergeConfig, horizon: int) -> tuple[SearchConfig, str]:
     """The :class:`SearchConfig` of a variant at ``n`` and its draw law (``fixed`` | ``poisson``)."""
+    if name in PRESET_VARIANTS:
+        own: dict[str, Any] = {
+            "specs": {"start_mode": "draft", "tau_reject": -math.inf},
+            "specs_paper": {
+                "temperature": cfg.code_temperature,
+                "tau_reject": cfg.tau_reject,
+                "tau_switch": cfg.tau_switch,
+            },
+            "gsi": {"tau_reject": cfg.gsi_threshold},
+            "gsi_filter": {
+                "start_mode": "draft",
+                "tau_reject": cfg.gsi_threshold,
+                "target_select": "soft",
+                "tau_switch": -math.inf,
+            },
+            "rsd_bon": {"rsd_delta": cfg.rsd_delta},
+        }[name]
+        base = SearchConfig(n=n, beta=cfg.beta, max_steps=horizon)
+        return preset(base, "specs" if name == "gsi_filter" else name, own), "fixed"
     base = SearchConfig(
         method="specs",
         n=n,
@@ -167,12 +231,13 @@ def build_tree(cfg: ConvergeConfig) -> TabularTree:
 def asymptotics(
     tree: TabularTree, cfg: ConvergeConfig, name: str, star: np.ndarray
 ) -> dict[str, float] | None:
-    """For the draft-only variants with T > 0: the n -> ∞ limit ``q_∞`` and the predicted constants of
-    ``TV(q_n, q_∞) ≈ tv_coef / n`` and ``KL(q_∞ || q_n) ≈ kl_coef / n²`` (:func:`specs_rl.exact.asymptotic_law`);
-    ``limit_tv`` / ``limit_kl_star`` are ``q_∞``'s distance to π* (0 when the variant converges to π*)."""
-    if name not in ("exact", "poisson", "code", "no_target"):
-        return None
+    """For the variants that never leave draft mode, with T > 0: the n -> ∞ limit ``q_∞`` and the predicted
+    constants of ``TV(q_n, q_∞) ≈ tv_coef / n`` and ``KL(q_∞ || q_n) ≈ kl_coef / n²``
+    (:func:`specs_rl.exact.asymptotic_law`); ``limit_tv`` / ``limit_kl_star`` are ``q_∞``'s distance to π* (0 when
+    the variant converges to π*)."""
     config, _ = variant_config(name, 1, cfg, tree.horizon)
+    if not stays_in_draft(config) or config.temperature == 0:
+        return None
     log_lim, c = asymptotic_law(tree, config, prm=cfg.tabular.prm, prm_beta=cfg.beta)
     lim = np.exp(log_lim)
     return {
@@ -180,6 +245,21 @@ def asymptotics(
         "kl_coef": 0.5 * float(lim @ c**2),
         "limit_tv": tv(star, log_lim),
         "limit_kl_star": kl(star, log_lim),
+    }
+
+
+def limit_summary(tree: TabularTree, cfg: ConvergeConfig, name: str, star: np.ndarray) -> dict[str, Any]:
+    """What a variant converges to: the n -> ∞ law ``q_∞`` (:func:`specs_rl.exact.limit_log_law`) and its distance
+    to π* (TV, KL both ways), with its deferral rate and target-step fraction. ``log_q`` is ``q_∞`` itself."""
+    config, _ = variant_config(name, 1, cfg, tree.horizon)
+    law = limit_log_law(tree, config, prm=cfg.tabular.prm, prm_beta=cfg.beta)
+    return {
+        "tv": tv(star, law.log_q),
+        "kl_star_q": kl(star, law.log_q),
+        "kl_q_star": kl(law.log_q, star),
+        "defer_rate": law.defer_rate,
+        "target_fraction": law.target_fraction,
+        "log_q": law.log_q,
     }
 
 
@@ -192,8 +272,18 @@ def convergence_curves(tree: TabularTree, cfg: ConvergeConfig) -> dict[str, Any]
     laws: dict[str, Any] = {}
     for name in cfg.variants:
         curve: dict[str, list[float]] = {
-            k: [] for k in ("kl_star_q", "kl_q_star", "tv", "reward_gap", "defer_rate", "target_fraction")
+            k: []
+            for k in (
+                "kl_star_q",
+                "kl_q_star",
+                "tv",
+                "reward_gap",
+                "defer_rate",
+                "target_fraction",
+                "tv_to_limit",
+            )
         }
+        limit = limit_summary(tree, cfg, name, star)
         laws[name] = {}
         for n in cfg.n:
             config, draws = variant_config(name, n, cfg, tree.horizon)
@@ -204,12 +294,14 @@ def convergence_curves(tree: TabularTree, cfg: ConvergeConfig) -> dict[str, Any]
             curve["reward_gap"].append(r_star - expected(law.log_q, tree.reward))
             curve["defer_rate"].append(law.defer_rate)
             curve["target_fraction"].append(law.target_fraction)
+            curve["tv_to_limit"].append(tv(law.log_q, limit["log_q"]))
             laws[name][str(n)] = dict(zip(keys, np.exp(law.log_q).tolist()))
         variants[name] = {
             **curve,
             "slope": fit_slope(cfg.n, curve["kl_star_q"]),
             "tv_slope": fit_slope(cfg.n, curve["tv"]),
             "asymptotics": asymptotics(tree, cfg, name, star),
+            "limit": {k: v for k, v in limit.items() if k != "log_q"},
         }
     return {"variants": variants, "law": laws, "optimum": dict(zip(keys, np.exp(star).tolist()))}
 
@@ -287,23 +379,31 @@ def empirical_check(tree: TabularTree, cfg: ConvergeConfig) -> dict[str, Any]:
 
 
 def plot_curves(result: dict[str, Any], path: Path) -> None:
-    """KL(π*||q) and TV against n, log-log, one line per variant, 1/n (and 1/n² for KL) through ``exact``."""
+    """KL(π*||q_n), TV(π*, q_n) and TV(q_n, q_∞) against n, log-log, one line per variant; 1/n (and 1/n² for KL)
+    through ``exact`` (or ``specs``). The third panel shows each variant approaching its own limit q_∞ (values
+    below 1e-12, rounding, are left out)."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
     ns = np.array(result["n"], dtype=np.float64)
-    fig, axes = plt.subplots(1, 2, figsize=(10, 4))
-    for ax, key, label in ((axes[0], "kl_star_q", "KL(π* || q_n)"), (axes[1], "tv", "TV(π*, q_n)")):
-        for name, curve in result["variants"].items():
+    variants = result["variants"]
+    fig, axes = plt.subplots(1, 3, figsize=(15, 4))
+    panels = (
+        (axes[0], "kl_star_q", "KL(π* || q_n)"),
+        (axes[1], "tv", "TV(π*, q_n)"),
+        (axes[2], "tv_to_limit", "TV(q_n, q_∞): to its own limit"),
+    )
+    for ax, key, label in panels:
+        for name, curve in variants.items():
             ys = np.array([np.nan if y is None else y for y in curve[key]], dtype=np.float64)
-            ok = np.isfinite(ys) & (ys > 0)
+            ok = np.isfinite(ys) & (ys > 1e-12)
             if ok.any():
                 ax.plot(ns[ok], ys[ok], marker="o", ms=3, label=name)
-        ref = result["variants"].get("exact", next(iter(result["variants"].values())))[key]
+        ref = variants.get("exact", variants.get("specs", next(iter(variants.values()))))[key]
         ref = np.array([np.nan if y is None else y for y in ref], dtype=np.float64)
-        good = np.flatnonzero(np.isfinite(ref) & (ref > 0))
+        good = np.flatnonzero(np.isfinite(ref) & (ref > 1e-12))
         if len(good):
             i = good[len(good) // 2]
             ax.plot(ns, ref[i] * ns[i] / ns, "k--", lw=0.8, label="1/n")
@@ -323,21 +423,27 @@ def plot_curves(result: dict[str, Any], path: Path) -> None:
 
 def _table(result: dict[str, Any]) -> str:
     lines = [
-        f"{'variant':<10} {'n':>6} {'KL(π*||q)':>11} {'KL(q||π*)':>11} {'TV':>9} {'gap E[r]':>9} {'defer':>6}"
+        f"{'variant':<11} {'n':>6} {'KL(π*||q)':>11} {'KL(q||π*)':>11} {'TV':>9} {'gap E[r]':>9} {'defer':>6}"
     ]
     for name, c in result["variants"].items():
         for i, n in enumerate(result["n"]):
             lines.append(
-                f"{name:<10} {n:>6} {c['kl_star_q'][i]:>11.3e} {c['kl_q_star'][i]:>11.3e} {c['tv'][i]:>9.2e}"
+                f"{name:<11} {n:>6} {c['kl_star_q'][i]:>11.3e} {c['kl_q_star'][i]:>11.3e} {c['tv'][i]:>9.2e}"
                 f" {c['reward_gap'][i]:>9.2e} {c['defer_rate'][i]:>6.3f}"
             )
-        lines.append(f"{name:<10} slope(KL) {c['slope']}  slope(TV) {c['tv_slope']}")
+        lines.append(f"{name:<11} slope(KL) {c['slope']}  slope(TV) {c['tv_slope']}")
         if c.get("asymptotics"):
             a = c["asymptotics"]
             lines.append(
-                f"{name:<10} n->inf: TV(q_n, q_inf) ~ {a['tv_coef']:.4g}/n, KL ~ {a['kl_coef']:.4g}/n^2;"
+                f"{name:<11} n->inf: TV(q_n, q_inf) ~ {a['tv_coef']:.4g}/n, KL ~ {a['kl_coef']:.4g}/n^2;"
                 f" TV(q_inf, pi*) = {a['limit_tv']:.4g}"
             )
+        lim = c["limit"]
+        lines.append(
+            f"{name:<11} limit q_inf: TV(pi*, q_inf) = {lim['tv']:.4g}, KL(pi*||q_inf) = {lim['kl_star_q']:.4g},"
+            f" KL(q_inf||pi*) = {lim['kl_q_star']:.4g}, defer {lim['defer_rate']:.3f};"
+            f" TV(q_n, q_inf) at n={result['n'][-1]}: {c['tv_to_limit'][-1]:.3g}"
+        )
     return "\n".join(lines)
 
 

@@ -21,7 +21,7 @@ import torch
 from specs_rl.config import ConfigError, given_keys, typed_fields
 from specs_rl.errors import SpecsError
 from specs_rl.interfaces import Task
-from specs_rl.methods import MATCHED_FRACTION, METHOD_PRESETS, preset, uses_n
+from specs_rl.methods import MATCHED_FRACTION, METHOD_PRESETS, preset, shared_clash, uses_n
 from specs_rl.progress import progress_bar
 from specs_rl.run.config import RunConfig
 from specs_rl.run.records import ResultsWriter, problem_seed, record_key, result_record
@@ -102,7 +102,9 @@ class CompareConfig(ReportConfig, RunConfig):
         default_factory=dict,
         metadata={
             "help": "each method's own settings, e.g. {gsi: {beta: 3.0, tau_reject: 1.2}} (what specs-rl tune "
-            "chooses); a key set here and at the top level is refused, as is a key the method's preset pins"
+            "chooses); a key set here and at the top level is refused, as is a key the method's preset pins and "
+            "a top-level key set to another value than a listed method pins; settings of a method not in "
+            "methods are not used"
         },
     )
     order: str = field(
@@ -133,8 +135,12 @@ class CompareConfig(ReportConfig, RunConfig):
                     f"and problems: add {MATCHED_FRACTION[m]} to methods"
                 )
         for m, own in self.method_settings.items():
-            if m not in self.methods:
-                raise ValueError(f"method_settings.{m}: {m} is not in methods")
+            # A config may hold the settings of methods a command line leaves out (methods=[...] narrows the
+            # list): those are not used. A name that is no preset at all is a typo.
+            if m not in METHOD_PRESETS:
+                raise ValueError(
+                    f"method_settings.{m}: {m} is not a method preset; known: {', '.join(METHOD_PRESETS)}"
+                )
             if not isinstance(own, dict):
                 raise ValueError(f"method_settings.{m} must be a mapping of settings, got {own!r}")
         self.method_settings = {
@@ -173,10 +179,18 @@ class PlannedRun:
 
 def plan_runs(cfg: CompareConfig) -> list[PlannedRun]:
     """Every (method, n, seed) with its validated settings, before anything is loaded (a bad combination, such as
-    a beam width that does not divide n, or a key set both for every method and in a method's own settings, is a
-    ConfigError here)."""
+    a beam width that does not divide n, a key set both for every method and in a method's own settings, or a
+    shared key set to another value than a listed method pins, is a ConfigError here)."""
     shared = given_keys(cfg)
+    search_fields = {f.name for f in dataclasses.fields(SearchConfig)} - {"n"}
+    shared_values = {k: getattr(cfg, k) for k in sorted(shared & search_fields)}
+    for name in cfg.methods:
+        clash = shared_clash(name, shared_values, cfg.n_grid)
+        if clash:
+            raise ConfigError(clash)
     for name, own in cfg.method_settings.items():
+        if name not in cfg.methods:
+            continue
         both = sorted(k for k in own if k in shared)
         if both:
             k = both[0]
