@@ -51,10 +51,9 @@ from specs_rl.run.study import (
     study_names,
 )
 from specs_rl.run.summary import aggregate_rows, summary_rows
+from specs_rl.run.trials import TaskCache, TrialRunner, run_result
 from specs_rl.run.tune import (
     TUNE_PRESENTATION_KEYS,
-    TaskCache,
-    TrialRunner,
     TuneConfig,
     check_rungs,
     choose,
@@ -63,9 +62,8 @@ from specs_rl.run.tune import (
     params_text,
     plan_study,
     plot_front,
-    retest_dict,
+    retest_configs,
     rule_text,
-    run_result,
     trial_run,
 )
 
@@ -139,39 +137,38 @@ def main(argv: Sequence[str] | None = None) -> int:
     }
     test: list[dict[str, Any]] = []
     if plan.primary in chosen:
-        for i, d in enumerate(retest_dict(cfg, plan, chosen)):
+        for i, run in enumerate(retest_configs(cfg, plan, chosen)):
+            d = run["config"]
             path = out / ("chosen.yaml" if i == 0 else f"chosen-{i}.yaml")
             head = f"# specs-rl compare --config {path}\n# written by specs-rl tune: {rule}; methods {d['methods']}\n"
             path.write_text(head + yaml.safe_dump(d, sort_keys=False))
-            entry: dict[str, Any] = {"config": path.name, "out": d["out"], "methods": d["methods"]}
+            entry: dict[str, Any] = {
+                "config": path.name,
+                "out": d["out"],
+                "tuned": run["tuned"],
+                "fixed": run["fixed"],
+            }
             if cfg.tune.test.run:
                 code = compare.main(["--config", str(path)])
                 if code != 0:
                     return code  # compare said why, in one line
                 entry["aggregate"] = json.loads((Path(d["out"]) / "summary.json").read_text())["aggregate"]
             test.append(entry)
-    test_points = _test_points(plan, chosen, choices, test, cfg)
+    test_points = _test_points(plan, chosen, test, cfg)
 
     # 5. tune.json, front.png, W&B; the front and the choice printed.
     completed = [t for t in trials if t["state"] == "COMPLETE"]
-    marks = [
-        {
-            "label": f"{m['label']} (tune)",
-            "latency_s": m["latency_s"],
-            "accuracy": m["accuracy"],
-            "marker": "D",
-        }
-        for m in measured.values()
-    ]
+    ref_method = plan.reference.method if plan.reference else None
+    marks = [  # the fixed settings on the tune set (grey diamonds), the test re-run (crosses, chosen in colour)
+        {"label": f"{m['label']} (tune)", "latency_s": m["latency_s"], "accuracy": m["accuracy"],
+         "marker": "D" if name == ref_method else "s"}
+        for name, m in measured.items()
+    ]  # fmt: skip
     marks += [
-        {
-            "label": f"{p['label']} (test)",
-            "latency_s": p["latency_s"],
-            "accuracy": p["accuracy"],
-            "marker": "X",
-        }
+        {"label": f"{p['label']} (test)", "latency_s": p["latency_s"], "accuracy": p["accuracy"],
+         "marker": "X" if p["kind"] == "chosen" else "P", "method": p["method"] if p["kind"] == "chosen" else ""}
         for p in test_points
-    ]
+    ]  # fmt: skip
     picked = [{**c["chosen"], "method": m} for m, c in choices.items() if c["chosen"] is not None]
     summary: dict[str, Any] = {
         "task": tasks.base.name,
@@ -258,10 +255,10 @@ def _label(method: str, n: int | None) -> str:
 
 
 def _test_points(
-    plan: Any, chosen: dict[str, Any], choices: dict[str, Any], test: list[dict[str, Any]], cfg: TuneConfig
+    plan: Any, chosen: dict[str, Any], test: list[dict[str, Any]], cfg: TuneConfig
 ) -> list[dict[str, Any]]:
-    """The test re-run's rows of the chosen settings and of the reference (its n), with the latency ratio to the
-    reference where both ran in the same compare run."""
+    """The test re-run's rows of the chosen settings, with their latency ratio to the reference where both ran in
+    the same compare run, and of the reference and the baselines."""
     points = []
     for entry in test:
         agg = entry.get("aggregate") or []
@@ -269,28 +266,28 @@ def _test_points(
         def row(method: str, n: Any, agg: list[dict[str, Any]] = agg) -> dict[str, Any] | None:
             return next((a for a in agg if a["method"] == method and a["n"] == n), None)
 
-        ref = row(plan.reference.method, plan.reference.n) if plan.reference else None
-        for m in entry["methods"]:
-            if m in chosen:
-                params = chosen[m][0]
-                n = params.get("n", cfg.n) if uses_n(m) else None
-                r = row(m, n)
-                if r is None:
-                    continue
-                p = {
-                    "method": m,
-                    "label": f"{m} chosen",
-                    "accuracy": r["accuracy"],
-                    "latency_s": r["latency_mean_s"],
-                }
-                if ref is not None and ref["latency_mean_s"]:
-                    p["ratio_to_reference"] = r["latency_mean_s"] / ref["latency_mean_s"]
+        fixed = {
+            r.method: r
+            for r in (plan.reference, *plan.baselines)
+            if r is not None and r.method in entry["fixed"]
+        }
+        ref = plan.reference
+        ref_row = row(ref.method, ref.n) if ref is not None and ref.method in fixed else None
+        for m in entry["tuned"]:
+            n = chosen[m][0].get("n", cfg.n) if uses_n(m) else None
+            r = row(m, n)
+            if r is not None:
+                p = {"method": m, "kind": "chosen", "label": f"{_label(m, n)} chosen", "accuracy": r["accuracy"],
+                     "latency_s": r["latency_mean_s"]}  # fmt: skip
+                if ref_row is not None and ref_row["latency_mean_s"]:
+                    p["ratio_to_reference"] = r["latency_mean_s"] / ref_row["latency_mean_s"]
                 points.append(p)
-        if ref is not None:
-            points.append(
-                {"method": ref["method"], "label": f"{ref['method']} n={ref['n']} (reference)",
-                 "accuracy": ref["accuracy"], "latency_s": ref["latency_mean_s"]}
-            )  # fmt: skip
+        for m, run in fixed.items():
+            r = row(m, run.n)
+            if r is not None:
+                kind = "reference" if ref is not None and m == ref.method else "baseline"
+                points.append({"method": m, "kind": kind, "label": f"{_label(m, run.n)}", "accuracy": r["accuracy"],
+                               "latency_s": r["latency_mean_s"]})  # fmt: skip
     return points
 
 
@@ -316,7 +313,7 @@ def _choice_lines(
         )
         if reference:
             line += f" ({best['latency_s'] / reference['latency_s']:.2f}x {reference['label']})"
-        t = next((p for p in test_points if p["method"] == m and p["label"].endswith("chosen")), None)
+        t = next((p for p in test_points if p["method"] == m and p["kind"] == "chosen"), None)
         if t is not None:
             line += f" | test accuracy {t['accuracy']:.3f}, {t['latency_s']:.4g} s"
             if "ratio_to_reference" in t:

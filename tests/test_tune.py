@@ -24,16 +24,14 @@ import eval.tune as tune_cmd  # noqa: E402
 import specs_rl.run.grid as grid  # noqa: E402
 from specs_rl.config import load_config  # noqa: E402
 from specs_rl.run import CompareConfig, plan_runs, read_results  # noqa: E402
+from specs_rl.run.trials import TaskCache, TrialRunner, beaten_by  # noqa: E402
 from specs_rl.run.tune import (  # noqa: E402
     ChoiceRule,
-    TaskCache,
-    TrialRunner,
     TuneConfig,
-    beaten_by,
     choose,
     front,
     plan_study,
-    retest_dict,
+    retest_configs,
     trial_run,
     trial_seed,
 )
@@ -146,7 +144,7 @@ def test_tiny_tabular_study_end_to_end(fast_dir, monkeypatch, capsys):
     # the test re-run: a fresh compare run in out/test, its figures in tune.json and printed
     agg = json.loads((out / "test" / "summary.json").read_text())["aggregate"]
     row = next(a for a in agg if a["method"] == "specs" and a["n"] == chosen["params"]["n"])
-    point = next(p for p in s["test_points"] if p["label"] == "specs chosen")
+    point = next(p for p in s["test_points"] if p["method"] == "specs" and p["kind"] == "chosen")
     assert point["accuracy"] == row["accuracy"] and point["latency_s"] == row["latency_mean_s"]
     printed = capsys.readouterr().out
     assert f"chosen specs: trial {chosen['number']}" in printed and "| test accuracy" in printed
@@ -183,6 +181,17 @@ def test_a_tuned_backend_key_builds_its_task_and_reaches_chosen_yaml(fast_dir):
     for t in s["trials"]:
         by_noise.setdefault(t["params"]["tabular.draft_noise"], []).append(t["rungs"][-1]["accuracy"])
     assert set(by_noise) == {0.5, 2.0}
+
+
+def test_start_points_are_tried_first(fast_dir):
+    out = fast_dir / "start"
+    hand = {"n": 4, "beta": 2.0, "tau_reject": -2.0, "tau_switch": 0.6}
+    more = [f"tune.start={{specs: [{json.dumps(hand)}]}}", "tune.baselines=[]", "tune.test.run=false"]
+    more += ["tune.methods={specs: {n: {choices: [2, 4]}, beta: {low: 0.5, high: 30.0, log: true}, "
+             "tau_reject: {low: -6.0, high: 2.0}, tau_switch: {low: 0.3, high: 0.95}}}", "tune.trials=2"]  # fmt: skip
+    assert tune_cmd.main(["--config", TUNE_TAB, f"out={out}", *SMALL, *QUIET, *more]) in (0, 3)
+    trials = _summary(out)["trials"]
+    assert len(trials) == 2 and trials[0]["params"] == hand and trials[1]["params"] != hand
 
 
 # ------------------------------------------------------------------------------------------------------------------
@@ -299,7 +308,12 @@ def test_retest_configs_group_by_backend_values():
         "specs": ({"tabular.draft_noise": 2.0}, {}),
         "rsd": ({"rsd_delta": 0.5}, {"rsd_delta": 0.5}),
     }
-    first, second = retest_dict(cfg, plan, chosen)
+    runs = retest_configs(cfg, plan, chosen)
+    assert [(r["tuned"], r["fixed"]) for r in runs] == [
+        (["specs"], ["beam_search_target", "target_only", "draft_only"]),
+        (["rsd"], []),
+    ]
+    first, second = (r["config"] for r in runs)
     # SPECS with its draft, the reference and the baselines; RSD on the config's own draft in a run of its own
     assert first["methods"] == ["specs", "beam_search_target", "target_only", "draft_only"]
     assert first["tabular"]["draft_noise"] == 2.0 and first["tabular"]["tree_seed"] == 1000
@@ -482,6 +496,12 @@ BAD = [
     ("tune.test.set={}", "tune.test.set must say what makes the held-out problems"),
     ("tune.test.set={tabular.treeseed: 5}", "tune.test: the re-run's compare config is refused"),
     ("tune.sampler=cmaes", "tune.sampler must be one of"),
+    ("tune.start={specs: [{n: 4}]}", "tune.start.specs[0] must give every tuned key of specs"),
+    (
+        "tune.start={specs: [{n: 4, beta: 50.0, tau_reject: 0.0, tau_switch: 0.5}]}",
+        "tune.start.specs[0].beta: 50.0 is outside beta in [0.5, 30] log",
+    ),
+    ("tune.start={beam_search_target: [{n: 4}]}", "a space of choices runs every point"),
     ("beta=2.0", "tune.methods.specs.beta: beta is also set for every method"),
     ("method_settings={specs: {tau_switch: 0.5}}", "tau_switch is also fixed in method_settings.specs"),
 ]

@@ -38,14 +38,13 @@ import numpy as np
 from specs_rl.errors import SpecsError
 from specs_rl.progress import progress_bar
 from specs_rl.run.rundir import run_identity
+from specs_rl.run.trials import TrialRunner, beaten_by
 from specs_rl.run.tune import (
     TUNE_PRESENTATION_KEYS,
     MethodSpace,
     Param,
     StudyPlan,
-    TrialRunner,
     TuneConfig,
-    beaten_by,
     trial_seed,
 )
 
@@ -61,7 +60,11 @@ def check_optuna() -> None:
 
 
 def storage_url(cfg: TuneConfig, out: str | Path) -> str:
-    return cfg.tune.storage or f"sqlite:///{Path(out).resolve() / 'study.db'}"
+    """``tune.storage`` with environment variables expanded (``$SPECS_TUNE_DB`` keeps a password out of the config
+    files), or the SQLite file in ``out``."""
+    if cfg.tune.storage:
+        return os.path.expandvars(cfg.tune.storage)
+    return f"sqlite:///{Path(out).resolve() / 'study.db'}"
 
 
 def identity_hash(cfg: TuneConfig) -> str:
@@ -100,6 +103,8 @@ def open_studies(cfg: TuneConfig, plan: StudyPlan, out: str | Path) -> dict[str,
         held = study.user_attrs.get("config_hash")
         if held is None:
             study.set_user_attr("config_hash", digest)
+            for point in plan.space(method).start:  # a new study tries these first
+                study.enqueue_trial(point, skip_if_exists=True)
         elif held != digest:
             raise SpecsError(
                 f"study {name} in {url.split('@')[-1]} holds trials of another config; set another tune.study_name"
@@ -154,7 +159,7 @@ def rung_results(study: Any, rung: int, exclude_root: int) -> list[tuple[int, di
 
 def make_objective(cfg: TuneConfig, space: MethodSpace, runner: TrialRunner) -> Callable[[Any], tuple]:
     """The objective of ``space``'s study: suggest, search rung by rung, stop when beaten at a rung
-    (:func:`~specs_rl.run.tune.beaten_by`), else return ``(accuracy, mean latency)`` on the whole tune set."""
+    (:func:`~specs_rl.run.trials.beaten_by`), else return ``(accuracy, mean latency)`` on the whole tune set."""
 
     def objective(trial: Any) -> tuple[float, float]:
         import optuna

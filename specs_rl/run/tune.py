@@ -9,9 +9,8 @@ section (``hf.draft.temperature``). A tuned search key becomes the method's own 
 ``method_settings.<preset>`` in a compare config); a tuned backend key needs the task built for its value
 (:class:`TaskCache`).
 
-**Rungs.** A trial searches the first ``rungs[0]`` problems, then the first ``rungs[1]``, ..., then all of them
-(each step searching only the problems it has not searched yet). After each rung it is compared with the other
-trials of the same method at that rung (:func:`beaten_by`) and stopped if one of them beats it by a margin.
+**Rungs.** A trial searches the first ``rungs[0]`` problems, then the first ``rungs[1]``, ..., then all of them,
+and stops early when another trial of its method beats it at a rung (:mod:`specs_rl.run.trials`).
 
 **Choice.** On each method's completed trials (the whole tune set): ``max_accuracy_under_latency`` (the highest
 accuracy with mean latency <= ``latency_s``) or ``min_latency_within`` (the lowest mean latency with accuracy >= the
@@ -27,24 +26,27 @@ import math
 import types
 import typing
 import zlib
-from collections import OrderedDict
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
-from specs_rl.config import ConfigError, given_keys, to_dict, typed_fields
+from specs_rl.config import (
+    ConfigError,
+    RawValue,
+    _parse_scalar,  # the override parser (inf, -inf, YAML)
+    given_keys,
+    to_dict,
+    typed_fields,
+)
 from specs_rl.errors import SpecsError
-from specs_rl.interfaces import SimClock, Task
 from specs_rl.methods import MATCHED_FRACTION, METHOD_PRESETS, uses_n
-from specs_rl.run.backends import BACKENDS, build_task
+from specs_rl.run.backends import BACKENDS
 from specs_rl.run.config import RunConfig
-from specs_rl.run.grid import PRESENTATION_KEYS, PlannedRun, plan_run, search_task, warm_up
-from specs_rl.run.records import ResultsWriter, record_key
+from specs_rl.run.grid import PRESENTATION_KEYS, PlannedRun, plan_run
 from specs_rl.run.report import ReportConfig, pareto_front
-from specs_rl.run.summary import summarize
 from specs_rl.settings import SearchConfig
 
 RULES = ("max_accuracy_under_latency", "min_latency_within")
@@ -173,7 +175,8 @@ class TuneSection:
     storage: str | None = field(
         default=None,
         metadata={
-            "help": "an Optuna RDB URL (postgresql://..., mysql://...) shared by workers (null: out/study.db)"
+            "help": "an Optuna RDB URL (postgresql://..., mysql+pymysql://...) shared by workers, $VARS expanded "
+            "(null: out/study.db)"
         },
     )
     study_name: str | None = field(
@@ -186,6 +189,13 @@ class TuneSection:
     )
     task_cache: int = field(
         default=2, metadata={"help": "tasks kept built (a tuned backend key builds one per value)"}
+    )
+    start: dict[str, list[dict[str, Any]]] = field(
+        default_factory=dict,
+        metadata={
+            "help": "settings each method's study tries first, e.g. a hand-chosen one: {specs: [{n: 4, beta: 10, "
+            "...}]} (every tuned key, inside the space); they count as trials"
+        },
     )
 
 
@@ -214,6 +224,9 @@ class TuneConfig(ReportConfig, RunConfig):
     def validate(self) -> None:
         super().validate()
         t = self.tune
+        # key=value overrides inside the free-form mappings arrive as text (tune.methods.specs.beta.low=2)
+        t.methods, t.method_trials, t.start = _parsed(t.methods), _parsed(t.method_trials), _parsed(t.start)
+        t.test.set = _parsed(t.test.set)
         if self.warmup < 0:
             raise ValueError(f"warmup must be >= 0, got {self.warmup}")
         if not t.methods:
@@ -261,6 +274,17 @@ class TuneConfig(ReportConfig, RunConfig):
             m: typed_fields(SearchConfig, own, f"method_settings.{m}.")
             for m, own in self.method_settings.items()
         }
+
+
+def _parsed(x: Any) -> Any:
+    """Override text (:class:`~specs_rl.config.RawValue`) inside nested mappings and lists parsed as YAML."""
+    if isinstance(x, RawValue):
+        return _parse_scalar(x)
+    if isinstance(x, dict):
+        return {k: _parsed(v) for k, v in x.items()}
+    if isinstance(x, list):
+        return [_parsed(v) for v in x]
+    return x
 
 
 def _validate_rule(c: ChoiceRule, reference: ReferenceSpec | None) -> None:
@@ -322,6 +346,7 @@ class MethodSpace:
     params: tuple[Param, ...]
     trials: int
     grid: dict[str, list[Any]] | None = None  # every param a choice: the whole grid (run exhaustively)
+    start: tuple[dict[str, Any], ...] = ()  # points tried first (tune.start)
 
 
 @dataclass(frozen=True)
@@ -473,6 +498,12 @@ def _replace_path(obj: Any, path: Sequence[str], value: Any) -> Any:
     return dataclasses.replace(obj, **{path[0]: _replace_path(getattr(obj, path[0]), path[1:], value)})
 
 
+def get_path(obj: Any, path: Sequence[str]) -> Any:
+    for p in path:
+        obj = getattr(obj, p)
+    return obj
+
+
 def with_values(cfg: Any, values: dict[str, Any]) -> Any:
     """``cfg`` with dotted keys (``hf.draft.temperature``) replaced; the backend section validated again."""
     for key, value in sorted(values.items()):
@@ -516,7 +547,20 @@ def plan_study(cfg: TuneConfig) -> StudyPlan:
         if all(p.kind == "choice" for p in params):
             grid = {p.key: list(p.choices) for p in params}
             trials = min(trials, math.prod(len(v) for v in grid.values()))
-        spaces.append(MethodSpace(method, params, trials, grid))
+        start = tuple(
+            _start_point(cfg, method, params, i, point)
+            for i, point in enumerate(cfg.tune.start.get(method, []))
+        )
+        if start and grid is not None:
+            raise ConfigError(
+                f"tune.start.{method}: a space of choices runs every point; nothing to start with"
+            )
+        if len(start) > trials:
+            raise ConfigError(f"tune.start.{method}: {len(start)} points for {trials} trials")
+        spaces.append(MethodSpace(method, params, trials, grid, start))
+    for method in cfg.tune.start:
+        if method not in cfg.tune.methods:
+            raise ConfigError(f"tune.start.{method}: {method} is not in tune.methods")
     ref = cfg.tune.reference
     reference = None if ref is None else _reference_run(cfg, ref.method, ref.n, "tune.reference")
     baselines = tuple(_reference_run(cfg, m, None, f"tune.baselines.{m}") for m in cfg.tune.baselines)
@@ -525,8 +569,34 @@ def plan_study(cfg: TuneConfig) -> StudyPlan:
     first = spaces[0]
     point = {p.key: p.probes()[0] for p in first.params}
     run, _ = trial_run(cfg, first.method, point, cfg.seed)
-    retest_dict(cfg, plan, {first.method: (point, dict(run.settings))})
+    retest_configs(cfg, plan, {first.method: (point, dict(run.settings))})
     return plan
+
+
+def _start_point(cfg: TuneConfig, method: str, params: Sequence[Param], i: int, point: Any) -> dict[str, Any]:
+    """A ``tune.start`` point: every tuned key, each value inside its range or choices, a valid setting."""
+    where = f"tune.start.{method}[{i}]"
+    keys = [p.key for p in params]
+    if not isinstance(point, dict) or sorted(point) != sorted(keys):
+        raise ConfigError(f"{where} must give every tuned key of {method} ({', '.join(keys)}), got {point!r}")
+    out = {}
+    for p in params:
+        v = point[p.key]
+        if p.kind == "choice":
+            ok = v in p.choices
+        else:
+            ok = isinstance(v, (int, float)) and not isinstance(v, bool) and p.low <= v <= p.high
+            v = int(v) if p.kind == "int" and ok and float(v).is_integer() else (float(v) if ok else v)
+            ok = ok and (p.kind != "int" or isinstance(v, int))
+        if not ok:
+            raise ConfigError(f"{where}.{p.key}: {point[p.key]!r} is outside {p.describe()}")
+        out[p.key] = v
+    try:
+        _, values = trial_run(cfg, method, out, cfg.seed)
+        with_values(cfg, values)
+    except (ConfigError, ValueError) as e:
+        raise ConfigError(f"{where}: not a valid setting ({e})") from None
+    return out
 
 
 def _probe(cfg: TuneConfig, method: str, params: Sequence[Param]) -> None:
@@ -561,169 +631,6 @@ def check_rungs(cfg: TuneConfig, problems: int) -> None:
 def trial_seed(seed: int, method: str, number: int) -> int:
     """The search seed of trial ``number`` of ``method``'s study: a hash of (study seed, method, number)."""
     return int(np.random.SeedSequence([seed, zlib.crc32(method.encode()), number]).generate_state(1)[0])
-
-
-# ------------------------------------------------------------------------------------------------------------------
-# Evaluating trials
-
-
-class TaskCache:
-    """Tasks built for the backend values trials ask for (``{}``: the config's own section, kept for good); the
-    ``size`` most recently used are kept. Each (task, method) searches ``warmup`` problems unrecorded before its
-    first timed search on a wall clock."""
-
-    def __init__(self, cfg: TuneConfig, size: int, warmup: int) -> None:
-        self.cfg, self.size, self.warmup = cfg, size, warmup
-        self.base = build_task(cfg)
-        self._tasks: OrderedDict[tuple, Task] = OrderedDict()
-        self._warm: set[tuple] = set()
-        self.builds = 1
-
-    def get(self, values: dict[str, Any], run: PlannedRun | None = None) -> Task:
-        key = tuple(sorted(values.items()))
-        if not key:
-            task = self.base
-        elif key in self._tasks:
-            task = self._tasks[key]
-            self._tasks.move_to_end(key)
-        else:
-            task = build_task(with_values(self.cfg, values))
-            self.builds += 1
-            if [p.id for p in task.problems] != [p.id for p in self.base.problems]:
-                raise SpecsError(f"the task built for {values} has other problems than the base task")
-            self._tasks[key] = task
-            while len(self._tasks) > max(self.size - 1, 1):  # the base task is always kept
-                old, _ = self._tasks.popitem(last=False)
-                self._warm = {w for w in self._warm if w[0] != old}
-        if run is not None and (key, run.method) not in self._warm:
-            if not isinstance(task.parts.clock, SimClock):
-                warm_up(task, [run], self.warmup)
-            self._warm.add((key, run.method))
-        return task
-
-
-def search_prefix(pairs: Sequence[tuple[Task, PlannedRun]], count: int, writer: ResultsWriter) -> None:
-    """Search the first ``count`` problems with every (task, run) not yet in ``writer``, one problem at a time, the
-    runs taking turns with their order rotating from problem to problem (``run_grid``'s ``order: problem``, over
-    runs that may need different tasks), so a slow spell of the machine hits them alike."""
-    done = writer.done
-    for i in range(count):
-        turn = i % len(pairs)
-        for task, run in [*pairs[turn:], *pairs[:turn]]:
-            problem = task.problems[i]
-            if (*run.key, problem.id) in done:
-                continue
-            extra: dict[str, Any] = {
-                "method": run.method,
-                "strategy": run.config.method,
-                "n": run.n,
-                "seed": run.seed,
-            }
-            if run.settings:
-                extra["settings"] = dict(run.settings)
-            one = dataclasses.replace(task, problems=[problem])
-            search_task(one, run.config, run.seed, on_result=writer.write, extra=extra)
-
-
-def run_result(records: Sequence[dict[str, Any]], run: PlannedRun, ids: set[str]) -> dict[str, Any]:
-    """``{problems, accuracy, latency_s}`` of ``run``'s records of the problems ``ids``."""
-    mine = [r for r in records if record_key(r)[:3] == run.key and r["id"] in ids]
-    s = summarize(mine)
-    if s["accuracy"] is None:
-        raise SpecsError(f"{run.label}: no problem was graded; tune needs graded problems")
-    return {"problems": len(mine), "accuracy": s["accuracy"], "latency_s": s["latency_mean_s"]}
-
-
-class TrialRunner:
-    """Runs one trial rung by rung: its records go to ``out/trials/<method>/<root>/results.jsonl`` (resumable: a
-    retried trial, with its root's seed, searches only what its root had not), and after each rung
-    ``keep_going(rung, result)`` says whether to search the next.
-
-    ``paired``: the reference searches the same problems, the two taking turns, and the trial's ``latency_s`` is
-    its mean latency over the reference's on those problems, times the reference's mean on the whole tune set
-    (``reference_latency``): a latency in the reference's seconds, measured under the same load as the reference.
-    ``raw_latency_s`` is the trial's own mean."""
-
-    def __init__(
-        self,
-        cfg: TuneConfig,
-        plan: StudyPlan,
-        out: Path,
-        tasks: TaskCache,
-        *,
-        paired: bool = False,
-        reference_latency: float | None = None,
-    ) -> None:
-        self.cfg, self.plan, self.out, self.tasks = cfg, plan, out, tasks
-        self.paired = paired and plan.reference is not None
-        self.reference_latency = reference_latency
-        if self.paired and reference_latency is None:
-            raise SpecsError("paired trials need the reference's latency on the tune set")
-        n = len(tasks.base.problems)
-        self.counts = [*cfg.tune.rungs, n]
-        self.ids = [p.id for p in tasks.base.problems]
-
-    def records_path(self, method: str, root: int) -> Path:
-        return self.out / "trials" / method / str(root) / "results.jsonl"
-
-    def run(
-        self,
-        method: str,
-        params: dict[str, Any],
-        seed: int,
-        root: int,
-        keep_going: Callable[[int, dict[str, Any]], bool] = lambda rung, result: True,
-    ) -> list[dict[str, Any]]:
-        """The results of the rungs searched (the last one on every problem unless a rung stopped it)."""
-        run, values = trial_run(self.cfg, method, params, seed)
-        pairs = [(self.tasks.get(values, run), run)]
-        ref = self.plan.reference
-        if self.paired and ref is not None:
-            pairs.append((self.tasks.get({}, ref), ref))
-        path = self.records_path(method, root)
-        path.parent.mkdir(parents=True, exist_ok=True)
-        results = []
-        with ResultsWriter(path) as writer:
-            for rung, count in enumerate(self.counts):
-                search_prefix(pairs, count, writer)
-                ids = set(self.ids[:count])
-                result = run_result(writer.records, run, ids)
-                result["raw_latency_s"] = result["latency_s"]
-                if len(pairs) > 1 and ref is not None:
-                    companion = run_result(writer.records, ref, ids)["latency_s"]
-                    result["reference_latency_s"] = companion
-                    result["ratio"] = result["raw_latency_s"] / companion if companion > 0 else math.nan
-                    result["latency_s"] = result["ratio"] * self.reference_latency
-                results.append(result)
-                if rung < len(self.counts) - 1 and not keep_going(rung, result):
-                    break
-        return results
-
-
-def beaten_by(
-    mine: dict[str, Any], others: Sequence[dict[str, Any]], points: float, latency: float
-) -> dict[str, Any] | None:
-    """The first of ``others`` (results at the same rung) that beats ``mine`` by a margin, or None.
-
-    ``q`` beats ``t`` when it is faster by more than the fraction ``latency`` at no lower accuracy,
-    ``q.latency * (1 + latency) < t.latency and q.accuracy >= t.accuracy``, or more accurate by more than
-    ``points`` at no higher latency, ``q.accuracy > t.accuracy + points / 100 and q.latency <= t.latency``. With both
-    margins 0 this is Pareto dominance; the margins keep trials that are within noise of the rung's front.
-
-    >>> beaten_by({"accuracy": 0.9, "latency_s": 1.0}, [{"accuracy": 0.9, "latency_s": 0.95}], 0, 0.1) is None
-    True
-    >>> beaten_by({"accuracy": 0.9, "latency_s": 1.0}, [{"accuracy": 0.9, "latency_s": 0.5}], 0, 0.1)
-    {'accuracy': 0.9, 'latency_s': 0.5}
-    """
-    eps = 1e-9
-    for q in others:
-        faster = (
-            q["latency_s"] * (1 + latency) < mine["latency_s"] and q["accuracy"] >= mine["accuracy"] - eps
-        )
-        better = q["accuracy"] > mine["accuracy"] + points / 100 + eps and q["latency_s"] <= mine["latency_s"]
-        if faster or better:
-            return q
-    return None
 
 
 # ------------------------------------------------------------------------------------------------------------------
@@ -796,15 +703,17 @@ def _set_dotted(d: dict[str, Any], dotted: dict[str, Any]) -> dict[str, Any]:
     return d
 
 
-def retest_dict(
+def retest_configs(
     cfg: TuneConfig, plan: StudyPlan, chosen: dict[str, tuple[dict[str, Any], dict[str, Any]]]
 ) -> list[dict[str, Any]]:
-    """The compare configs (as dicts) that re-run the choice on the held-out set (``tune.test.set``).
+    """The compare configs that re-run the choice on the held-out set (``tune.test.set``), as
+    ``{"config": dict, "tuned": [chosen methods it runs], "fixed": [reference and baselines it runs]}``.
 
     ``chosen``: ``{method: (params, own settings)}``. Methods whose chosen backend values differ from the first
-    method's go to a config of their own (a compare run has one backend section); the reference and the baselines
-    join the first method's. Each n-using method runs at every n its config's ``n_grid`` holds (compare's grid):
-    the union of the chosen n's, the reference's and the baselines'. Checked by loading each as a compare config."""
+    method's go to a config of their own (a compare run has one backend section and one setting per method); the
+    reference and the baselines join the first method's. Each n-using method runs at every n its config's
+    ``n_grid`` holds (compare's grid): the union of the chosen n's, the reference's and the baselines'. Checked by
+    loading each as a compare config."""
     from specs_rl.run.grid import CompareConfig
 
     compare_keys = {f.name for f in dataclasses.fields(CompareConfig)}
@@ -819,16 +728,19 @@ def retest_dict(
         base[k] = full[k]
     base["order"] = "problem"
 
-    groups: list[dict[str, Any]] = []  # {"values": {...}, "methods": {name: own}, "n": set}
+    groups: list[dict[str, Any]] = []  # {"values": {...}, "methods": {name: own}, "n": set, "tuned", "fixed"}
 
-    def add(method: str, n: int | None, own: dict[str, Any], values: dict[str, Any] | None) -> None:
+    def add(
+        method: str, n: int | None, own: dict[str, Any], values: dict[str, Any] | None, role: str
+    ) -> None:
         for g in groups:
             if (values is None or g["values"] == values) and g["methods"].get(method, own) == own:
                 break
         else:
-            g = {"values": values or {}, "methods": {}, "n": set()}
+            g = {"values": values or {}, "methods": {}, "n": set(), "tuned": [], "fixed": []}
             groups.append(g)
         g["methods"][method] = own
+        g[role].append(method)
         if n is not None:
             g["n"].add(n)
 
@@ -836,11 +748,10 @@ def retest_dict(
         if space.method in chosen:
             params, own = chosen[space.method]
             n = params.get("n", cfg.n) if uses_n(space.method) else None
-            add(space.method, n, own, {k: v for k, v in params.items() if "." in k})
-    if not groups:
-        groups.append({"values": {}, "methods": {}, "n": set()})
+            values = {k: v for k, v in params.items() if "." in k and get_path(cfg, k.split(".")) != v}
+            add(space.method, n, own, values, "tuned")
     for run in (*([plan.reference] if plan.reference else []), *plan.baselines):
-        add(run.method, run.n, dict(run.settings), None)
+        add(run.method, run.n, dict(run.settings), None, "fixed")
 
     out = []
     for i, g in enumerate(groups):
@@ -853,10 +764,8 @@ def retest_dict(
         if settings:
             d["method_settings"] = settings
         d["out"] = str(Path(cfg.out) / ("test" if i == 0 else f"test-{i}"))
-        out.append(d)
-    for d in out:
-        if d["methods"]:
-            _check_compare(d)
+        _check_compare(d)
+        out.append({"config": d, "tuned": g["tuned"], "fixed": g["fixed"]})
     return out
 
 
@@ -918,7 +827,7 @@ def plot_front(
 ) -> dict[str, Any]:
     """Accuracy against mean latency: every completed trial (small), each method's front (a step line), the chosen
     points (stars), and ``marks`` (``{"label", "latency_s", "accuracy", "marker", "method"?}``: the reference, the
-    baselines, the test re-run; ``method`` colours it), each drawn with its label beside it. Unlike
+    baselines, the test re-run; ``method`` colours it), the legend beside the axes. Unlike
     :func:`specs_rl.run.report.plot_accuracy_latency` (one line per method through its n grid), a tuning study is a
     cloud of trials per method with a front of its own."""
     import matplotlib
@@ -926,8 +835,8 @@ def plot_front(
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    fig, ax = plt.subplots(figsize=(7.5, 5), dpi=110)
-    methods = list(dict.fromkeys(t["method"] for t in trials))
+    fig, ax = plt.subplots(figsize=(10, 5), dpi=110)
+    methods = list(dict.fromkeys([*(t["method"] for t in trials), *(c["method"] for c in chosen)]))
     cmap = plt.get_cmap("tab10")
     colors = {m: cmap(i % 10) for i, m in enumerate(methods)}
     for m in methods:
@@ -947,14 +856,9 @@ def plot_front(
             edgecolors="black", linewidths=1.0, zorder=5, label=f"{c['method']} chosen (trial {c['number']})",
         )  # fmt: skip
     for mark in marks:
-        color = colors.get(mark.get("method", ""), "dimgray")
         ax.scatter(
             [mark["latency_s"]], [mark["accuracy"]], marker=mark.get("marker", "D"), s=90, facecolors="none",
-            edgecolors=color, linewidths=1.5, zorder=4,
-        )  # fmt: skip
-        ax.annotate(
-            mark["label"], (mark["latency_s"], mark["accuracy"]), fontsize=7, xytext=(6, -10),
-            textcoords="offset points", color=color,
+            edgecolors=colors.get(mark.get("method", ""), "dimgray"), linewidths=1.5, zorder=4, label=mark["label"],
         )  # fmt: skip
     lats = [t["latency_s"] for t in trials if t["latency_s"] > 0] + [
         m["latency_s"] for m in marks if m["latency_s"] > 0
@@ -966,7 +870,7 @@ def plot_front(
     ax.set_title(title or "tuning: accuracy vs latency")
     ax.grid(alpha=0.3)
     if trials or marks:
-        ax.legend(fontsize=7, loc="best")
+        ax.legend(fontsize=7, loc="upper left", bbox_to_anchor=(1.01, 1.0), borderaxespad=0)
     fig.tight_layout()
     fig.savefig(path)
     plt.close(fig)
