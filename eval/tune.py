@@ -44,6 +44,7 @@ from specs_rl.run import check_extras, check_run_dir, prepare_run_dir, read_resu
 from specs_rl.run.report import log_wandb
 from specs_rl.run.study import (
     check_optuna,
+    check_storage,
     collect_trials,
     open_studies,
     run_trials,
@@ -79,6 +80,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     check_optuna()
     check_extras(cfg)
     check_run_dir(cfg.out, cfg, ignore=TUNE_PRESENTATION_KEYS)  # another config's directory: refused first
+    check_storage(cfg, plan)  # a shared database: reachable, and no study there of another config
     tasks = TaskCache(cfg, cfg.tune.task_cache, cfg.warmup)  # the tune problems and models, built once
     problems = len(tasks.base.problems)
     check_rungs(cfg, problems)
@@ -213,8 +215,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     )
     if cfg.wandb:
         records = list(base_records)
-        for t in completed:
-            records += read_results(runner.records_path(t["method"], t["root"]))
+        for t in completed:  # the trial's own records (not the reference's beside them when paired)
+            path = runner.records_path(t["method"], t["root"])
+            if path.exists():  # a trial of another worker (shared storage) has its records there
+                records += [r for r in read_results(path) if r.get("seed") == t["seed"]]
         tables = {
             "trials": (
                 ["method", "number", "state", "seed", "params", "problems", "accuracy", "latency_s"],

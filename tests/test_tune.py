@@ -445,6 +445,7 @@ def test_another_config_in_the_same_directory_is_refused(fast_dir, capsys):
     )
     assert tune_cmd.main([*args, *small, "tune.trials=9"]) == 0  # a grid of 2: nothing more to run
     assert len(_summary(out)["trials"]) == 2
+    assert tune_cmd.main([*args, *small, "tune.method_trials={specs: 1}", "progress=true"]) == 0
 
 
 # ------------------------------------------------------------------------------------------------------------------
@@ -528,3 +529,26 @@ def test_the_tune_yamls_plan():
         plan = plan_study(cfg)
         assert plan.primary == "specs" and plan.reference is not None
         assert yaml.safe_load(path.read_text())["tune"]["test"]["set"]
+
+
+def test_workers_share_one_storage(fast_dir, capsys):
+    """Several workers (here one after another) with their own out and one database join the same studies; a
+    worker with another config is refused by the hash the studies hold."""
+    db = f"sqlite:///{fast_dir / 'shared.db'}"
+    common = ["--config", TUNE_TAB, *SMALL, *QUIET, "tune.test.run=false", "tune.baselines=[]"]
+    common += ["tune.methods={specs: {tau_reject: {low: -6.0, high: 2.0}}}", "tune.choose.points=100"]
+    assert tune_cmd.main([*common, f"out={fast_dir / 'a'}", f"tune.storage={db}", "tune.trials=2"]) == 0
+    assert tune_cmd.main([*common, f"out={fast_dir / 'b'}", f"tune.storage={db}", "tune.trials=4"]) == 0
+    a, b = _summary(fast_dir / "a"), _summary(fast_dir / "b")
+    assert [t["number"] for t in a["trials"]] == [0, 1] and [t["number"] for t in b["trials"]] == [0, 1, 2, 3]
+    assert b["trials"][:2] == a["trials"]  # worker b sees worker a's trials as they were
+    assert not (fast_dir / "b" / "trials" / "specs" / "0").exists()  # their records stay with worker a
+    capsys.readouterr()
+    other = [*common, f"out={fast_dir / 'c'}", f"tune.storage={db}", "tune.rungs=[6]"]
+    study = a["study"]["names"]["specs"].split(":")[0]
+    assert tune_cmd.main([*other, f"tune.study_name={study}"]) == 2
+    err = capsys.readouterr().err
+    assert "holds trials of another config; set another tune.study_name" in err and err.count("\n") == 1
+    assert not (fast_dir / "c").exists()  # refused before anything was written
+    assert tune_cmd.main([*other, "tune.storage=postgresql://nobody@127.0.0.1:1/none"]) == 2
+    assert "tune.storage: cannot open 127.0.0.1:1/none (" in capsys.readouterr().err

@@ -79,6 +79,32 @@ def study_names(cfg: TuneConfig, plan: StudyPlan) -> dict[str, str]:
     return {s.method: f"{prefix}:{s.method}" for s in plan.spaces}
 
 
+def check_storage(cfg: TuneConfig, plan: StudyPlan) -> None:
+    """A shared database (``tune.storage``) can be opened and holds no study of these names for another config;
+    checked before ``out`` is written (``out/study.db`` is covered by the directory's own identity check)."""
+    if cfg.tune.storage is None:
+        return
+    import optuna
+
+    optuna.logging.set_verbosity(optuna.logging.WARNING)
+    url = storage_url(cfg, ".")
+    try:
+        storage = optuna.storages.RDBStorage(url)
+    except Exception as e:  # a bad URL, a missing driver, an unreachable host: one line
+        first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+        raise SpecsError(f"tune.storage: cannot open {url.split('@')[-1]} ({first})") from None
+    digest = identity_hash(cfg)
+    for name in study_names(cfg, plan).values():
+        try:
+            held = optuna.load_study(study_name=name, storage=storage).user_attrs.get("config_hash")
+        except KeyError:
+            continue
+        if held is not None and held != digest:
+            raise SpecsError(
+                f"study {name} in {url.split('@')[-1]} holds trials of another config; set another tune.study_name"
+            )
+
+
 def open_studies(cfg: TuneConfig, plan: StudyPlan, out: str | Path) -> dict[str, Any]:
     """The studies of ``plan``'s methods in the store (created, or loaded to resume), with heartbeats on."""
     import optuna
@@ -273,6 +299,11 @@ def run_trials(
                 if not counts.get("WAITING") and taken >= space.trials:
                     continue
                 number = sum(counts.values())
+
+                def show(i: int, method: str = space.method, number: int = number) -> None:
+                    bar.set_postfix_str(f"{method} trial {number}: problem {i}/{runner.counts[-1]}")
+
+                runner.on_problem = show
                 study.sampler = make_sampler(
                     cfg, space, _seed(cfg.seed, zlib.crc32(space.method.encode()), number, salt)
                 )
@@ -288,8 +319,12 @@ def run_trials(
                 if timed_out:
                     break
                 continue
-            if not any(_counts(s).get("RUNNING") for s in studies.values()):
+            running = sum(_counts(s).get("RUNNING", 0) for s in studies.values())
+            if not running:
                 break
+            bar.set_postfix_str(
+                f"waiting for {running} trial(s) running elsewhere or killed (stale after {cfg.tune.grace_s} s)"
+            )
             time.sleep(cfg.tune.heartbeat_s)  # trials running elsewhere, or killed and not yet stale
             with warnings.catch_warnings():
                 warnings.simplefilter("ignore")

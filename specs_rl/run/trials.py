@@ -61,12 +61,20 @@ class TaskCache:
         return task
 
 
-def search_prefix(pairs: Sequence[tuple[Task, PlannedRun]], count: int, writer: ResultsWriter) -> None:
+def search_prefix(
+    pairs: Sequence[tuple[Task, PlannedRun]],
+    count: int,
+    writer: ResultsWriter,
+    on_problem: Callable[[int], None] | None = None,
+) -> None:
     """Search the first ``count`` problems with every (task, run) not yet in ``writer``, one problem at a time, the
     runs taking turns with their order rotating from problem to problem (``run_grid``'s ``order: problem``, over
-    runs that may need different tasks), so a slow spell of the machine hits them alike."""
+    runs that may need different tasks), so a slow spell of the machine hits them alike. ``on_problem(i)`` after
+    each problem."""
     done = writer.done
     for i in range(count):
+        if on_problem is not None and i:
+            on_problem(i)
         turn = i % len(pairs)
         for task, run in [*pairs[turn:], *pairs[:turn]]:
             problem = task.problems[i]
@@ -121,6 +129,7 @@ class TrialRunner:
         n = len(tasks.base.problems)
         self.counts = [*cfg.tune.rungs, n]
         self.ids = [p.id for p in tasks.base.problems]
+        self.on_problem: Callable[[int], None] | None = None  # progress: problems of the current trial done
 
     def records_path(self, method: str, root: int) -> Path:
         return self.out / "trials" / method / str(root) / "results.jsonl"
@@ -144,7 +153,7 @@ class TrialRunner:
         results = []
         with ResultsWriter(path) as writer:
             for rung, count in enumerate(self.counts):
-                search_prefix(pairs, count, writer)
+                search_prefix(pairs, count, writer, self.on_problem)
                 ids = set(self.ids[:count])
                 result = run_result(writer.records, run, ids)
                 result["raw_latency_s"] = result["latency_s"]

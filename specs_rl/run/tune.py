@@ -63,6 +63,7 @@ TUNE_PRESENTATION_KEYS = (
     "tune.heartbeat_s",
     "tune.grace_s",
     "tune.test.run",
+    *(f"tune.method_trials.{m}" for m in METHOD_PRESETS),  # the mapping's keys, as config.json flattens them
 )
 
 
