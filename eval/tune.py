@@ -74,9 +74,8 @@ NO_CHOICE = 3  # exit status: the study ran, but no completed trial of the first
 @entry_point
 def main(argv: Sequence[str] | None = None) -> int:
     cfg = config_from_argv(TuneConfig, sys.argv[1:] if argv is None else argv, "specs-rl tune")
-    plan = plan_study(
-        cfg
-    )  # spaces, rule, reference, test re-run: checked before anything is loaded or written
+    # spaces, rule, reference, the test re-run's config: all checked before anything is loaded or written
+    plan = plan_study(cfg)
     check_optuna()
     check_extras(cfg)
     check_run_dir(cfg.out, cfg, ignore=TUNE_PRESENTATION_KEYS)  # another config's directory: refused first
@@ -198,43 +197,23 @@ def main(argv: Sequence[str] | None = None) -> int:
     print(f"\nfronts on the tune set ({problems} problems), rule: {rule}")
     print(format_front(rows))
     for space in plan.spaces:
-        n_done = [t for t in trials if t["method"] == space.method]
-        stopped = [t for t in n_done if t["state"] == "PRUNED"]
-        print(
-            f"{space.method}: {len(n_done)} trials, {len(stopped)} stopped early"
-            + (
-                f" (after {sorted({t['rungs'][-1]['problems'] for t in stopped})} problems)"
-                if stopped
-                else ""
-            )
+        mine = [t for t in trials if t["method"] == space.method]
+        stopped = sorted({t["rungs"][-1]["problems"] for t in mine if t["state"] == "PRUNED" and t["rungs"]})
+        line = (
+            f"{space.method}: {len(mine)} trials, {sum(t['state'] == 'PRUNED' for t in mine)} stopped early"
         )
+        print(line + (f" (after {stopped} problems)" if stopped else ""))
     for line in _choice_lines(choices, test_points, reference):
         print(line)
-    print(
-        f"study: {out / 'study.db'} ({status['spent_s']:.0f} s of trials{', timed out' if status['timed_out'] else ''})"
-    )
+    timed_out = ", timed out" if status["timed_out"] else ""
+    print(f"study: {summary['study']['storage']} ({status['spent_s']:.0f} s of trials{timed_out})")
     if cfg.wandb:
         records = list(base_records)
         for t in completed:  # the trial's own records (not the reference's beside them when paired)
             path = runner.records_path(t["method"], t["root"])
             if path.exists():  # a trial of another worker (shared storage) has its records there
                 records += [r for r in read_results(path) if r.get("seed") == t["seed"]]
-        tables = {
-            "trials": (
-                ["method", "number", "state", "seed", "params", "problems", "accuracy", "latency_s"],
-                [
-                    [t["method"], t["number"], t["state"], t["seed"], json.dumps(t["params"]),
-                     t["rungs"][-1]["problems"] if t["rungs"] else 0,
-                     t["rungs"][-1]["accuracy"] if t["rungs"] else None,
-                     t["rungs"][-1]["latency_s"] if t["rungs"] else None]
-                    for t in trials
-                ],
-            ),
-            "front": (
-                ["method", "number", "accuracy", "latency_s", "params", "chosen"],
-                [[r["method"], r["number"], r["accuracy"], r["latency_s"], json.dumps(r["params"]), r["chosen"]] for r in rows],
-            ),
-        }  # fmt: skip
+        tables = _wandb_tables(trials, rows)
         choice_summary = {"rule": rule}
         for m, c in choices.items():
             if c["chosen"] is not None:
@@ -252,6 +231,32 @@ def main(argv: Sequence[str] | None = None) -> int:
     write_json(out / "tune.json", summary)
     print(f"summary: {out / 'tune.json'}")
     return 0 if plan.primary in chosen else NO_CHOICE
+
+
+def _wandb_tables(
+    trials: list[dict[str, Any]], front_rows: list[dict[str, Any]]
+) -> dict[str, tuple[list, list]]:
+    """The trials (every state, the last rung searched) and the fronts, as W&B tables."""
+
+    def last(t: dict[str, Any], key: str) -> Any:
+        return t["rungs"][-1][key] if t["rungs"] else None
+
+    trial_rows = [
+        [t["method"], t["number"], t["state"], t["seed"], json.dumps(t["params"]), last(t, "problems"),
+         last(t, "accuracy"), last(t, "latency_s")]
+        for t in trials
+    ]  # fmt: skip
+    front = [
+        [r["method"], r["number"], r["accuracy"], r["latency_s"], json.dumps(r["params"]), r["chosen"]]
+        for r in front_rows
+    ]
+    return {
+        "trials": (
+            ["method", "number", "state", "seed", "params", "problems", "accuracy", "latency_s"],
+            trial_rows,
+        ),
+        "front": (["method", "number", "accuracy", "latency_s", "params", "chosen"], front),
+    }
 
 
 def _label(method: str, n: int | None) -> str:
