@@ -25,6 +25,10 @@ COMMANDS: dict[str, tuple[str, str]] = {
         "compare methods over a dataset slice, an n grid and seeds (W&B, plot, summary)",
     ),
     "merge": ("eval.merge", "merge the outputs of sharded compare runs into one summary"),
+    "tune": (
+        "eval.tune",
+        "tune methods' settings on a tune split (Optuna), choose one by a fixed rule, re-test it on held-out data",
+    ),
     "bench": ("eval.bench_loop", "benchmark the inference loop (overhead, growth with prefix length)"),
     "theory converge": ("theory.converge", "exact convergence of SPECS to the KL-regularized optimum"),
     "theory real": ("theory.real_task", "the convergence check with real models"),

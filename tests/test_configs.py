@@ -45,6 +45,11 @@ def test_config_loads(path):
         # GPU configs ask for bf16, which TrainingArguments refuses on a CPU: load them as a CPU run would
         overrides = [] if "tiny" in path.stem else ["use_cpu=true", "bf16=false"]
         assert module.parse(["--config", str(path), *overrides]) is not None
+    elif group == "tune":
+        pytest.importorskip("optuna")
+        from specs_rl.run.tune import TuneConfig, plan_study
+
+        plan_study(load_config(TuneConfig, path))
     elif group == "accelerate":
         data = yaml.safe_load(path.read_text())
         assert data["distributed_type"] in ("MULTI_GPU", "DEEPSPEED", "FSDP", "NO", "MULTI_CPU")

@@ -203,18 +203,26 @@ def plan_runs(cfg: CompareConfig) -> list[PlannedRun]:
         grid: list[int | None] = list(cfg.n_grid) if uses_n(name) else [None]
         for n in grid:
             for seed in cfg.seeds:
-                # n goes into the base first: presets derive settings (beam_width = n) from the base's n
-                base = dataclasses.replace(cfg, n=n if n is not None else min(cfg.n_grid), seed=seed)
-                try:
-                    run_cfg = preset(base, name, cfg.method_settings.get(name))
-                except SpecsError as e:
-                    raise ConfigError(str(e)) from None
-                search_cfg = SearchConfig(
-                    **{f.name: getattr(run_cfg, f.name) for f in dataclasses.fields(SearchConfig)}
+                runs.append(
+                    plan_run(cfg, name, n, seed, cfg.method_settings.get(name), n_free=min(cfg.n_grid))
                 )
-                own = dict(cfg.method_settings.get(name, {}))
-                runs.append(PlannedRun(name, n, seed, search_cfg, MATCHED_FRACTION.get(name), own))
     return runs
+
+
+def plan_run(
+    shared: SearchConfig, name: str, n: int | None, seed: int, own: dict[str, Any] | None, *, n_free: int
+) -> PlannedRun:
+    """One method at one n and seed: the ``shared`` settings with the method's ``own`` settings and its preset's
+    pinned values applied, validated (a :class:`ConfigError` naming the method). ``n`` is None for n-free methods,
+    which search with ``n_free`` (unused by them)."""
+    # n goes into the base first: presets derive settings (beam_width = n) from the base's n
+    base = dataclasses.replace(shared, n=n if n is not None else n_free)
+    try:
+        run_cfg = preset(base, name, own)
+    except SpecsError as e:
+        raise ConfigError(str(e)) from None
+    search_cfg = SearchConfig(**{f.name: getattr(run_cfg, f.name) for f in dataclasses.fields(SearchConfig)})
+    return PlannedRun(name, n, seed, search_cfg, MATCHED_FRACTION.get(name), dict(own or {}))
 
 
 def warm_up(task: Task, runs: Sequence[PlannedRun], problems: int) -> None:
