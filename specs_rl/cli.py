@@ -25,7 +25,11 @@ COMMANDS: dict[str, tuple[str, str]] = {
         "compare methods over a dataset slice, an n grid and seeds (W&B, plot, summary)",
     ),
     "merge": ("eval.merge", "merge the outputs of sharded compare runs into one summary"),
-    "bench": ("eval.bench_loop", "benchmark the inference loop (overhead, growth with prefix length)"),
+    "bench": (
+        "eval.bench_loop",
+        "benchmark the inference loop (overhead, growth with prefix length); backend=vllm: the served backend",
+    ),
+    "serve": ("eval.serve", "start the vLLM servers a run config needs, print their URLs, stop them on exit"),
     "theory converge": ("theory.converge", "exact convergence of SPECS to the KL-regularized optimum"),
     "theory real": ("theory.real_task", "the convergence check with real models"),
     "train prm": ("train.prm", "train a step-level process reward model"),

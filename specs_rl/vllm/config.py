@@ -173,6 +173,7 @@ class VLLMConfig:
     # of a run on k server sets merge. Dotted, relative to this section; "*" matches any part.
     placement_keys: ClassVar[tuple[str, ...]] = (
         "*.url",
+        "*.model",
         "*.gpu_memory_utilization",
         "*.tensor_parallel_size",
         "*.devices",

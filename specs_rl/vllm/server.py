@@ -210,11 +210,12 @@ class Server:
             return False
 
     def stop(self, grace_s: float = 15.0) -> None:
-        """SIGTERM to the whole process group, SIGKILL after ``grace_s``; returns when the group is gone."""
+        """SIGTERM to the API process (it shuts its engine down and reaps it), SIGKILL to the whole process group
+        after ``grace_s``; returns when the group is gone."""
         _LIVE.discard(self)
         pgid = self.proc.pid
         with contextlib.suppress(ProcessLookupError, PermissionError):
-            os.killpg(pgid, signal.SIGTERM)
+            os.kill(pgid, signal.SIGTERM)
         deadline = time.monotonic() + grace_s
         while time.monotonic() < deadline and _group_alive(pgid):
             with contextlib.suppress(subprocess.TimeoutExpired):

@@ -386,36 +386,35 @@ def check_processed_logprobs(sampler: Any, probe_ids: list[int], tol: float = 1e
     try:
         top = raw["choices"][0]["prompt_logprobs"][len(probe_ids)]
         table = {int(k): float(v["logprob"]) for k, v in top.items()}
-        if len(table) < 20 or math.fsum(math.exp(x) for x in table.values()) < 0.999:
-            return  # the top-20 do not hold the distribution: no conclusion
-        ordered = sorted(table.items(), key=lambda kv: -kv[1])
-        tempered = [(k, v / T) for k, v in ordered]
-        norm = math.log(math.fsum(math.exp(v) for _, v in tempered))
-        probs = [(k, v - norm) for k, v in tempered]
-        kept, mass = [], 0.0
-        for k, lp in probs:
-            if mass >= top_p:
-                break
-            kept.append((k, lp))
-            mass += math.exp(lp)
-        renorm = math.log(math.fsum(math.exp(lp) for _, lp in kept))
-        processed = {k: lp - renorm for k, lp in kept}
-        for ch in data["choices"]:
-            tok = int(ch["token_ids"][0])
-            got = float(ch["logprobs"]["token_logprobs"][0])
-            if tok not in processed or tok not in table:
-                continue
-            want, raw_lp = processed[tok], table[tok]
-            if abs(want - raw_lp) > 10 * tol and abs(got - raw_lp) < tol and abs(got - want) > tol:
-                raise ServerError(
-                    f"{ep.part}: the server at {ep.url} returns raw log-probs, not those of the distribution it samples "
-                    f"at temperature {T:g} / top-p {top_p:g} (token {tok}: {got:.4f}, processed {want:.4f}); start it "
-                    "with --logprobs-mode processed_logprobs"
-                )
+        sampled = [
+            (int(ch["token_ids"][0]), float(ch["logprobs"]["token_logprobs"][0])) for ch in data["choices"]
+        ]
     except (KeyError, IndexError, TypeError, ValueError, AttributeError):
         raise ServerError(
             f"{ep.part}: the server at {ep.url} answered the log-prob probe in an unexpected shape"
         ) from None
+    if len(table) < 20 or math.fsum(math.exp(x) for x in table.values()) < 0.999:
+        return  # the top-20 do not hold the distribution: no conclusion
+    tempered = sorted(((k, v / T) for k, v in table.items()), key=lambda kv: -kv[1])
+    norm = math.log(math.fsum(math.exp(v) for _, v in tempered))
+    kept, mass = [], 0.0
+    for k, v in tempered:
+        if mass >= top_p:
+            break
+        kept.append((k, v - norm))
+        mass += math.exp(v - norm)
+    renorm = math.log(math.fsum(math.exp(lp) for _, lp in kept))
+    processed = {k: lp - renorm for k, lp in kept}
+    for tok, got in sampled:
+        if tok not in processed:
+            continue
+        want, raw_lp = processed[tok], table[tok]
+        if abs(want - raw_lp) > 10 * tol and abs(got - raw_lp) < tol and abs(got - want) > tol:
+            raise ServerError(
+                f"{ep.part}: the server at {ep.url} returns raw log-probs, not those of the distribution it "
+                f"samples at temperature {T:g} / top-p {top_p:g} (token {tok}: {got:.4f}, processed "
+                f"{want:.4f}); start it with --logprobs-mode processed_logprobs"
+            )
 
 
 def build_task(cfg: Any) -> Task:
