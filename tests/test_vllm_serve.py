@@ -186,5 +186,5 @@ def test_server_flags():
     b = server_argv(prm, "127.0.0.1", 8001, cpu=True)
     assert "--logprobs-mode" not in b and "--no-enable-chunked-prefill" in b
     assert json.loads(b[b.index("--pooler-config") + 1]) == {"tok_pooling_type": "STEP", "step_tag_id": 7}
-    env = server_env(prm, cpu=True, kv_cache_gib=2, threads_bind="nobind")
+    env = server_env(prm, cpu=True, kv_cache_gib=2, threads_bind="0")
     assert env["VLLM_CPU_KVCACHE_SPACE"] in ("2", os.environ.get("VLLM_CPU_KVCACHE_SPACE"))

@@ -1,14 +1,19 @@
-"""The HTTP client of the served backend: one asyncio loop in a background thread, one ``httpx.AsyncClient``, bounded
-retries with exponential backoff, and clear errors that name the part and the server.
+"""The HTTP client of the served backend: one ``httpx.Client`` shared by every part, the requests of a call issued
+concurrently, bounded retries with exponential backoff, and clear errors that name the part and the server.
 
-Every part (drafter, target sampler, scorer, PRM) submits coroutines to the same loop from whatever thread calls it
-(the search, or the two threads in which target scoring and the PRM run concurrently), so the requests of all the
-problems in flight, of every part, are on the wire together.
+Concurrency. A part's call over ``B`` prefixes issues ``B`` requests at once: the first in the calling thread, the
+others on a pool of long-lived threads (``max_concurrency - 1`` of them, started with the client; a thread waiting on
+its socket releases the GIL). Requests beyond ``max_concurrency`` wait for a thread.
+Target scoring and the PRM are two such calls in two threads (:class:`specs_rl.vllm.parts.PooledWallClock`), so the
+requests of all the problems in flight, of both parts, are on the wire together. With one problem at a time (the
+paper's latency setting) a request runs in the thread that needs its answer: no hand-off to another thread and
+back, which an asyncio loop in a background thread would add to every call (0.4-0.9 ms each here, about 7% of a
+toy problem's wall time on this 2-core machine).
 
 Timing. A :class:`BusyMeter` measures the wall time during which at least one request is in flight (from the first
 byte sent to the last byte received): that is time spent waiting on servers. Request bodies are serialized before
-and responses parsed after that window, so the rest of a call's wall time is the client's own. Each part has its own
-meter and the client has one over every part; the bench reads them (``client share = 1 - busy / wall``).
+and responses parsed after that window, so the rest of a call's wall time is the client's own. Each endpoint has its
+own meter and the client has one over every part; the bench reads them (``client share = 1 - busy / wall``).
 
 Retries. A connection error, a timeout, or an HTTP 429 / 5xx answer is retried ``retries`` times, waiting
 ``backoff_s * 2^k`` before retry ``k`` (no jitter, so the schedule is the same on every run). A request is safe to
@@ -20,11 +25,11 @@ its one line and exit with status 2; the records already written stay, and rerun
 
 from __future__ import annotations
 
-import asyncio
 import json
 import threading
 import time
-from collections.abc import Coroutine
+from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import Any, TypeVar
 
@@ -115,7 +120,7 @@ def _error_message(resp: Any) -> str:
 
 
 class ServedClient:
-    """Requests to vLLM servers from any thread, on one event loop running in a daemon thread."""
+    """Requests to vLLM servers from any thread: one connection pool, a thread pool for concurrent requests."""
 
     def __init__(
         self,
@@ -127,79 +132,70 @@ class ServedClient:
         max_concurrency: int = 64,
         api_key: str | None = None,
     ) -> None:
+        import httpx
+
         self.timeout_s = timeout_s
         self.connect_timeout_s = connect_timeout_s
         self.retries = retries
         self.backoff_s = backoff_s
         self.max_concurrency = max_concurrency
-        self._headers = {"Content-Type": "application/json"}
+        headers = {"Content-Type": "application/json"}
         if api_key:
-            self._headers["Authorization"] = f"Bearer {api_key}"
+            headers["Authorization"] = f"Bearer {api_key}"
         self.meter = BusyMeter()
         self.stats = {"requests": 0, "retries": 0}
-        self._sems: dict[str, asyncio.Semaphore] = {}
-        self._loop = asyncio.new_event_loop()
-        self._thread = threading.Thread(
-            target=self._loop.run_forever, name="specs-rl-vllm-client", daemon=True
-        )
-        self._thread.start()
-        self._http = self.run(self._open())
+        self._lock = threading.Lock()
+        limits = httpx.Limits(max_connections=None, max_keepalive_connections=4 * max_concurrency)
+        timeout = httpx.Timeout(timeout_s, connect=connect_timeout_s)
+        self._http = httpx.Client(timeout=timeout, limits=limits, headers=headers)
+        # max_concurrency - 1 threads, all started now (a thread started on demand costs milliseconds, tens when
+        # the machine is loaded, and would leave the first requests of a call alone on the wire)
+        workers = max(1, max_concurrency - 1)
+        self._pool = ThreadPoolExecutor(max_workers=workers, thread_name_prefix="specs-rl-vllm")
+        ready = threading.Barrier(workers + 1)
+        for _ in range(workers):
+            self._pool.submit(ready.wait)
+        ready.wait()
         self.closed = False
 
-    async def _open(self) -> Any:
-        import httpx
-
-        limits = httpx.Limits(max_connections=None, max_keepalive_connections=4 * self.max_concurrency)
-        timeout = httpx.Timeout(self.timeout_s, connect=self.connect_timeout_s)
-        return httpx.AsyncClient(timeout=timeout, limits=limits, headers=self._headers)
-
-    def run(self, coro: Coroutine[Any, Any, T]) -> T:
-        """Run ``coro`` on the client's loop and wait for its result (call from any thread but the loop's)."""
-        return asyncio.run_coroutine_threadsafe(coro, self._loop).result()
-
     def close(self) -> None:
-        if self.closed:
-            return
-        self.closed = True
-        try:
-            self.run(self._http.aclose())
-        finally:
-            self._loop.call_soon_threadsafe(self._loop.stop)
-            self._thread.join(timeout=5)
+        if not self.closed:
+            self.closed = True
+            self._pool.shutdown(wait=False, cancel_futures=True)
+            self._http.close()
+
+    def _count(self, ep: Endpoint, key: str) -> None:
+        with self._lock:
+            self.stats[key] += 1
+            ep.stats[key] += 1
 
     # -- requests -------------------------------------------------------------------------------------------------
-    async def request(self, ep: Endpoint, method: str, path: str, body: Any = None) -> Any:
+    def request(self, ep: Endpoint, method: str, path: str, body: Any = None) -> Any:
         """The parsed JSON answer of ``method url/path`` (``body`` sent as JSON), retried as the module says."""
         import httpx
 
-        sem = self._sems.get(ep.url)
-        if sem is None:
-            sem = self._sems[ep.url] = asyncio.Semaphore(self.max_concurrency)
         payload = None if body is None else json.dumps(body).encode()
         url = ep.url + path
         t0 = time.perf_counter()
         last = ""
         for attempt in range(self.retries + 1):
             if attempt:
-                self.stats["retries"] += 1
-                ep.stats["retries"] += 1
-                await asyncio.sleep(self.backoff_s * 2 ** (attempt - 1))
-            async with sem:
-                self.meter.enter()
-                ep.meter.enter()
-                self.stats["requests"] += 1
-                ep.stats["requests"] += 1
-                try:
-                    resp = await self._http.request(method, url, content=payload)
-                except httpx.TimeoutException as e:
-                    last = f"timed out ({type(e).__name__} after {self.timeout_s:g} s)"
-                    continue
-                except httpx.TransportError as e:
-                    last = _describe(e)
-                    continue
-                finally:
-                    ep.meter.exit()
-                    self.meter.exit()
+                self._count(ep, "retries")
+                time.sleep(self.backoff_s * 2 ** (attempt - 1))
+            self.meter.enter()
+            ep.meter.enter()
+            self._count(ep, "requests")
+            try:
+                resp = self._http.request(method, url, content=payload)
+            except httpx.TimeoutException as e:
+                last = f"timed out ({type(e).__name__} after {self.timeout_s:g} s)"
+                continue
+            except httpx.TransportError as e:
+                last = _describe(e)
+                continue
+            finally:
+                ep.meter.exit()
+                self.meter.exit()
             if resp.status_code in RETRY_STATUS:
                 last = f"HTTP {resp.status_code}: {_error_message(resp)}"
                 continue
@@ -221,44 +217,43 @@ class ServedClient:
             "rerun the same command to resume once the server is back"
         )
 
-    async def gather(self, coros: list[Coroutine[Any, Any, T]]) -> list[T]:
-        """All ``coros`` concurrently; the first failure cancels the others and is raised."""
-        tasks = [asyncio.ensure_future(c) for c in coros]
-        try:
-            return list(await asyncio.gather(*tasks))
-        except BaseException:
-            for t in tasks:
-                t.cancel()
-            await asyncio.gather(*tasks, return_exceptions=True)
-            raise
-
-    def map(self, coros: list[Coroutine[Any, Any, T]]) -> list[T]:
-        """:meth:`gather` from a calling thread."""
-        if not coros:
+    def map(self, calls: list[Callable[[], T]]) -> list[T]:
+        """Every call at once: the first in this thread, the others on the pool. The first failure is raised (the
+        others still finish: a request in flight is not cut)."""
+        if not calls:
             return []
-        return self.run(self.gather(coros))
+        if len(calls) == 1:
+            return [calls[0]()]
+        futures = [self._pool.submit(c) for c in calls[1:]]
+        try:
+            first = calls[0]()
+        except BaseException:
+            for f in futures:
+                f.cancel()
+            raise
+        return [first, *(f.result() for f in futures)]
 
     # -- health -----------------------------------------------------------------------------------------------------
-    async def served_models(self, ep: Endpoint) -> dict[str, dict[str, Any]]:
-        """``{served name: model card}`` from ``/v1/models`` after ``/health`` answers (retried as any request)."""
-        await self._health(ep)
-        data = await self.request(ep, "GET", "/v1/models")
+    def served_models(self, ep: Endpoint) -> dict[str, dict[str, Any]]:
+        """``{served name: model card}`` from ``/v1/models`` after ``/health`` answers."""
+        self._health(ep)
+        data = self.request(ep, "GET", "/v1/models")
         cards = data.get("data") if isinstance(data, dict) else None
         if not isinstance(cards, list):
             raise ServerError(f"{ep.part}: {ep.url}/v1/models did not list models; is it a vLLM server?")
         return {str(c.get("id")): c for c in cards if isinstance(c, dict)}
 
-    async def _health(self, ep: Endpoint) -> None:
-        """``GET /health`` (vLLM answers 200 with an empty body once the engine is up)."""
+    def _health(self, ep: Endpoint) -> None:
+        """``GET /health`` (vLLM answers 200 with an empty body once the engine is up), retried as a request."""
         import httpx
 
         t0 = time.perf_counter()
         last = ""
         for attempt in range(self.retries + 1):
             if attempt:
-                await asyncio.sleep(self.backoff_s * 2 ** (attempt - 1))
+                time.sleep(self.backoff_s * 2 ** (attempt - 1))
             try:
-                resp = await self._http.get(ep.url + "/health")
+                resp = self._http.get(ep.url + "/health")
             except httpx.TimeoutException as e:
                 last = f"timed out ({type(e).__name__})"
                 continue

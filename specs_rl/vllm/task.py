@@ -17,7 +17,7 @@ from typing import Any
 
 from specs_rl.errors import SpecsError
 from specs_rl.hf.config import HFConfig, ModelSpec, PrmSpec
-from specs_rl.interfaces import SearchParts, Task, WallClock
+from specs_rl.interfaces import SearchParts, Task
 from specs_rl.prm_format import PrmFormat
 from specs_rl.types import Problem
 from specs_rl.vllm.config import API_KEY_ENV, VLLMConfig, default_python
@@ -202,6 +202,7 @@ def build_parts(
     from specs_rl.vllm.client import Endpoint, ServedClient
     from specs_rl.vllm.parts import (
         MeteredRewardModel,
+        PooledWallClock,
         PromptFormat,
         VLLMRewardModel,
         VLLMSampler,
@@ -317,7 +318,7 @@ def build_parts(
         target=samplers["target"],
         scorer=VLLMScorer(client, endpoints["target"], fmt),
         prm=prm,
-        clock=WallClock(),
+        clock=PooledWallClock(),
         answer_of=boxed_answer,
     )
     return parts, ServedParts(client, endpoints, servers, prm_kind)
@@ -348,7 +349,7 @@ def _check_endpoint(client: Any, ep: Any) -> dict[str, Any]:
     """The model card of ``ep.model`` on its server, after ``/health``; a server serving other models is refused."""
     from specs_rl.vllm.client import ServerError
 
-    cards = client.run(client.served_models(ep))
+    cards = client.served_models(ep)
     if ep.model not in cards:
         served = ", ".join(repr(c) for c in cards) or "nothing"
         raise ServerError(
@@ -374,7 +375,7 @@ def check_processed_logprobs(sampler: Any, probe_ids: list[int], tol: float = 1e
     client, ep = sampler.client, sampler.ep
     T, top_p = sampler.temperature, sampler.top_p  # noqa: N806
     body = sampler.body(probe_ids, 8, 12345, 1, to_end=True)
-    data = client.run(client.request(ep, "POST", "/v1/completions", body))
+    data = client.request(ep, "POST", "/v1/completions", body)
     raw_body = {
         "model": ep.model,
         "prompt": list(probe_ids) + [0],
@@ -382,7 +383,7 @@ def check_processed_logprobs(sampler: Any, probe_ids: list[int], tol: float = 1e
         "temperature": 0.0,
         "prompt_logprobs": 20,
     }
-    raw = client.run(client.request(ep, "POST", "/v1/completions", raw_body))
+    raw = client.request(ep, "POST", "/v1/completions", raw_body)
     try:
         top = raw["choices"][0]["prompt_logprobs"][len(probe_ids)]
         table = {int(k): float(v["logprob"]) for k, v in top.items()}
