@@ -2,6 +2,7 @@
 
     specs-rl bench out=runs/bench                      # CPU figures (a few minutes on 2 cores)
     specs-rl bench out=runs/bench repeats=1 quick=true # a smoke run in seconds
+    specs-rl bench backend=vllm out=runs/bench-vllm    # the served backend against this one (eval/bench_served.py)
 
 Random-weight Llama models over the project's tiny tokenizer, on the CPU (no download):
 
@@ -425,7 +426,12 @@ def table(report: dict[str, Any]) -> str:
 
 @entry_point
 def main(argv: Sequence[str] | None = None) -> int:
-    cfg = config_from_argv(BenchConfig, sys.argv[1:] if argv is None else argv, "specs-rl bench")
+    argv = list(sys.argv[1:] if argv is None else argv)
+    if "backend=vllm" in argv:  # the served backend's benchmark: eval/bench_served.py
+        from eval import bench_served
+
+        return bench_served.main([a for a in argv if a != "backend=vllm"])
+    cfg = config_from_argv(BenchConfig, argv, "specs-rl bench")
     if cfg.quick:
         cfg = _quick(cfg)
     out = Path(cfg.out)

@@ -3,10 +3,15 @@
     specs-rl demo                      # the toy-math world (trained models shipped in specs_rl/assets/toymath)
     specs-rl demo world=tabular        # the exact tabular worlds (configs/demo/tabular.yaml), simulated latency
     specs-rl demo out=/tmp/demo n_grid=[8] data.limit=200
+    specs-rl demo backend=vllm         # the toy-math world with draft and target on local vLLM servers
 
 ``world``: ``auto`` (default: ``toymath`` when the package ships the trained world, else ``tabular``), ``toymath``
 (configs/demo/toymath.yaml: a target, a draft and a PRM trained on this kind of CPU by ``python -m train.toyworld``,
 real wall-clock latency) or ``tabular``. Without the assets, ``world=toymath`` says how to train them.
+
+``backend=vllm`` runs the same config with the draft and the target served by vLLM (started by the run from the
+venv of ``scripts/vllm-venv``, or the running servers given by ``vllm.draft.url`` / ``vllm.target.url``) and the
+toy world's PRM in-process (vLLM cannot serve its token-label Llama PRM); its default ``out`` is ``runs/demo-vllm``.
 
 It is ``specs-rl compare`` on the demo config (any compare key can be overridden): the comparison table, the
 accuracy-versus-latency plot, an offline W&B run, ``results.jsonl`` and ``summary.json`` in ``out``; then one line
@@ -71,7 +76,8 @@ def demo_argv(argv: Sequence[str]) -> list[str]:
         for r in TOYMATH_ROLES
         if not any(a.startswith(f"hf.{r}.name=") for a in argv)
     ]
-    return ["--config", str(TOYMATH_CONFIG), *paths, *argv]
+    served = "backend=vllm" in argv and not any(a.startswith("out=") for a in argv)
+    return ["--config", str(TOYMATH_CONFIG), *paths, *(["out=runs/demo-vllm"] if served else []), *argv]
 
 
 @entry_point

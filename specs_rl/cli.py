@@ -29,7 +29,11 @@ COMMANDS: dict[str, tuple[str, str]] = {
         "eval.tune",
         "tune methods' settings on a tune split (Optuna), choose one by a fixed rule, re-test it on held-out data",
     ),
-    "bench": ("eval.bench_loop", "benchmark the inference loop (overhead, growth with prefix length)"),
+    "bench": (
+        "eval.bench_loop",
+        "benchmark the inference loop (overhead, growth with prefix length); backend=vllm: the served backend",
+    ),
+    "serve": ("eval.serve", "start the vLLM servers a run config needs, print their URLs, stop them on exit"),
     "theory converge": ("theory.converge", "exact convergence of SPECS to the KL-regularized optimum"),
     "theory real": ("theory.real_task", "the convergence check with real models"),
     "train prm": ("train.prm", "train a step-level process reward model"),

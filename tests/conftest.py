@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import sys
 from pathlib import Path
 
 import pytest
@@ -26,6 +27,27 @@ def _one_torch_thread():
 
     torch.set_num_threads(1)
     yield
+
+
+SERVED_TESTS = ("test_vllm_backend.py", "test_vllm_faults.py", "[vllm]")
+
+
+def pytest_collection_modifyitems(config, items):
+    """When tests that need real vLLM servers are selected, start the servers now, in the background: their
+    one to two minutes of start-up then overlap the tests that run first."""
+    if not config.option.collectonly and any(any(k in i.nodeid for k in SERVED_TESTS) for i in items):
+        from tests import vllm_servers
+
+        vllm_servers.begin()
+
+
+@pytest.fixture(autouse=True, scope="session")
+def _stop_vllm_servers():
+    """The served-backend tests share real vLLM servers (tests/vllm_servers.py), started on first use: stop them."""
+    yield
+    servers = sys.modules.get("tests.vllm_servers")
+    if servers is not None:
+        servers.stop()
 
 
 REPO = Path(__file__).resolve().parents[1]

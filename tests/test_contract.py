@@ -29,7 +29,14 @@ def hf_backend():
     return hf.tiny_parts(seed=0), [Problem("p0", "What is 2 + 3?"), Problem("p1", "Compute 7 * 6.")]
 
 
-BACKENDS = {"tabular": tabular_backend, "hf": hf_backend}
+def vllm_backend():
+    from tests.vllm_servers import contract_parts
+
+    # real vLLM servers (skipped without the vLLM venv unless SPECS_RL_REQUIRE_VLLM=1)
+    return contract_parts()
+
+
+BACKENDS = {"tabular": tabular_backend, "hf": hf_backend, "vllm": vllm_backend}
 
 
 @pytest.fixture(params=list(BACKENDS), scope="module")

@@ -18,6 +18,7 @@ from typing import Any, TypeVar
 from specs_rl.hf.config import HFConfig
 from specs_rl.interfaces import Task
 from specs_rl.tabular import TabularTaskConfig
+from specs_rl.vllm.config import VLLMConfig
 
 
 @dataclass(frozen=True)
@@ -35,6 +36,7 @@ class Backend:
 BACKENDS: dict[str, Backend] = {
     "tabular": Backend(TabularTaskConfig, "specs_rl.tabular:build_task", uses_data=False, flat=True),
     "hf": Backend(HFConfig, "specs_rl.hf.task:build_task"),
+    "vllm": Backend(VLLMConfig, "specs_rl.vllm.task:build_task"),
 }
 
 

@@ -3,6 +3,7 @@ refused, touching nothing, before any model loads."""
 
 from __future__ import annotations
 
+import fnmatch
 import json
 from collections.abc import Sequence
 from pathlib import Path
@@ -28,11 +29,27 @@ def config_diff(a: dict[str, Any], b: dict[str, Any]) -> list[str]:
     return sorted(k for k in set(a) | set(b) if a.get(k, "<absent>") != b.get(k, "<absent>"))
 
 
+def placement_patterns() -> list[str]:
+    """Dotted patterns of the keys that say where a backend's servers are and how to reach them, not what a run
+    computes (a section's ``placement_keys``, prefixed by the backend's name). They are no part of a run's
+    identity: a run resumes on a server restarted at another address, and shards run on k server sets merge."""
+    from specs_rl.run.backends import BACKENDS
+
+    return [
+        f"{name}.{k}" for name, spec in BACKENDS.items() for k in getattr(spec.section, "placement_keys", ())
+    ]
+
+
 def run_identity(config: Any, ignore: Sequence[str] = ("out",)) -> dict[str, Any]:
     """What must match for two runs to share a directory: the resolved config without the ``ignore`` keys
-    (dotted keys such as ``data.shard`` reach into sections)."""
+    (dotted keys such as ``data.shard`` reach into sections) and without the backends' placement keys."""
     flat = flat_dict(to_dict(config))
-    return {k: v for k, v in sorted(flat.items()) if k not in ignore}
+    placement = placement_patterns()
+    return {
+        k: v
+        for k, v in sorted(flat.items())
+        if k not in ignore and not any(fnmatch.fnmatchcase(k, p) for p in placement)
+    }
 
 
 def check_run_dir(out: str | Path, config: Any, *, ignore: Sequence[str] = ("out",)) -> None:
