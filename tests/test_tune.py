@@ -258,6 +258,28 @@ def test_peer_presets_tuned_together_reach_chosen_yaml_as_method_settings(fast_d
         assert planned[m].settings == own
 
 
+def test_methods_without_a_choice_are_named_in_chosen_yaml(fast_dir):
+    """A method none of whose trials meets the rule is left out of chosen.yaml's method_settings and named in its
+    header with its closest trial; the other methods' choices are written even when the first method has none
+    (exit 3, nothing re-tested)."""
+    out = fast_dir / "unchosen"
+    budget = "tune.choose={rule: max_accuracy_under_latency, latency_s: 0.1}"  # simulated s: rsd_bon ~0.05, gsi ~0.2
+    args = ["--config", str(_peers_yaml(fast_dir)), f"out={out}", *SMALL, *QUIET, budget]
+    args += [
+        "tune.methods={gsi: {tau_reject: {low: 6.0, high: 8.0}}, rsd_bon: {rsd_delta: {low: 0.0, high: 0.1}}}"
+    ]
+    args += ["tune.method_trials={gsi: 2, rsd_bon: 2}"]
+    assert tune_cmd.main(args) == tune_cmd.NO_CHOICE
+    s = _summary(out)
+    assert s["choices"]["gsi"]["chosen"] is None and s["choices"]["rsd_bon"]["chosen"] is not None
+    text = (out / "chosen.yaml").read_text()
+    closest = s["choices"]["gsi"]["closest"]["number"]
+    assert f"# no gsi trial meets the rule; the closest is trial {closest}" in text.splitlines()[2]
+    ccfg = load_config(CompareConfig, out / "chosen.yaml")
+    assert set(ccfg.method_settings) == {"rsd_bon"} and "gsi" not in ccfg.methods
+    assert not (out / "test").exists()
+
+
 # ------------------------------------------------------------------------------------------------------------------
 # Early stopping
 
