@@ -655,6 +655,29 @@ def test_the_tune_yamls_plan():
         assert yaml.safe_load(path.read_text())["tune"]["test"]["set"]
 
 
+def test_the_peers_study_runs_on_the_tabular_backend(fast_dir):
+    """configs/tune/peers_toymath.yaml as it stands, on a simulated tabular world (seconds): every method gets the
+    same number of trials, its first one its start point, and chosen.yaml its choice as method_settings."""
+    out = fast_dir / "peers-tabular"
+    peers = yaml.safe_load((REPO / "configs" / "tune" / "peers_toymath.yaml").read_text())["tune"]
+    budget = peers["method_trials"]  # one procedure, the same budget for every method
+    assert set(budget) == set(peers["methods"]) == set(peers["start"]) and len(set(budget.values())) == 1
+    args = ["--config", str(REPO / "configs" / "tune" / "peers_toymath.yaml"), f"out={out}", *QUIET]
+    args += ["backend=tabular", "tabular.problems=12", "tabular.prm=idealized", "tune.rungs=[4]"]
+    args += [f"tune.method_trials={{{', '.join(f'{m}: 2' for m in peers['methods'])}}}"]
+    args += ["tune.test.set={tabular.tree_seed: 1000}", "tune.test.run=false", "tune.choose.points=100"]
+    assert tune_cmd.main(args) == 0
+    s = _summary(out)
+    assert Counter(t["method"] for t in s["trials"]) == {m: 2 for m in peers["methods"]}
+    for m, (point,) in peers["start"].items():
+        assert next(t for t in s["trials"] if t["method"] == m and t["number"] == 0)["params"] == point
+    ccfg = load_config(CompareConfig, out / "chosen.yaml")
+    assert set(ccfg.method_settings) == set(peers["methods"]) and ccfg.n_grid == [4]
+    assert (
+        ccfg.method_settings["specs"]["start_mode"] == "draft"
+    )  # its fixed own setting travels with the choice
+
+
 def test_workers_share_one_storage(fast_dir, capsys):
     """Several workers (here one after another) with their own out and one database join the same studies; a
     worker with another config is refused by the hash the studies hold."""
