@@ -17,11 +17,14 @@ all of them. Then, in ``out``:
 - ``tune.json``: every trial (parameters, seed, rung results, state), the fronts, the rule, the choice, the test
   re-run's figures; ``front.png``: accuracy against latency of every completed trial, each method's front, the
   choice, the reference, the baselines and the test re-run marked; a W&B run (trials, fronts, choice);
-- ``chosen.yaml``: a ``compare`` config with the choice on the held-out set (``tune.test.set``), and ``test/``: that
-  compare run (with the reference and the baselines beside the choice, taking turns problem by problem).
+- ``chosen.yaml``: a ``compare`` config with the choice on the held-out set (``tune.test.set``): each chosen method's
+  own settings in ``method_settings.<method>`` (what a compare config such as configs/eval/peers_toymath.yaml takes),
+  the methods without a choice named in its header; and ``test/``: that compare run (with the reference and the
+  baselines beside the choice, taking turns problem by problem).
 
 Exit status: 0 when the first method of ``tune.methods`` has a choice, 3 when none of its completed trials meets the
-rule (said at the end, with the closest trial; nothing is re-tested), 2 for bad input (one line, nothing written).
+rule (said at the end, with the closest trial; nothing is re-tested, chosen.yaml holds the other methods' choices),
+2 for bad input (one line, nothing written).
 """
 
 from __future__ import annotations
@@ -137,11 +140,14 @@ def main(argv: Sequence[str] | None = None) -> int:
         if c["chosen"] is not None
     }
     test: list[dict[str, Any]] = []
-    if plan.primary in chosen:
+    # methods with no choice, said in the header of chosen.yaml (which holds the chosen ones only)
+    unchosen = _choice_lines({m: c for m, c in choices.items() if c["chosen"] is None}, [], None)
+    if chosen:  # every method's choice is written; re-run only when the study's first method has one
         for i, run in enumerate(retest_configs(cfg, plan, chosen)):
             d = run["config"]
             path = out / ("chosen.yaml" if i == 0 else f"chosen-{i}.yaml")
             head = f"# specs-rl compare --config {path}\n# written by specs-rl tune: {rule}; methods {d['methods']}\n"
+            head += "".join(f"# {line}\n" for line in unchosen)
             path.write_text(head + yaml.safe_dump(d, sort_keys=False))
             entry: dict[str, Any] = {
                 "config": path.name,
@@ -149,7 +155,7 @@ def main(argv: Sequence[str] | None = None) -> int:
                 "tuned": run["tuned"],
                 "fixed": run["fixed"],
             }
-            if cfg.tune.test.run:
+            if cfg.tune.test.run and plan.primary in chosen:
                 code = compare.main(["--config", str(path)])
                 if code != 0:
                     return code  # compare said why, in one line

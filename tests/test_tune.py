@@ -23,6 +23,7 @@ pytest.importorskip("optuna")
 import eval.tune as tune_cmd  # noqa: E402
 import specs_rl.run.grid as grid  # noqa: E402
 from specs_rl.config import load_config  # noqa: E402
+from specs_rl.methods import METHOD_PRESETS  # noqa: E402
 from specs_rl.run import CompareConfig, plan_runs, read_results  # noqa: E402
 from specs_rl.run.trials import TaskCache, TrialRunner, beaten_by  # noqa: E402
 from specs_rl.run.tune import (  # noqa: E402
@@ -192,6 +193,91 @@ def test_start_points_are_tried_first(fast_dir):
     assert tune_cmd.main(["--config", TUNE_TAB, f"out={out}", *SMALL, *QUIET, *more]) in (0, 3)
     trials = _summary(out)["trials"]
     assert len(trials) == 2 and trials[0]["params"] == hand and trials[1]["params"] != hand
+
+
+# The peer methods (issue 17) tuned together, each over its own settings: the tabular study without its shared
+# score_form/start_mode (specs_paper pins the mean form and the target start, gsi the draft start)
+PEERS = {
+    "gsi": {"beta": {"low": 1.0, "high": 30.0, "log": True}, "tau_reject": {"low": -2.0, "high": 6.0}},
+    "specs_paper": {
+        "beta": {"choices": [1.0, 10.0]},
+        "temperature": {"choices": [0.2, 0.3]},
+        "tau_reject": {"low": 0.0, "high": 8.0},
+        "tau_switch": {"low": 0.5, "high": 0.95},
+    },
+    "rsd_bon": {"beta": {"low": 1.0, "high": 30.0, "log": True}, "rsd_delta": {"low": 0.3, "high": 0.95}},
+}
+
+
+def _peers_yaml(tmp: Path) -> Path:
+    d = yaml.safe_load(Path(TUNE_TAB).read_text())
+    for k in ("score_form", "start_mode"):
+        del d[k]
+    d["tune"].update(methods=PEERS, method_trials={m: 3 for m in PEERS}, baselines=[])
+    path = tmp / "peers_tabular.yaml"
+    path.write_text(yaml.safe_dump(d, sort_keys=False))
+    return path
+
+
+def test_peer_presets_tuned_together_reach_chosen_yaml_as_method_settings(fast_dir):
+    """gsi, specs_paper and rsd_bon each tuned over its own keys with the same budget; the test re-run and
+    chosen.yaml carry each choice as method_settings.<method>, which pasted into configs/eval/peers_toymath.yaml
+    makes a valid compare config; each preset's pinned values hold in every trial."""
+    out, path = fast_dir / "peers", _peers_yaml(fast_dir)
+    args = ["--config", str(path), f"out={out}", *SMALL, *QUIET]
+    assert tune_cmd.main([*args, "tune.method_trials={gsi: 3, specs_paper: 3, rsd_bon: 3}"]) == 0
+    s = _summary(out)
+    assert Counter(t["method"] for t in s["trials"]) == {"gsi": 3, "specs_paper": 3, "rsd_bon": 3}
+    for t in s["trials"]:
+        assert sorted(t["params"]) == sorted(PEERS[t["method"]])  # each method over its own keys, no more
+    cfg = load_config(TuneConfig, path, SMALL)
+    for t in s["trials"]:  # the preset's pinned values hold whatever the tuned ones are
+        run, _ = trial_run(cfg, t["method"], t["params"], t["seed"])
+        pinned = METHOD_PRESETS[t["method"]]
+        assert {k: getattr(run.config, k) for k in pinned} == pinned
+        assert run.settings == t["params"]
+    # chosen.yaml: each chosen method's own settings, as a compare config takes them
+    chosen = {m: c["chosen"] for m, c in s["choices"].items() if c["chosen"] is not None}
+    assert "gsi" in chosen  # the first method: the test re-run ran
+    ccfg = load_config(CompareConfig, out / "chosen.yaml")
+    assert set(ccfg.method_settings) == set(chosen) and ccfg.n_grid == [4]
+    for m, c in chosen.items():
+        assert ccfg.method_settings[m] == pytest.approx(c["params"])
+    runs = {r.method: r.config for r in plan_runs(ccfg)}
+    assert runs["specs_paper"].score_form == "mean" and runs["gsi"].start_mode == "draft"
+    agg = json.loads((out / "test" / "summary.json").read_text())["aggregate"]
+    assert {a["method"] for a in agg} == {*chosen, "beam_search_target"}
+    # pasted into the peers compare config (the toy-math world), they are its methods' own settings
+    peers = load_config(
+        CompareConfig,
+        REPO / "configs" / "eval" / "peers_toymath.yaml",
+        [f"method_settings={json.dumps(ccfg.method_settings)}"],
+    )
+    planned = {r.method: r for r in plan_runs(peers)}
+    for m, own in ccfg.method_settings.items():
+        assert planned[m].settings == own
+
+
+def test_methods_without_a_choice_are_named_in_chosen_yaml(fast_dir):
+    """A method none of whose trials meets the rule is left out of chosen.yaml's method_settings and named in its
+    header with its closest trial; the other methods' choices are written even when the first method has none
+    (exit 3, nothing re-tested)."""
+    out = fast_dir / "unchosen"
+    budget = "tune.choose={rule: max_accuracy_under_latency, latency_s: 0.1}"  # simulated s: rsd_bon ~0.05, gsi ~0.2
+    args = ["--config", str(_peers_yaml(fast_dir)), f"out={out}", *SMALL, *QUIET, budget]
+    args += [
+        "tune.methods={gsi: {tau_reject: {low: 6.0, high: 8.0}}, rsd_bon: {rsd_delta: {low: 0.0, high: 0.1}}}"
+    ]
+    args += ["tune.method_trials={gsi: 2, rsd_bon: 2}"]
+    assert tune_cmd.main(args) == tune_cmd.NO_CHOICE
+    s = _summary(out)
+    assert s["choices"]["gsi"]["chosen"] is None and s["choices"]["rsd_bon"]["chosen"] is not None
+    text = (out / "chosen.yaml").read_text()
+    closest = s["choices"]["gsi"]["closest"]["number"]
+    assert f"# no gsi trial meets the rule; the closest is trial {closest}" in text.splitlines()[2]
+    ccfg = load_config(CompareConfig, out / "chosen.yaml")
+    assert set(ccfg.method_settings) == {"rsd_bon"} and "gsi" not in ccfg.methods
+    assert not (out / "test").exists()
 
 
 # ------------------------------------------------------------------------------------------------------------------
@@ -509,6 +595,38 @@ BAD = [
         "tune.start.specs[0].beta: 50.0 is outside beta in [0.5, 30] log",
     ),
     ("tune.start={beam_search_target: [{n: 4}]}", "a space of choices runs every point"),
+    (
+        "tune.methods={gsi: {temperature: {choices: [0.5, 1.0]}}}",
+        "tune.methods.gsi.temperature: gsi pins temperature=1.0",
+    ),
+    (
+        "tune.methods={gsi: {score_form: {choices: [exact, mean]}}}",
+        "tune.methods.gsi.score_form: gsi pins score_form='exact'",
+    ),
+    (
+        "tune.methods={gsi: {start_mode: {choices: [draft, target]}}}",
+        "tune.methods.gsi.start_mode: gsi pins start_mode='draft'",
+    ),
+    (
+        "tune.methods={gsi: {tau_switch: {low: 0.5, high: 0.9}}}",
+        "tune.methods.gsi.tau_switch: gsi pins tau_switch=-inf",
+    ),
+    (
+        "tune.methods={rsd_bon: {accept_test: {choices: [score, reward]}}}",
+        "rsd_bon pins accept_test='reward'",
+    ),
+    (
+        "tune.methods={specs_paper: {score_form: {choices: [exact, mean]}}}",
+        "specs_paper pins score_form='mean'",
+    ),
+    (  # a shared key another value than a tuned method pins: refused before the study, not at its re-test
+        "tune.methods={specs_paper: {beta: {choices: [1.0, 10.0]}}}",
+        "score_form='exact' is set for every method, but method specs_paper pins score_form='mean'",
+    ),
+    (
+        "tune.methods={specs: {n: {choices: [4]}}}",
+        "one choice leaves nothing to tune; fix it at the top level (n: 4)",
+    ),
     ("beta=2.0", "tune.methods.specs.beta: beta is also set for every method"),
     ("method_settings={specs: {tau_switch: 0.5}}", "tau_switch is also fixed in method_settings.specs"),
 ]
@@ -535,6 +653,29 @@ def test_the_tune_yamls_plan():
         plan = plan_study(cfg)
         assert plan.primary == "specs" and plan.reference is not None
         assert yaml.safe_load(path.read_text())["tune"]["test"]["set"]
+
+
+def test_the_peers_study_runs_on_the_tabular_backend(fast_dir):
+    """configs/tune/peers_toymath.yaml as it stands, on a simulated tabular world (seconds): every method gets the
+    same number of trials, its first one its start point, and chosen.yaml its choice as method_settings."""
+    out = fast_dir / "peers-tabular"
+    peers = yaml.safe_load((REPO / "configs" / "tune" / "peers_toymath.yaml").read_text())["tune"]
+    budget = peers["method_trials"]  # one procedure, the same budget for every method
+    assert set(budget) == set(peers["methods"]) == set(peers["start"]) and len(set(budget.values())) == 1
+    args = ["--config", str(REPO / "configs" / "tune" / "peers_toymath.yaml"), f"out={out}", *QUIET]
+    args += ["backend=tabular", "tabular.problems=12", "tabular.prm=idealized", "tune.rungs=[4]"]
+    args += [f"tune.method_trials={{{', '.join(f'{m}: 2' for m in peers['methods'])}}}"]
+    args += ["tune.test.set={tabular.tree_seed: 1000}", "tune.test.run=false", "tune.choose.points=100"]
+    assert tune_cmd.main(args) == 0
+    s = _summary(out)
+    assert Counter(t["method"] for t in s["trials"]) == {m: 2 for m in peers["methods"]}
+    for m, (point,) in peers["start"].items():
+        assert next(t for t in s["trials"] if t["method"] == m and t["number"] == 0)["params"] == point
+    ccfg = load_config(CompareConfig, out / "chosen.yaml")
+    assert set(ccfg.method_settings) == set(peers["methods"]) and ccfg.n_grid == [4]
+    assert (
+        ccfg.method_settings["specs"]["start_mode"] == "draft"
+    )  # its fixed own setting travels with the choice
 
 
 def test_workers_share_one_storage(fast_dir, capsys):

@@ -42,7 +42,7 @@ from specs_rl.config import (
     typed_fields,
 )
 from specs_rl.errors import SpecsError
-from specs_rl.methods import MATCHED_FRACTION, METHOD_PRESETS, uses_n
+from specs_rl.methods import MATCHED_FRACTION, METHOD_PRESETS, shared_clash, uses_n
 from specs_rl.run.backends import BACKENDS
 from specs_rl.run.config import RunConfig
 from specs_rl.run.grid import PRESENTATION_KEYS, PlannedRun, plan_run
@@ -441,9 +441,8 @@ def parse_param(cfg: TuneConfig, method: str, key: str, spec: Any) -> Param:
         if len(set(values)) != len(values):
             raise ConfigError(f"{where}: choices has duplicates: {list(values)}")
         if len(values) == 1:
-            raise ConfigError(
-                f"{where}: one choice leaves nothing to tune; fix it in method_settings.{method}"
-            )
+            home = f"the top level (n: {values[0]!r})" if key == "n" else f"method_settings.{method}"
+            raise ConfigError(f"{where}: one choice leaves nothing to tune; fix it at {home}")
         return Param(key, "choice", choices=values)
     if tp not in (int, float):
         raise ConfigError(
@@ -526,11 +525,26 @@ def _reference_run(cfg: TuneConfig, method: str, n: int | None, what: str) -> Pl
     return plan_run(cfg, method, n_used, cfg.seed, cfg.method_settings.get(method), n_free=cfg.n)
 
 
+def _check_shared(cfg: TuneConfig, method: str, n_values: Sequence[int]) -> None:
+    """A shared (top-level) search key set to another value than ``method`` pins is refused, as ``compare`` refuses
+    it (the preset would silently override it, and the test re-run's compare config would be refused after the
+    whole study): ``score_form: exact`` at the top level with ``specs_paper`` tuned."""
+    search_fields = {f.name for f in dataclasses.fields(SearchConfig)} - {"n"}
+    shared = {k: getattr(cfg, k) for k in sorted(given_keys(cfg) & search_fields)}
+    clash = shared_clash(method, shared, n_values)
+    if clash:
+        raise ConfigError(clash)
+
+
 def plan_study(cfg: TuneConfig) -> StudyPlan:
     """Every method's space, the reference and the baselines, checked before anything is loaded or written: unknown
-    methods and parameters, pinned or doubly set keys, empty or inverted ranges, log scales over non-positive
-    values, and every end of every range (every point of an all-choices grid up to 256) as a real setting of the
-    method (a ConfigError names the key and the value)."""
+    methods and parameters, pinned or doubly set keys, a shared key another value than a method pins, empty or
+    inverted ranges, log scales over non-positive values, and every end of every range (every point of an
+    all-choices grid up to 256) as a real setting of the method (a ConfigError names the key and the value); the
+    test re-run's compare config with every method at its first point."""
+    ref = cfg.tune.reference
+    for method, n in [*([(ref.method, ref.n)] if ref else []), *((m, None) for m in cfg.tune.baselines)]:
+        _check_shared(cfg, method, [n if n is not None else cfg.n])
     spaces = []
     for method, entries in cfg.tune.methods.items():
         if method in MATCHED_FRACTION:
@@ -542,6 +556,7 @@ def plan_study(cfg: TuneConfig) -> StudyPlan:
                 f"tune.methods.{method} must map parameters to ranges or choices, got {entries!r}"
             )
         params = tuple(parse_param(cfg, method, key, spec) for key, spec in entries.items())
+        _check_shared(cfg, method, next((p.probes() for p in params if p.key == "n"), [cfg.n]))
         _probe(cfg, method, params)
         trials = cfg.tune.method_trials.get(method, cfg.tune.trials)
         grid = None
@@ -562,15 +577,16 @@ def plan_study(cfg: TuneConfig) -> StudyPlan:
     for method in cfg.tune.start:
         if method not in cfg.tune.methods:
             raise ConfigError(f"tune.start.{method}: {method} is not in tune.methods")
-    ref = cfg.tune.reference
     reference = None if ref is None else _reference_run(cfg, ref.method, ref.n, "tune.reference")
     baselines = tuple(_reference_run(cfg, m, None, f"tune.baselines.{m}") for m in cfg.tune.baselines)
     plan = StudyPlan(tuple(spaces), reference, baselines)
-    # the test re-run's config (tune.test.set's keys, its grid) loads, shown with the first method's first point
-    first = spaces[0]
-    point = {p.key: p.probes()[0] for p in first.params}
-    run, _ = trial_run(cfg, first.method, point, cfg.seed)
-    retest_configs(cfg, plan, {first.method: (point, dict(run.settings))})
+    # the test re-run's config (tune.test.set's keys, its grid, every method's own settings) loads, shown with each
+    # method's first point
+    points = {}
+    for space in spaces:
+        point = {p.key: p.probes()[0] for p in space.params}
+        points[space.method] = (point, dict(trial_run(cfg, space.method, point, cfg.seed)[0].settings))
+    retest_configs(cfg, plan, points)
     return plan
 
 
