@@ -515,8 +515,10 @@ def _panel(ax: Any, res: Mapping[str, Any], ns: np.ndarray, title: str) -> None:
         values += [v for k in keys for v in (rows[k]["tv"], rows[k]["tv_ci"][1])]
     positive = [v for v in values if v > 0]
     bottom = 0.3 * min(positive) if positive else 1e-4
-    ax.axhspan(bottom, res["tv_floor"], color="gray", alpha=0.15, label="below the sampling floor")
-    ax.axhline(ref["tv_corrected"], color="k", ls="--", lw=1, label="TV(π_target, π*)")
+    ax.axhspan(
+        bottom, max(res["tv_floor"], bottom), color="gray", alpha=0.15, label="below the sampling floor"
+    )
+    ax.axhline(max(ref["tv_corrected"], bottom), color="k", ls="--", lw=1, label="TV(π_target, π*)")
     ax.axhspan(max(ref["tv_ci"][0], bottom), max(ref["tv_ci"][1], bottom), color="k", alpha=0.07)
     for j, (name, rows) in enumerate(res["specs"].items()):
         tv = np.array([rows[k]["tv_corrected"] for k in keys])
@@ -529,10 +531,12 @@ def _panel(ax: Any, res: Mapping[str, Any], ns: np.ndarray, title: str) -> None:
             ax.plot(ns, np.maximum(res["exact"]["specs"][name], bottom), "--", lw=1, color=f"C{j}", alpha=0.6,
                     label=label)  # fmt: skip
     ax.set_xscale("log")
+    ax.set_xticks(ns, [str(int(n)) for n in ns])
+    ax.minorticks_off()
     ax.set_yscale("log")
     ax.set_ylim(bottom=bottom)
     ax.set_xlabel("n (drafts per step)")
-    ax.set_ylabel("TV to π* over final answers")
+    ax.set_ylabel("TV to π* over final answers (0 at the bottom edge)")
     ax.set_title(title, fontsize=9)
     ax.grid(True, alpha=0.3)
 
@@ -618,13 +622,11 @@ def scan_problems(
 
 def print_scan(rows: Sequence[Mapping[str, Any]]) -> None:
     """One row per scanned problem, then the positions whose TV(π_target, π*) interval lies above 0.2."""
-    print(
-        f"{'problem':>7} {'id':>8} {'answers':>7} {'target top':>16} {'π* top':>16} {'TV(π_t, π*) [95%]':>21}"
-    )
+    print(f"{'problem':>7} {'answers':>7} {'target top':>16} {'π* top':>16} {'TV(π_t, π*) [95%]':>21}  id")
     for r in rows:
-        tops = [f"{m['answer'][:8]} {m['share']:.2f}" for m in (r["target_majority"], r["optimum_majority"])]
-        cells = f"{r['index']:>7} {r['id'][:8]:>8} {r['target_answers']:>7} {tops[0]:>16} {tops[1]:>16}"
-        print(f"{cells} {_cell(r['tv_target_opt']):>21}")
+        tops = [f"{m['answer'][:10]} {m['share']:.2f}" for m in (r["target_majority"], r["optimum_majority"])]
+        cells = f"{r['index']:>7} {r['target_answers']:>7} {tops[0]:>16} {tops[1]:>16}"
+        print(f"{cells} {_cell(r['tv_target_opt']):>21}  {r['id']}")
     chosen = ",".join(str(r["index"]) for r in rows if r["tv_target_opt"]["tv_ci"][0] >= 0.2) or "none"
     print(f"problems whose TV(π_target, π*) interval lies above 0.2: {chosen}")
 
