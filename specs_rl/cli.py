@@ -47,13 +47,25 @@ def entry_point(fn: Callable[[Sequence[str] | None], int]) -> Callable[[Sequence
 
     @functools.wraps(fn)
     def wrapper(argv: Sequence[str] | None = None) -> int:
+        ok = False
         try:
-            return fn(argv) or 0
+            rc = fn(argv) or 0
+            ok = True
+            return rc
         except SpecsError as e:
             print(f"error: {e}", file=sys.stderr)
             return 2
+        finally:
+            _close_graders(kill=not ok)
 
     return wrapper
+
+
+def _close_graders(kill: bool) -> None:
+    """Grading worker pools end with the command that started them, not in the interpreter's exit hooks."""
+    grading = sys.modules.get("specs_rl.grading")  # never imported: no pool to close
+    if grading is not None:
+        grading.close_all(kill=kill)
 
 
 def _usage() -> str:

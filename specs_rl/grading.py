@@ -10,6 +10,7 @@ from __future__ import annotations
 import importlib.metadata
 import multiprocessing as mp
 import threading
+import weakref
 from collections.abc import Callable
 from concurrent.futures import ProcessPoolExecutor
 from concurrent.futures import TimeoutError as FutureTimeout
@@ -105,6 +106,7 @@ class Grader:
         self._pool: ProcessPoolExecutor | None = None
         self._lock = threading.Lock()
         self.info = grader_info()
+        _LIVE.add(self)
 
     def _get_pool(self) -> ProcessPoolExecutor:
         """The worker pool, started and warmed (math-verify imported) before any timed call: the start-up of a
@@ -159,6 +161,17 @@ class Grader:
 
     def __exit__(self, *exc: object) -> None:
         self.close()
+
+
+_LIVE: weakref.WeakSet[Grader] = weakref.WeakSet()
+
+
+def close_all(kill: bool = False) -> None:
+    """Shut down every live grader's worker pool (``kill``: at once, on an error path). A command calls it before
+    it exits (:func:`specs_rl.cli.entry_point`): a pool left to the interpreter's exit hook is joined while the
+    process is already tearing down, which under load printed a traceback after the command's one error line."""
+    for grader in list(_LIVE):
+        grader.close(kill=kill)
 
 
 def boxed_answer_grade(

@@ -88,3 +88,28 @@ def test_a_pathological_comparison_times_out_and_the_grader_recovers():
         assert g.equal("2^{2^{2^{2^{2^{2^{2}}}}}}", "3") == (False, True)  # sympy would run for minutes
         assert time.monotonic() - t0 < 5.0
         assert g.grade(r"\boxed{4}", "4").correct  # a fresh worker serves the next call
+
+
+@pytest.mark.parametrize("fails", [False, True])
+def test_a_command_closes_the_grading_pools_it_started(fails):
+    """Every command (``entry_point``) shuts the grader pools down before it returns, on success and on a
+    SpecsError: a pool left to the interpreter's exit hooks printed a traceback after a failed run's error line."""
+    from specs_rl.cli import entry_point
+    from specs_rl.errors import SpecsError
+
+    grader = Grader(timeout_s=60)
+    if grader.info["version"] == "missing":
+        pytest.skip("math-verify not installed: no pool")
+
+    @entry_point
+    def command(argv):
+        assert grader.equal("2", "2") == (True, False)  # the pool starts
+        assert grader._pool is not None
+        if fails:
+            raise SpecsError("the server went away")
+        return 0
+
+    assert command([]) == (2 if fails else 0)
+    assert grader._pool is None
+    assert grader.equal("3", "3") == (True, False)  # a closed grader starts a fresh pool when used again
+    grader.close()
