@@ -210,6 +210,17 @@ def test_draft_entry_point_onpolicy_lora_saves_merged_weights(tok, tmp_path) -> 
     assert torch.equal(w0["model.embed_tokens.weight"], w1["model.embed_tokens.weight"])
 
 
+def test_stop_step_ends_training_early_on_the_longer_schedule(tmp_path) -> None:
+    """``stop_step``: the run stops after that step, its learning rate where the ``max_steps`` schedule has it."""
+    from train.draft import main
+
+    out = tmp_path / "stopped"
+    argv = ["--config", str(CONFIGS / "draft_tiny.yaml"), f"output_dir={out}", "report_to=none"]
+    assert main([*argv, "max_steps=6", "stop_step=2", "lr_scheduler_type=linear", "warmup_steps=0"]) == 0
+    m = json.loads((out / "metrics.json").read_text())
+    assert m["global_step"] == 2
+
+
 def test_draft_bad_input_before_anything_is_written(tmp_path, capsys, tok) -> None:
     from train.draft import load_prompts, main
 
@@ -227,6 +238,10 @@ def test_draft_bad_input_before_anything_is_written(tmp_path, capsys, tok) -> No
         main([*argv, "mode=onpolicy", "max_length=64"]) == 2
     )  # an SFT key at the top level in onpolicy mode
     assert "unknown config key 'max_length' for mode onpolicy" in capsys.readouterr().err
+    assert main([*argv, "max_steps=4", "stop_step=5"]) == 2
+    assert "stop_step=5 is past max_steps=4" in capsys.readouterr().err
+    assert main([*argv, "stop_step=0"]) == 2
+    assert "stop_step must be >= 1" in capsys.readouterr().err
     assert not out.exists()
 
     data = tmp_path / "p.jsonl"

@@ -78,6 +78,13 @@ class DraftScriptArguments:
     )
     proxy_seed: int = field(default=1234, metadata={"help": "Seed of the proxy's sampling generator."})
     proxy_batch_size: int = field(default=8, metadata={"help": "Batch size of proxy sampling and scoring."})
+    stop_step: int | None = field(
+        default=None,
+        metadata={
+            "help": "End training after this optimizer step while the learning-rate schedule keeps max_steps as "
+            "its horizon: the model is that checkpoint of the longer run (e.g. one whose accuracy lands in a band)."
+        },
+    )
     save_merged: bool = field(
         default=True,
         metadata={"help": "With use_peft: merge LoRA into the weights (true) or save the adapter."},
@@ -91,6 +98,8 @@ class DraftScriptArguments:
                 raise ValueError(f"{name} must be > 0, got {getattr(self, name)}")
         if self.eval_prompts < 1:
             raise ValueError(f"eval_prompts must be >= 1, got {self.eval_prompts}")
+        if self.stop_step is not None and self.stop_step < 1:
+            raise ValueError(f"stop_step must be >= 1, got {self.stop_step}")
 
 
 def load_prompts(spec: str) -> list[dict[str, Any]]:
@@ -152,7 +161,22 @@ def parse(argv: Sequence[str]) -> tuple[targs.RawConfig, DraftScriptArguments, A
     )
     check_model_name(model_args.model_name_or_path)
     check_model_name(script.target_model_name_or_path, "target_model_name_or_path")
+    if script.stop_step is not None and 0 < training_args.max_steps < script.stop_step:
+        raise ConfigError(f"stop_step={script.stop_step} is past max_steps={training_args.max_steps}")
     return raw, script, training_args, model_args
+
+
+def stop_at(step: int) -> Any:
+    """A callback that ends training after optimizer step ``step`` (the schedule still spans ``max_steps``)."""
+    from transformers import TrainerCallback
+
+    class StopAt(TrainerCallback):
+        def on_step_end(self, args: Any, state: Any, control: Any, **kwargs: Any) -> Any:
+            if state.global_step >= step:
+                control.should_training_stop = True
+            return control
+
+    return StopAt()
 
 
 @entry_point
@@ -262,6 +286,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         train_dataset=train_ds,
         processing_class=tokenizer,
         peft_config=peft,
+        callbacks=[stop_at(script.stop_step)] if script.stop_step else None,
         **extra,
     )
     config = targs.resolved(script, model_args, training_args, config_file=raw.path)
@@ -277,6 +302,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         "world_size": training_args.world_size,
     }
     metrics["train_loss"] = trainer.train().training_loss
+    metrics["global_step"] = trainer.state.global_step
     if main_proc:
         after = proxy(trainer.accelerator.unwrap_model(trainer.model))
         print(f"[draft] acceptance proxy after: {after['acceptance_proxy']:.4f} nats/token")
