@@ -11,7 +11,6 @@ import pytest
 from eval import demo
 from specs_rl import toymath
 from specs_rl.prm_format import PrmFormat
-from specs_rl.run import wilson_interval
 from tests.conftest import REPO
 from train import toyworld as tw
 
@@ -206,37 +205,45 @@ def test_committed_world_is_small_bf16_and_meets_the_issue_targets():
     for name in ("target", "draft", "prm"):
         assert json.loads((ASSETS / name / "config.json").read_text())["dtype"] == "bfloat16"
     assert world["latency_ratio_draft_over_target"] <= 1 / 3  # measured at training time, not here
+    assert world["latency_repeats"] >= 5 and len(world["latency_ratio_range"]) == 2
     acc = world["accuracy_greedy"]
-    k = acc["test_problems"]
-    draft_hi = wilson_interval(round(acc["draft"] * k), k)[1]
-    target_lo = wilson_interval(round(acc["target"] * k), k)[0]
-    # the draft is clearly less accurate: disjoint 95% intervals on the test problems, and 5 points at least
-    assert draft_hi < target_lo and acc["target"] >= acc["draft"] + 0.05
-    # the PRM separates right from wrong steps of the draft's own samples on held-out problems (issue: 0.9)
+    # issue 15: a target often wrong (so search has something to add), a draft clearly weaker
+    assert 0.55 <= acc["target"] <= 0.80 and acc["test_problems"] >= 500
+    assert acc["draft"] <= acc["target"] - 0.15
+    # the PRM separates right from wrong steps of each model's own samples on held-out problems
     assert world["prm_auc_draft_samples"]["auc"] >= 0.9 and world["prm_auc_draft_samples"]["steps"] >= 1000
+    assert world["prm_auc_target_samples"]["auc"] >= 0.85 and world["prm_auc_target_samples"]["steps"] >= 1000
 
 
 @needs_world
 def test_committed_models_load_as_plain_hf_models_and_reproduce_their_recorded_numbers():
+    """Greedy accuracy and PRM AUC recomputed here, on the fixed held-out set (test-split problems the generator
+    makes again from the world's config), from the committed bf16 checkpoints."""
     import torch
     from transformers import AutoModelForCausalLM, AutoModelForTokenClassification, AutoTokenizer
 
     world = _world()
     fixed = world["fixed_set"]
+    cfg = tw.ToyWorldConfig(toymath=toymath.ToyMathConfig(**world["config"]["toymath"]))
+    problems = tw.problems(cfg, "test", len(fixed["problems"]))
+    assert [p.prompt for p in problems] == fixed[
+        "problems"
+    ]  # the generator still makes the same held-out set
     tok = AutoTokenizer.from_pretrained(ASSETS / "target")
-    problems = _fixed_problems(world)
+    prm = AutoModelForTokenClassification.from_pretrained(ASSETS / "prm", dtype=torch.float32).eval()
+    fmt = PrmFormat.load(ASSETS / "prm")
+    got = {}
     for name in ("target", "draft"):
         model = AutoModelForCausalLM.from_pretrained(ASSETS / name, dtype=torch.float32).eval()
         acc, ok, _ = tw.accuracy(model, tok, problems)
         mismatches = sum(a != b for a, b in zip(ok, fixed["greedy_correct"][name]))
         assert mismatches <= 1, (name, ok, fixed["greedy_correct"][name])
         assert acc == pytest.approx(fixed[f"accuracy_{name}"], abs=1.5 / len(problems))
-    prm = AutoModelForTokenClassification.from_pretrained(ASSETS / "prm", dtype=torch.float32).eval()
-    scores = tw.prm_step_scores(prm, tok, fixed["prm_rows"], PrmFormat.load(ASSETS / "prm"))
-    flat = [s for ss in scores for s in ss]
-    np.testing.assert_allclose(flat, [s for ss in fixed["prm_scores"] for s in ss], atol=1e-4)
-    labels = [y for r in fixed["prm_rows"] for y in r["labels"]]
-    assert tw.auc(flat, labels) == pytest.approx(fixed["prm_auc"], abs=1e-6)
+        got[name] = (acc, tw.fixed_auc(model, prm, tok, problems, fmt, fixed["temperature"]))
+        assert got[name][1] == pytest.approx(fixed[f"prm_auc_{name}_samples"], abs=0.01)
+    # the issue's bands hold on this set too (60 problems: a few points of slack for its sampling error)
+    assert 0.45 <= got["target"][0] <= 0.9 and got["draft"][0] <= got["target"][0] - 0.1
+    assert got["draft"][1] >= 0.85 and got["target"][1] >= 0.8
 
 
 @needs_world

@@ -414,7 +414,8 @@ def step_latency(paths: dict[str, Path], probs: Sequence[Any], tokens: int, repe
     from its path exactly as ``backend: hf`` loads it (float32 on the CPU); eos ignored, so every repeat generates
     ``tokens`` tokens after the prompt of a different problem. The models take turns within each repeat, so a slow
     spell of a shared machine hits all of them alike; the first repeat is dropped (warm-up). Returns
-    ``{"per_token_s": {name: median}, "ratios": {"a/b": median of the per-repeat ratios}, "repeats": k}``."""
+    ``{"per_token_s": {name: median}, "per_token_range_s": {name: [min, max]}, "ratios": {"a/b": median of the
+    per-repeat ratios}, "ratio_ranges": {"a/b": [min, max]}, "repeats": k}``."""
     import torch
 
     from specs_rl.hf.config import ModelSpec
@@ -441,13 +442,16 @@ def step_latency(paths: dict[str, Path], probs: Sequence[Any], tokens: int, repe
             cand = sampler.propose([trace], 1, gen, to_end=True)[0][0]
             times[name].append((time.perf_counter() - t0) / len(cand.token_ids))
     names = list(paths)
+    pairs = {
+        f"{a}/{b}": [x / y for x, y in zip(times[a][1:], times[b][1:])]
+        for i, a in enumerate(names)
+        for b in names[i + 1 :]
+    }
     return {
         "per_token_s": {n: statistics.median(times[n][1:]) for n in names},
-        "ratios": {
-            f"{a}/{b}": statistics.median(x / y for x, y in zip(times[a][1:], times[b][1:]))
-            for i, a in enumerate(names)
-            for b in names[i + 1 :]
-        },
+        "per_token_range_s": {n: [min(times[n][1:]), max(times[n][1:])] for n in names},
+        "ratios": {k: statistics.median(v) for k, v in pairs.items()},
+        "ratio_ranges": {k: [min(v), max(v)] for k, v in pairs.items()},
         "repeats": repeats,
     }
 
@@ -537,12 +541,16 @@ def main(argv: Sequence[str] | None = None) -> int:
     t_start = time.perf_counter()
     world: dict[str, Any] = {"config": to_dict(cfg), "stages": {}}
     if not set(cfg.stages) & {"target", "draft", "prm"}:
-        old = assets / "world.json"
-        if old.is_file():  # keep the training record of the run that made the checkpoints
-            prev = json.loads(old.read_text())
-            world.update(
-                {k: prev[k] for k in ("stages", "prm_data", "train_wall_s", "parameters") if k in prev}
-            )
+        # measure only: the training record of the run in `out` that made the checkpoints
+        world["stages"] = {
+            name: json.loads((out / f"{name}.done.json").read_text())
+            for name in ("target", "draft", "prm")
+            if (out / f"{name}.done.json").is_file()
+        }
+        if (out / "data/prm_train.jsonl").is_file():
+            world["prm_data"] = prm_data_summary(out / "data/prm_train.jsonl")
+        if world["stages"]:
+            world["train_wall_s"] = sum(st["wall_s"] for st in world["stages"].values())
     else:
         train_world(cfg, out, world)
         world["train_wall_s"] = sum(st["wall_s"] for st in world["stages"].values())
@@ -564,7 +572,9 @@ def main(argv: Sequence[str] | None = None) -> int:
             "total_wall_s",
         )
     }
-    summary["prm_auc"] = world["prm_auc_draft_samples"]["auc"]
+    summary["prm_auc_draft_samples"] = world["prm_auc_draft_samples"]["auc"]
+    summary["prm_auc_target_samples"] = world["prm_auc_target_samples"]["auc"]
+    summary["latency_ratio_range"] = world["latency_ratio_range"]
     print(json.dumps(summary, indent=1))
     return 0
 
@@ -657,12 +667,7 @@ def train_world(cfg: ToyWorldConfig, out: Path, world: dict[str, Any]) -> None:
     order = rng.permutation(len(prm_train))
     prm_train_path = write_jsonl(out / "data/prm_train.jsonl", [prm_train[i] for i in order])
     prm_eval_path = write_jsonl(out / "data/prm_eval.jsonl", prm_eval)
-    labels = [y for r in prm_train for y in r["labels"]]
-    world["prm_data"] = {
-        "rows": len(prm_train),
-        "steps": len(labels),
-        "correct_fraction": float(np.mean(labels)),
-    }
+    world["prm_data"] = prm_data_summary(prm_train_path)
     print(f"[toyworld] PRM data: {world['prm_data']}", flush=True)
 
     # 7. PRM: token classification on those rows, initialized from the trained target (or from scratch).
@@ -696,6 +701,13 @@ def train_world(cfg: ToyWorldConfig, out: Path, world: dict[str, Any]) -> None:
     world["parameters"] = params
 
 
+def prm_data_summary(path: Path) -> dict[str, Any]:
+    """Rows, labelled steps and the fraction of correct steps of the PRM's training file."""
+    rows = [json.loads(line) for line in path.read_text().splitlines()]
+    labels = [y for r in rows for y in r["labels"]]
+    return {"rows": len(rows), "steps": len(labels), "correct_fraction": float(np.mean(labels))}
+
+
 def measure_world(cfg: ToyWorldConfig, out: Path, assets: Path, world: dict[str, Any]) -> None:
     """Stage 8: save the checkpoints in bf16 under ``assets`` and measure them as the search loads them."""
     import torch
@@ -718,6 +730,7 @@ def measure_world(cfg: ToyWorldConfig, out: Path, assets: Path, world: dict[str,
     }
     prm = AutoModelForTokenClassification.from_pretrained(assets / "prm", dtype=torch.float32).eval()
     tok = AutoTokenizer.from_pretrained(assets / "target")
+    params.update({n: sum(p.numel() for p in m.parameters()) for n, m in models.items()})
     params["prm"] = sum(p.numel() for p in prm.parameters())
     world["parameters"] = params
     world["shapes"] = {n: to_dict(getattr(cfg, n).shape) for n in ("target", "draft")}
@@ -733,46 +746,62 @@ def measure_world(cfg: ToyWorldConfig, out: Path, assets: Path, world: dict[str,
         {n: assets / n for n in ("draft", "target")}, test, m.latency_tokens, m.latency_repeats
     )
     world["latency_s_per_token"] = lat["per_token_s"]
+    world["latency_range_s_per_token"] = lat["per_token_range_s"]
     world["latency_ratio_draft_over_target"] = lat["ratios"][
         "draft/target"
     ]  # paired: median of per-repeat ratios
+    world["latency_ratio_range"] = lat["ratio_ranges"]["draft/target"]
+    world["latency_repeats"] = lat["repeats"]
     world["accuracy_greedy"] = {}
     for n, model in models.items():
         acc, _, answer_acc = accuracy(model, tok, test[: m.test_problems])
         world["accuracy_greedy"][n] = acc
         world["accuracy_greedy"][f"{n}_answer_only"] = answer_acc
     world["accuracy_greedy"]["test_problems"] = m.test_problems
+    # PRM AUC on each model's own samples (the steps SPECS and beam search propose) on held-out problems.
+    fmt = PrmFormat.load(assets / "prm")
     auc_probs = [p for p in test[: m.auc_problems] for _ in range(m.auc_samples)]
-    samples = labelled_samples(
-        models["draft"], tok, auc_probs, temperature=m.auc_temperature, seed=cfg.seed + 13
-    )
-    scores = prm_step_scores(prm, tok, samples, PrmFormat.load(assets / "prm"))
-    flat_y = [y for r in samples for y in r["labels"]]
-    flat_s = [s for ss in scores for s in ss]
-    world["prm_auc_draft_samples"] = {
-        "auc": auc(flat_s, flat_y),
-        "problems": m.auc_problems,
-        "samples_per_problem": m.auc_samples,
-        "temperature": m.auc_temperature,
-        "steps": len(flat_y),
-        "correct_fraction": float(np.mean(flat_y)),
-        "step_accuracy_at_0.5": float(np.mean((np.asarray(flat_s) >= 0.5) == np.asarray(flat_y))),
-    }
+    for name, seed in (("draft", cfg.seed + 13), ("target", cfg.seed + 14)):
+        samples = labelled_samples(models[name], tok, auc_probs, temperature=m.auc_temperature, seed=seed)
+        scores = prm_step_scores(prm, tok, samples, fmt)
+        flat_y = [y for r in samples for y in r["labels"]]
+        flat_s = [s for ss in scores for s in ss]
+        world[f"prm_auc_{name}_samples"] = {
+            "auc": auc(flat_s, flat_y),
+            "problems": m.auc_problems,
+            "samples_per_problem": m.auc_samples,
+            "temperature": m.auc_temperature,
+            "steps": len(flat_y),
+            "correct_fraction": float(np.mean(flat_y)),
+            "step_accuracy_at_0.5": float(np.mean((np.asarray(flat_s) >= 0.5) == np.asarray(flat_y))),
+        }
 
-    # The fixed set the tests recheck: its problems, greedy correctness, and fixed draft samples with PRM scores.
+    # The fixed set the tests recompute: greedy correctness, and each model's samples (seeded) with their AUC.
     fixed = test[: m.fixed_problems]
-    fixed_rows = samples[: 4 * m.fixed_problems]
-    fixed_scores = scores[: len(fixed_rows)]
     world["fixed_set"] = {
         "split": "test",
         "problems": [p.prompt for p in fixed],
         "greedy_correct": {n: accuracy(models[n], tok, fixed)[1] for n in ("target", "draft")},
-        "prm_rows": fixed_rows,
-        "prm_scores": fixed_scores,
-        "prm_auc": auc([s for ss in fixed_scores for s in ss], [y for r in fixed_rows for y in r["labels"]]),
+        "sample_seed": FIXED_SAMPLE_SEED,
+        "temperature": m.auc_temperature,
     }
     for n in ("target", "draft"):
         world["fixed_set"][f"accuracy_{n}"] = float(np.mean(world["fixed_set"]["greedy_correct"][n]))
+        world["fixed_set"][f"prm_auc_{n}_samples"] = fixed_auc(
+            models[n], prm, tok, fixed, fmt, m.auc_temperature
+        )
+
+
+FIXED_SAMPLE_SEED = 1234
+
+
+def fixed_auc(
+    model: Any, prm: Any, tokenizer: Any, probs: Sequence[Any], fmt: Any, temperature: float
+) -> float:
+    """PRM AUC on one seeded sample of ``model`` per problem of the fixed set (what the tests recompute)."""
+    rows = labelled_samples(model, tokenizer, probs, temperature=temperature, seed=FIXED_SAMPLE_SEED)
+    scores = prm_step_scores(prm, tokenizer, rows, fmt)
+    return auc([s for ss in scores for s in ss], [y for r in rows for y in r["labels"]])
 
 
 if __name__ == "__main__":
