@@ -4,7 +4,7 @@ same checkpoints, processed log-probs at temperature != 1, seeds, the served PRM
 Measured tolerances (float32 servers against float32 transformers on this CPU, the toy-math checkpoints): the
 target's per-token log-probs of the same steps agree to 2.4e-7 and the draft's processed log-probs to 4.8e-7; the
 tests allow 1e-4. (A bfloat16 server against a float32 transformers forward differs by up to 0.07 nats per step:
-../shared/VLLM-CPU-NOTES.md, and docs/vllm_section.md.)
+../shared/VLLM-CPU-NOTES.md, and the README's "Running on vLLM".)
 """
 
 from __future__ import annotations
