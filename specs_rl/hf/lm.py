@@ -33,6 +33,7 @@ from specs_rl.errors import SpecsError
 from specs_rl.hf.cascade import make_suffix_cache
 from specs_rl.hf.engine import LRU, CachedStack, State, row_state
 from specs_rl.hf.text import StepStop, TokenText
+from specs_rl.prompts import generator_prompt_ids
 from specs_rl.types import Candidate, Problem, Trace
 
 UNIFORM_BLOCK = 64  # uniforms drawn per row at a time
@@ -99,16 +100,12 @@ class HFLM:
         hit = self._prompts.get(problem.prompt)
         if hit is not None:
             return hit
-        if self.chat_template:
-            messages = [{"role": "system", "content": self.system_prompt}] if self.system_prompt else []
-            messages.append({"role": "user", "content": problem.prompt})
-            text = self.tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
-            ids = self.tokenizer(text, add_special_tokens=False)["input_ids"]
-        else:
-            ids = self.tokenizer(problem.prompt, add_special_tokens=True)["input_ids"]
+        ids = generator_prompt_ids(
+            self.tokenizer, problem, chat_template=self.chat_template, system_prompt=self.system_prompt
+        )
         if not ids:
             raise SpecsError(f"problem {problem.id!r}: the prompt encodes to no tokens")
-        return self._prompts.put(problem.prompt, tuple(int(i) for i in ids))
+        return self._prompts.put(problem.prompt, ids)
 
     def encode_step(self, text: str) -> tuple[int, ...]:
         hit = self._steps.get(text)

@@ -36,6 +36,7 @@ import torch
 
 from specs_rl.hf.engine import LRU, CachedStack, State, row_state
 from specs_rl.prm_format import PrmFormat, encode_steps, prefix_min_rewards, strip_step
+from specs_rl.prompts import prm_prompt_text
 from specs_rl.types import Candidate, Problem, Trace
 
 
@@ -86,14 +87,13 @@ class HFRewardModel:
 
     # -- the encoding ---------------------------------------------------------------------------------------------
     def prompt_text(self, problem: Problem) -> str:
-        text = (
-            problem.meta.get("problem", problem.prompt) if self.prompt_field == "problem" else problem.prompt
+        return prm_prompt_text(
+            self.tokenizer,
+            problem,
+            prompt_field=self.prompt_field,
+            chat=self.chat,
+            system_prompt=self.system_prompt,
         )
-        if not self.chat:
-            return text
-        messages = [{"role": "system", "content": self.system_prompt}] if self.system_prompt else []
-        messages.append({"role": "user", "content": text})
-        return self.tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
 
     def prompt_ids(self, problem: Problem) -> tuple[int, ...]:
         key = (problem.prompt, problem.meta.get("problem"))

@@ -54,6 +54,7 @@ import torch
 
 from specs_rl.interfaces import WallClock
 from specs_rl.prm_format import PrmFormat, encode_steps, prefix_min_rewards, strip_step
+from specs_rl.prompts import generator_prompt_ids, prm_prompt_text
 from specs_rl.types import Candidate, Problem, Trace
 from specs_rl.vllm.client import BusyMeter, Endpoint, ServedClient, ServerError
 
@@ -92,19 +93,15 @@ class PromptFormat:
         hit = self._prompts.get(problem.prompt)
         if hit is not None:
             return hit
-        if self.chat_template:
-            messages = [{"role": "system", "content": self.system_prompt}] if self.system_prompt else []
-            messages.append({"role": "user", "content": problem.prompt})
-            text = self.tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
-            ids = self.tokenizer(text, add_special_tokens=False)["input_ids"]
-        else:
-            ids = self.tokenizer(problem.prompt, add_special_tokens=True)["input_ids"]
+        ids = generator_prompt_ids(
+            self.tokenizer, problem, chat_template=self.chat_template, system_prompt=self.system_prompt
+        )
         if not ids:
             raise ServerError(f"problem {problem.id!r}: the prompt encodes to no tokens")
         if len(self._prompts) > 4096:
             self._prompts.clear()
-        out = self._prompts[problem.prompt] = tuple(int(i) for i in ids)
-        return out
+        self._prompts[problem.prompt] = ids
+        return ids
 
     def ids(self, trace: Trace) -> tuple[tuple[int, ...], tuple[int, ...]]:
         """``(prompt ids, prompt ids + response ids)``."""
@@ -360,14 +357,13 @@ class VLLMRewardModel:
 
     # -- the encoding (as HFRewardModel) -------------------------------------------------------------------------
     def prompt_text(self, problem: Problem) -> str:
-        text = (
-            problem.meta.get("problem", problem.prompt) if self.prompt_field == "problem" else problem.prompt
+        return prm_prompt_text(
+            self.tokenizer,
+            problem,
+            prompt_field=self.prompt_field,
+            chat=self.chat,
+            system_prompt=self.system_prompt,
         )
-        if not self.chat:
-            return text
-        messages = [{"role": "system", "content": self.system_prompt}] if self.system_prompt else []
-        messages.append({"role": "user", "content": text})
-        return self.tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
 
     def prompt_ids(self, problem: Problem) -> tuple[int, ...]:
         key = (problem.prompt, problem.meta.get("problem"))
