@@ -184,7 +184,7 @@ def test_tiny_world_then_the_demo_on_it(tmp_path, capsys):
         "--config", str(demo.TOYMATH_CONFIG),
         *[f"hf.{r}.name={assets / r}" for r in ("draft", "target", "prm")],
         "hf.max_step_tokens=8", "hf.max_tokens=24",  # random-ish tiny models rarely stop on their own
-        "data.limit=2", "methods=[specs,beam_search_target,draft_only]", "n_grid=[2]",
+        "data.limit=2", "methods=[specs,beam_search_target,draft_only]", "n_grid=[2]", "seeds=[0]",
         f"out={run}", "wandb=false", "progress=false",
     ]  # fmt: skip
     assert demo.main(argv) == 0
@@ -279,7 +279,8 @@ def test_committed_models_search_through_the_hf_backend():
 @needs_world
 def test_demo_runs_on_the_committed_world(tmp_path, capsys):
     out = tmp_path / "demo"
-    argv = [f"out={out}", "data.limit=3", "methods=[specs,beam_search_target]", "n_grid=[2]", "wandb=false"]
+    argv = [f"out={out}", "data.limit=3", "methods=[specs,beam_search_target]", "n_grid=[2]", "seeds=[0]"]
+    argv.append("wandb=false")
     assert demo.main([*argv, "progress=false"]) == 0
     assert "SPECS / beam search (target), n=2: latency x" in capsys.readouterr().out
     summary = json.loads((out / "summary.json").read_text())

@@ -241,6 +241,8 @@ def test_demo_runs_on_servers(tmp_path, capsys):
         f"vllm.target.model={vs.NAMES['target']}",
         "data.limit=2",
         "methods=[specs,beam_search_target]",
+        "n_grid=[4]",
+        "seeds=[0]",  # the demo's three repeats and two widths: one of each is enough here
         "wandb=false",
         "warmup=0",
         "progress=false",
