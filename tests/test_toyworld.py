@@ -226,9 +226,8 @@ def test_committed_models_load_as_plain_hf_models_and_reproduce_their_recorded_n
     fixed = world["fixed_set"]
     cfg = tw.ToyWorldConfig(toymath=toymath.ToyMathConfig(**world["config"]["toymath"]))
     problems = tw.problems(cfg, "test", len(fixed["problems"]))
-    assert [p.prompt for p in problems] == fixed[
-        "problems"
-    ]  # the generator still makes the same held-out set
+    # the generator still makes the same held-out set
+    assert [p.prompt for p in problems] == fixed["problems"]
     tok = AutoTokenizer.from_pretrained(ASSETS / "target")
     prm = AutoModelForTokenClassification.from_pretrained(ASSETS / "prm", dtype=torch.float32).eval()
     fmt = PrmFormat.load(ASSETS / "prm")
@@ -279,8 +278,10 @@ def test_committed_models_search_through_the_hf_backend():
 @needs_world
 def test_demo_runs_on_the_committed_world(tmp_path, capsys):
     out = tmp_path / "demo"
-    argv = [f"out={out}", "data.limit=3", "methods=[specs,beam_search_target]", "n_grid=[2]", "seeds=[0]"]
-    argv.append("wandb=false")
+    argv = [
+        *(f"out={out}", "data.limit=3", "methods=[specs,beam_search_target]"),
+        *("n_grid=[2]", "seeds=[0]", "wandb=false"),
+    ]
     assert demo.main([*argv, "progress=false"]) == 0
     assert "SPECS / beam search (target), n=2: latency x" in capsys.readouterr().out
     summary = json.loads((out / "summary.json").read_text())

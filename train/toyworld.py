@@ -547,8 +547,9 @@ def main(argv: Sequence[str] | None = None) -> int:
             for name in ("target", "draft", "prm")
             if (out / f"{name}.done.json").is_file()
         }
-        if (out / "data/prm_train.jsonl").is_file():
-            world["prm_data"] = prm_data_summary(out / "data/prm_train.jsonl")
+        data = out / "data/prm_train.jsonl"
+        if data.is_file():
+            world["prm_data"] = prm_data_summary([json.loads(line) for line in data.read_text().splitlines()])
         if world["stages"]:
             world["train_wall_s"] = sum(st["wall_s"] for st in world["stages"].values())
     else:
@@ -667,7 +668,7 @@ def train_world(cfg: ToyWorldConfig, out: Path, world: dict[str, Any]) -> None:
     order = rng.permutation(len(prm_train))
     prm_train_path = write_jsonl(out / "data/prm_train.jsonl", [prm_train[i] for i in order])
     prm_eval_path = write_jsonl(out / "data/prm_eval.jsonl", prm_eval)
-    world["prm_data"] = prm_data_summary(prm_train_path)
+    world["prm_data"] = prm_data_summary(prm_train)
     print(f"[toyworld] PRM data: {world['prm_data']}", flush=True)
 
     # 7. PRM: token classification on those rows, initialized from the trained target (or from scratch).
@@ -701,9 +702,8 @@ def train_world(cfg: ToyWorldConfig, out: Path, world: dict[str, Any]) -> None:
     world["parameters"] = params
 
 
-def prm_data_summary(path: Path) -> dict[str, Any]:
-    """Rows, labelled steps and the fraction of correct steps of the PRM's training file."""
-    rows = [json.loads(line) for line in path.read_text().splitlines()]
+def prm_data_summary(rows: Sequence[dict[str, Any]]) -> dict[str, Any]:
+    """Rows, labelled steps and the fraction of correct steps of the PRM's training rows."""
     labels = [y for r in rows for y in r["labels"]]
     return {"rows": len(rows), "steps": len(labels), "correct_fraction": float(np.mean(labels))}
 
@@ -714,8 +714,6 @@ def measure_world(cfg: ToyWorldConfig, out: Path, assets: Path, world: dict[str,
     from transformers import AutoModelForCausalLM, AutoModelForTokenClassification, AutoTokenizer
 
     from specs_rl.prm_format import PrmFormat
-
-    params = dict(world.get("parameters", {}))
 
     # 8. Save in bf16 and measure the saved checkpoints the way the search loads them (float32 on the CPU).
     assets.mkdir(parents=True, exist_ok=True)
@@ -730,9 +728,9 @@ def measure_world(cfg: ToyWorldConfig, out: Path, assets: Path, world: dict[str,
     }
     prm = AutoModelForTokenClassification.from_pretrained(assets / "prm", dtype=torch.float32).eval()
     tok = AutoTokenizer.from_pretrained(assets / "target")
-    params.update({n: sum(p.numel() for p in m.parameters()) for n, m in models.items()})
-    params["prm"] = sum(p.numel() for p in prm.parameters())
-    world["parameters"] = params
+    world["parameters"] = {
+        n: sum(p.numel() for p in m.parameters()) for n, m in {**models, "prm": prm}.items()
+    }  # of the saved checkpoints: right whichever stages this run trained
     world["shapes"] = {n: to_dict(getattr(cfg, n).shape) for n in ("target", "draft")}
     world["shapes"]["prm"] = {
         k: getattr(prm.config, k) for k in ("hidden_size", "num_hidden_layers", "intermediate_size")
@@ -762,10 +760,7 @@ def measure_world(cfg: ToyWorldConfig, out: Path, assets: Path, world: dict[str,
     fmt = PrmFormat.load(assets / "prm")
     auc_probs = [p for p in test[: m.auc_problems] for _ in range(m.auc_samples)]
     for name, seed in (("draft", cfg.seed + 13), ("target", cfg.seed + 14)):
-        samples = labelled_samples(models[name], tok, auc_probs, temperature=m.auc_temperature, seed=seed)
-        scores = prm_step_scores(prm, tok, samples, fmt)
-        flat_y = [y for r in samples for y in r["labels"]]
-        flat_s = [s for ss in scores for s in ss]
+        flat_s, flat_y = scored_samples(models[name], prm, tok, auc_probs, fmt, m.auc_temperature, seed)
         world[f"prm_auc_{name}_samples"] = {
             "auc": auc(flat_s, flat_y),
             "problems": m.auc_problems,
@@ -795,13 +790,20 @@ def measure_world(cfg: ToyWorldConfig, out: Path, assets: Path, world: dict[str,
 FIXED_SAMPLE_SEED = 1234
 
 
+def scored_samples(
+    model: Any, prm: Any, tokenizer: Any, probs: Sequence[Any], fmt: Any, temperature: float, seed: int
+) -> tuple[list[float], list[bool]]:
+    """``model``'s own samples of ``probs`` (seeded), every step's PRM score and exact label, flattened."""
+    rows = labelled_samples(model, tokenizer, probs, temperature=temperature, seed=seed)
+    scores = prm_step_scores(prm, tokenizer, rows, fmt)
+    return [s for ss in scores for s in ss], [y for r in rows for y in r["labels"]]
+
+
 def fixed_auc(
     model: Any, prm: Any, tokenizer: Any, probs: Sequence[Any], fmt: Any, temperature: float
 ) -> float:
     """PRM AUC on one seeded sample of ``model`` per problem of the fixed set (what the tests recompute)."""
-    rows = labelled_samples(model, tokenizer, probs, temperature=temperature, seed=FIXED_SAMPLE_SEED)
-    scores = prm_step_scores(prm, tokenizer, rows, fmt)
-    return auc([s for ss in scores for s in ss], [y for r in rows for y in r["labels"]])
+    return auc(*scored_samples(model, prm, tokenizer, probs, fmt, temperature, FIXED_SAMPLE_SEED))
 
 
 if __name__ == "__main__":
