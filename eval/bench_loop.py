@@ -43,7 +43,8 @@ import torch
 
 from specs_rl.cli import entry_point
 from specs_rl.config import config_from_argv, to_dict
-from specs_rl.hf import HFConfig, ModelSpec, PrmSpec, TinySpec, build_parts, forward_seconds, reset_stats
+from specs_rl.hf import build_parts, forward_seconds, reset_stats
+from specs_rl.models import ModelsConfig, ModelSpec, PrmSpec, TinySpec
 from specs_rl.search import SearchConfig, specs
 from specs_rl.types import Problem, Trace
 
@@ -151,9 +152,9 @@ def machine() -> dict[str, Any]:
     return info
 
 
-def cpu_config(cfg: BenchConfig) -> HFConfig:
+def cpu_config(cfg: BenchConfig) -> ModelsConfig:
     common = dict(device="cpu", dtype="float32", temperature=1.0, ignore_eos=True)
-    return HFConfig(
+    return ModelsConfig(
         draft=ModelSpec(name="tiny:llama", tiny=cfg.draft, **common),
         target=ModelSpec(name="tiny:llama", tiny=cfg.target, **common),
         prm=PrmSpec(name="tiny:llama", device="cpu", dtype="float32", tiny=cfg.prm),
@@ -215,7 +216,7 @@ def bench_overhead(parts: Any, cfg: BenchConfig, tokenizer: Any) -> dict[str, An
 
 
 def _stacks(parts: Any) -> list[Any]:
-    from specs_rl.hf.parts import backend_stacks
+    from specs_rl.hf.build import backend_stacks
 
     return backend_stacks(parts)
 
@@ -282,9 +283,10 @@ def gpu_parts(draft_arch: dict, target_arch: dict, device: str, dtype: torch.dty
     """Random-weight Qwen2 draft / target / token-classification PRM (PRM shaped like the draft) on ``device``."""
     from transformers import AutoModelForCausalLM, AutoModelForTokenClassification, Qwen2Config
 
-    from specs_rl.hf.lm import HFLM, HFSampler, HFScorer
-    from specs_rl.hf.models import tiny_tokenizer
+    from specs_rl.hf.load import tiny_tokenizer
     from specs_rl.hf.prm import HFRewardModel
+    from specs_rl.hf.sampler import HFLM, HFSampler
+    from specs_rl.hf.scorer import HFScorer
     from specs_rl.interfaces import SearchParts, WallClock
 
     tok = tiny_tokenizer(300)

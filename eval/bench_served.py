@@ -40,7 +40,7 @@ import torch
 
 from specs_rl.cli import entry_point
 from specs_rl.config import config_from_argv, load_config, to_dict
-from specs_rl.hf.config import HFConfig
+from specs_rl.models.config import ModelsConfig
 from specs_rl.run.records import problem_seed
 from specs_rl.vllm.config import VLLMConfig
 
@@ -90,7 +90,7 @@ class BenchServedConfig:
         self.vllm.validate()
 
 
-def world(cfg: BenchServedConfig) -> tuple[Any, HFConfig, list[Any]]:
+def world(cfg: BenchServedConfig) -> tuple[Any, ModelsConfig, list[Any]]:
     """The measured search settings (the config's SPECS settings at ``n``), its ``hf:`` section (for the demo config:
     paths at the package's assets, as ``specs-rl demo`` sets them) and enough of its problems."""
     from eval.demo import TOYMATH_CONFIG, demo_argv
@@ -225,7 +225,8 @@ def table(report: dict[str, Any]) -> str:
 @entry_point
 def main(argv: Sequence[str] | None = None) -> int:
     from specs_rl.hf import build_parts as build_hf
-    from specs_rl.vllm.task import build_parts as build_served
+    from specs_rl.hf.build import build_prm
+    from specs_rl.vllm.build import build_parts as build_served
 
     cfg = config_from_argv(
         BenchServedConfig, sys.argv[1:] if argv is None else argv, "specs-rl bench backend=vllm"
@@ -235,7 +236,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     previous_threads = torch.get_num_threads()
     if cfg.threads:
         torch.set_num_threads(cfg.threads)
-    vparts, served = build_served(cfg.vllm, hf, probe=problems[0])
+    vparts, served = build_served(cfg.vllm, hf, probe=problems[0], prm_factory=build_prm)
     try:
         hf_parts = build_hf(hf)
         warm, timed = problems[: cfg.warmup], problems[cfg.warmup : cfg.warmup + cfg.problems]

@@ -20,14 +20,10 @@ import sys
 import threading
 from collections.abc import Sequence
 from dataclasses import dataclass, field
-from urllib.parse import urlparse
 
 from specs_rl.cli import entry_point
 from specs_rl.config import config_from_argv
-from specs_rl.errors import SpecsError
 from specs_rl.run import CompareConfig
-
-LOCAL_HOSTS = ("127.0.0.1", "localhost", "0.0.0.0", "::1")
 
 
 @dataclass
@@ -42,64 +38,22 @@ class ServeConfig(CompareConfig):
 
 @entry_point
 def main(argv: Sequence[str] | None = None) -> int:
-    from specs_rl.vllm.parts import resolve_pooling
-    from specs_rl.vllm.task import (
-        GENERATORS,
-        _check_servable,
-        _load_tokenizer,
-        _prm_format,
-        launch_specs,
-        pooler_config,
-        prm_backend,
-        start_servers,
-    )
+    from specs_rl.vllm import start_servers
 
     cfg = config_from_argv(ServeConfig, sys.argv[1:] if argv is None else argv, "specs-rl serve")
-    vc, hf = cfg.vllm, cfg.hf
-    try:
-        vc.validate()
-        hf.validate()
-    except ValueError as e:
-        raise SpecsError(str(e)) from None
-    parts = [*GENERATORS, *(["prm"] if prm_backend(vc, hf) == "vllm" else [])]
-    unknown = [p for p in cfg.parts if p not in parts]
-    if unknown:
-        raise SpecsError(f"parts: {unknown[0]!r} is not served by this config; it serves {', '.join(parts)}")
-    parts = [p for p in parts if not cfg.parts or p in cfg.parts]
-    for part in parts:
-        _check_servable(f"hf.{part}", getattr(hf, part))
-        url = getattr(vc, part).url
-        if url is not None and urlparse(url).hostname not in LOCAL_HOSTS:
-            raise SpecsError(f"vllm.{part}.url is {url}: specs-rl serve starts servers on this machine only")
-    pooler = None
-    if "prm" in parts:
-        fmt = _prm_format(hf.prm)
-        sep = _load_tokenizer(hf.prm, "hf.prm")(fmt.step_separator, add_special_tokens=False)["input_ids"]
-        try:
-            pooler = pooler_config(resolve_pooling(vc.prm.pooling, fmt, sep), sep[-1])
-        except (ValueError, IndexError) as e:
-            raise SpecsError(f"vllm.prm.pooling: {e}") from None
-    specs = launch_specs(vc, hf, parts, pooler)
-    print(
-        f"starting {len({s.key() for s in specs.values()})} vLLM server(s) for {', '.join(parts)} ...",
-        flush=True,
-    )
-    servers = start_servers(vc, list(specs.values()))
+    by_part = start_servers(cfg.vllm, cfg.hf, cfg.parts, announce=lambda line: print(line, flush=True))
+    servers = list(dict.fromkeys(by_part.values()))  # a draft that is also the target: one server
     stop = threading.Event()
     previous = {s: signal.signal(s, lambda *_: stop.set()) for s in (signal.SIGINT, signal.SIGTERM)}
     try:
-        by_key = {s.spec.key(): s for s in servers}
-        urls = {}
-        for part, spec in specs.items():
-            server = by_key[spec.key()]
-            urls[part] = server.url
+        for part, server in by_part.items():
             print(
-                f"vllm.{part:<6} {server.url}  serves {spec.served_name!r}  ready in {server.ready_s:.0f} s  "
+                f"vllm.{part:<6} {server.url}  serves {server.spec.served_name!r}  ready in {server.ready_s:.0f} s  "
                 f"log {server.log}",
                 flush=True,
             )
         print("Ctrl-C stops them. Point a run at them with:", flush=True)
-        print(" ".join(f"vllm.{p}.url={u}" for p, u in urls.items()), flush=True)
+        print(" ".join(f"vllm.{p}.url={s.url}" for p, s in by_part.items()), flush=True)
         while not stop.wait(1.0):
             dead = [s for s in servers if not s.alive()]
             if dead:

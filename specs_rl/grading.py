@@ -174,6 +174,11 @@ def close_all(kill: bool = False) -> None:
         grader.close(kill=kill)
 
 
+def boxed_answer(trace: Trace) -> str:
+    """The last ``\\boxed{}`` of the response, or "" when there is none (the answer both model backends report)."""
+    return extract_boxed(trace.text) or ""
+
+
 def boxed_answer_grade(
     answer_of: Callable[[Trace], str], grader: Grader | None = None
 ) -> tuple[Callable[[SearchResult], dict[str, Any]], dict[str, str]]:

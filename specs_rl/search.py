@@ -17,6 +17,7 @@ from dataclasses import dataclass, field
 import torch
 
 from specs_rl.interfaces import SearchParts, StepSampler
+from specs_rl.models.prm_format import aggregate_rewards
 from specs_rl.settings import METHODS, SearchConfig
 from specs_rl.types import Candidate, Ledger, Mode, Problem, SearchResult, StepRecord, Trace
 from specs_rl.verify import acceptance_test, keep_mask, next_mode, select, select_then_test, soft_scores
@@ -71,16 +72,6 @@ def _score_and_reward(parts: SearchParts, prefixes, cands, need_target: bool, co
     target_lp, dt_t = _timed(parts, parts.scorer.score, prefixes, cands)
     rewards, dt_r = _timed(parts, parts.prm.score, prefixes, cands)
     return target_lp, rewards, dt_t, dt_r, dt_t + dt_r
-
-
-def _aggregate(step_rewards: Sequence[float], how: str) -> float:
-    if not step_rewards:
-        return float("nan")
-    if how == "last":
-        return float(step_rewards[-1])
-    if how == "min":
-        return float(min(step_rewards))
-    return float(math.prod(step_rewards))
 
 
 def _finish(
@@ -391,7 +382,7 @@ def _tree_search(
     out = []
     for i, pb in enumerate(problems):
         finished = done[i] or active[i]
-        scores = [_aggregate(b.rewards, config.aggregate) for b in finished]
+        scores = [aggregate_rewards(b.rewards, config.aggregate) for b in finished]
         best = max(range(len(finished)), key=lambda k: scores[k])
         b = finished[best]
         ledgers[i].total_s = end - t0
@@ -479,7 +470,7 @@ def best_of_n(
     end = parts.clock.now()
     out = []
     for i, pb in enumerate(problems):
-        scores = [_aggregate(step_rewards[i][j], config.aggregate) for j in range(config.n)]
+        scores = [aggregate_rewards(step_rewards[i][j], config.aggregate) for j in range(config.n)]
         answers = [parts.answer_of(t) for t in traces[i]]
         totals: dict[str, float] = defaultdict(float)
         counts: dict[str, int] = defaultdict(int)

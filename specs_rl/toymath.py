@@ -39,7 +39,7 @@ from typing import Any
 import numpy as np
 
 from specs_rl.errors import SpecsError
-from specs_rl.prm_format import strip_step
+from specs_rl.models.prm_format import strip_step
 from specs_rl.types import Problem
 
 SEPARATOR = "\n\n"
@@ -323,7 +323,7 @@ def label_steps(problem: Problem | ToyProblem | str, steps: Sequence[str]) -> li
 
 def error_chars(problem: Problem | ToyProblem | str, steps: Sequence[str]) -> list[int | None]:
     """Per step, the offset of its first wrong character for the first wrong step (where its text leaves the
-    reference step), None elsewhere: the ``error_chars`` of a stepwise row (``specs_rl.prm_format.token_labels``).
+    reference step), None elsewhere: the ``error_chars`` of a stepwise row (``specs_rl.models.prm_format.token_labels``).
 
     >>> error_chars("Compute ((5-2)-3).", ["5-2=3", "3-3=1", "The answer is \\\\boxed{1}."])
     [None, 4, None]
@@ -515,7 +515,7 @@ def prm_rows(
     with probability ``error_rate`` a solution with one plausible error (labels False from it on; with
     ``truncate_after_error`` the row stops at the wrong step), otherwise the reference solution (all True).
     ``error_chars`` (:func:`error_chars`) places the error inside its step for token labels. Steps carry no
-    separator (``specs_rl.prm_format`` adds it)."""
+    separator (``specs_rl.models.prm_format`` adds it)."""
     if not 0.0 <= error_rate <= 1.0:
         raise SpecsError(f"error_rate must be in [0, 1], got {error_rate}")
     rows = []

@@ -9,10 +9,12 @@ import pytest
 import torch
 
 from specs_rl.errors import SpecsError
-from specs_rl.hf import HFConfig, ModelSpec, PrmSpec, TinySpec, build_parts, tiny_parts
-from specs_rl.hf.lm import HFLM, HFSampler, HFScorer, sample_from_logits
-from specs_rl.hf.models import tiny_tokenizer
-from specs_rl.hf.text import StepStop, TokenText, stop_index
+from specs_rl.hf import build_parts, tiny_parts
+from specs_rl.hf.load import tiny_tokenizer
+from specs_rl.hf.sampler import HFLM, HFSampler, sample_from_logits
+from specs_rl.hf.scorer import HFScorer
+from specs_rl.models import ModelsConfig, ModelSpec, PrmSpec, TinySpec
+from specs_rl.models.text import StepStop, TokenText, stop_index
 from specs_rl.tiny import CHAT_TEMPLATE, SPECIALS, tiny_causal_lm
 from specs_rl.types import Candidate, Problem, Trace
 
@@ -352,7 +354,7 @@ def test_padded_vocabulary_scores_identically():
 def test_different_tokenizers_fall_back_to_retokenizing():
     """Draft and target with different tokenizers: the scorer returns the target's log-probs of the re-tokenized
     step text (the documented approximation), equal to a plain recompute over the target's tokens."""
-    cfg = HFConfig(
+    cfg = ModelsConfig(
         draft=ModelSpec(name="tiny", device="cpu", temperature=1.0, tiny=TinySpec(hidden_size=32, seed=1)),
         target=ModelSpec(
             name="tiny",
@@ -392,27 +394,27 @@ def test_different_tokenizers_fall_back_to_retokenizing():
 
 def test_config_validation_names_the_key():
     with pytest.raises(ValueError, match="hf.draft.top_p"):
-        HFConfig(draft=ModelSpec(top_p=0.0)).validate()
+        ModelsConfig(draft=ModelSpec(top_p=0.0)).validate()
     with pytest.raises(ValueError, match="hf.prm.aggregate"):
-        HFConfig(prm=PrmSpec(aggregate="mean")).validate()
+        ModelsConfig(prm=PrmSpec(aggregate="mean")).validate()
     with pytest.raises(ValueError, match="hf.target.device"):
-        HFConfig(target=ModelSpec(device="tpu")).validate()
+        ModelsConfig(target=ModelSpec(device="tpu")).validate()
     with pytest.raises(ValueError, match="hf.draft.tiny.hidden_size"):
-        HFConfig(draft=ModelSpec(tiny=TinySpec(hidden_size=30, num_attention_heads=4))).validate()
+        ModelsConfig(draft=ModelSpec(tiny=TinySpec(hidden_size=30, num_attention_heads=4))).validate()
     with pytest.raises(ValueError, match="hf.max_step_tokens"):
-        HFConfig(max_step_tokens=0).validate()
-    HFConfig().validate()
-    for cls in (HFConfig, ModelSpec, PrmSpec, TinySpec):
+        ModelsConfig(max_step_tokens=0).validate()
+    ModelsConfig().validate()
+    for cls in (ModelsConfig, ModelSpec, PrmSpec, TinySpec):
         assert all(f.metadata.get("help") for f in dataclasses.fields(cls)), cls.__name__
 
 
 def test_missing_model_files_are_one_line_errors(tmp_path):
     with pytest.raises(SpecsError, match="GGUF file not found"):
-        build_parts(HFConfig(draft=ModelSpec(name=str(tmp_path / "missing.gguf"))))
+        build_parts(ModelsConfig(draft=ModelSpec(name=str(tmp_path / "missing.gguf"))))
     with pytest.raises(SpecsError, match="model path not found"):
-        build_parts(HFConfig(target=ModelSpec(name=str(tmp_path / "no" / "such" / "dir"))))
+        build_parts(ModelsConfig(target=ModelSpec(name=str(tmp_path / "no" / "such" / "dir"))))
     with pytest.raises(SpecsError, match="top_p"):
-        build_parts(HFConfig(draft=ModelSpec(top_p=2.0)))
+        build_parts(ModelsConfig(draft=ModelSpec(top_p=2.0)))
 
 
 def test_log_probs_are_finite_and_non_positive(parts):

@@ -7,7 +7,8 @@ import logging
 import torch
 
 from specs_rl.hf import cascade
-from specs_rl.hf.engine import LRU, State, group_by_state
+from specs_rl.hf.engine import State, group_by_state
+from specs_rl.models.cache import LRU
 
 
 def _qkv(seed: int = 0) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:

@@ -8,10 +8,11 @@ from concurrent.futures import ThreadPoolExecutor
 import pytest
 import torch
 
-from specs_rl.hf import PrmSpec, TinySpec, tiny_parts
-from specs_rl.hf.models import load_reward_model, tiny_tokenizer
+from specs_rl.hf import tiny_parts
+from specs_rl.hf.load import load_reward_model, tiny_tokenizer
 from specs_rl.hf.prm import HFRewardModel
-from specs_rl.prm_format import PrmFormat, encode_steps
+from specs_rl.models import PrmSpec, TinySpec
+from specs_rl.models.prm_format import PrmFormat, encode_steps
 from specs_rl.tiny import make_tokenizer, tiny_seq_classifier, tiny_token_classifier
 from specs_rl.types import Candidate, Problem, Trace
 
@@ -164,7 +165,7 @@ def test_models_that_bypass_the_attention_interface_fall_back_to_plain_recompute
     """A model whose attention does not go through transformers' AttentionInterface (some remote-code PRMs) is
     detected at load; rewards are then recomputed from scratch each call and still equal the reference."""
     import specs_rl.hf.engine as engine
-    from specs_rl.hf.lm import HFLM, HFSampler
+    from specs_rl.hf.sampler import HFLM, HFSampler
 
     monkeypatch.setattr(engine, "use_cascade", lambda model: None)  # the model keeps plain SDPA
     tok = tiny_tokenizer()

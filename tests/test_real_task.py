@@ -198,12 +198,12 @@ def test_bad_input_is_rejected_in_one_line_before_anything_is_written(tmp_path, 
 
 
 def test_hf_backend_bad_input_is_rejected_before_models_load(tmp_path, capsys, monkeypatch):
-    import specs_rl.hf.task
+    import specs_rl.hf.build
 
     def no_models(cfg):
         raise AssertionError("models were built")
 
-    monkeypatch.setattr(specs_rl.hf.task, "build_parts", no_models)
+    monkeypatch.setattr(specs_rl.hf.build, "build_parts", no_models)
     out = tmp_path / "o"
     assert main(["backend=hf", "hf.draft.device=tpu", f"out={out}"]) == 2
     assert "hf.draft.device" in capsys.readouterr().err

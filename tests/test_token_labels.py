@@ -9,12 +9,12 @@ import numpy as np
 import pytest
 import torch
 
-from specs_rl import prm_format, toymath
+from specs_rl import toymath
 from specs_rl.errors import SpecsError
-from specs_rl.hf import PrmSpec
-from specs_rl.hf.models import load_reward_model, tiny_tokenizer
+from specs_rl.hf.load import load_reward_model, tiny_tokenizer
 from specs_rl.hf.prm import HFRewardModel
-from specs_rl.prm_format import (
+from specs_rl.models import PrmSpec, prm_format
+from specs_rl.models.prm_format import (
     IGNORE_INDEX,
     PrmFormat,
     encode_steps,

@@ -10,7 +10,7 @@ import pytest
 
 from eval import demo
 from specs_rl import toymath
-from specs_rl.prm_format import PrmFormat
+from specs_rl.models.prm_format import PrmFormat
 from tests.conftest import REPO
 from train import toyworld as tw
 
@@ -37,7 +37,7 @@ def _fixed_problems(world: dict) -> list:
 
 
 def test_tokenizer_is_character_level_with_one_step_token_and_exact_bytes():
-    from specs_rl.hf.text import TokenText
+    from specs_rl.models.text import TokenText
 
     tok = tw.make_tokenizer()
     ids = tok(TEXT)["input_ids"]
@@ -249,15 +249,15 @@ def test_committed_models_load_as_plain_hf_models_and_reproduce_their_recorded_n
 def test_committed_models_search_through_the_hf_backend():
     import torch
 
-    from specs_rl.hf.config import HFConfig, ModelSpec, PrmSpec
-    from specs_rl.hf.parts import build_parts
+    from specs_rl.hf.build import build_parts
+    from specs_rl.models.config import ModelsConfig, ModelSpec, PrmSpec
     from specs_rl.search import SearchConfig, run_search
 
     world = _world()
     problems = _fixed_problems(world)[:4]
     greedy = dict(device="cpu", dtype="float32", temperature=0.0)
     parts = build_parts(
-        HFConfig(
+        ModelsConfig(
             draft=ModelSpec(name=str(ASSETS / "draft"), **greedy),
             target=ModelSpec(name=str(ASSETS / "target"), **greedy),
             prm=PrmSpec(name=str(ASSETS / "prm"), device="cpu", dtype="float32", prompt_field="prompt"),

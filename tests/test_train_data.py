@@ -236,7 +236,7 @@ def test_graded_row_errors() -> None:
 
 
 def test_encode_solution_matches_encode_steps() -> None:
-    from specs_rl.prm_format import encode_steps
+    from specs_rl.models.prm_format import encode_steps
 
     tok = CharTokenizer()
     ids = pairs.encode_solution(tok, "Q", "a|b", separator="|")

@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from specs_rl.prm_format import PrmFormat
+from specs_rl.models.prm_format import PrmFormat
 from specs_rl.tiny import make_tokenizer, tiny_seq_classifier
 from specs_rl.training import pairs as tpairs
 
@@ -93,9 +93,9 @@ def backend_solution_reward(path):
     """``f(prompt, steps) -> r`` through ``specs_rl.hf``'s loader and ``HFRewardModel`` (the last step's reward with
     the earlier steps as the prefix), or None where that backend is absent."""
     try:
-        from specs_rl.hf.config import PrmSpec
-        from specs_rl.hf.models import load_reward_model
+        from specs_rl.hf.load import load_reward_model
         from specs_rl.hf.prm import HFRewardModel
+        from specs_rl.models.config import PrmSpec
     except ImportError:
         return None
     from specs_rl.types import Candidate, Problem, Trace

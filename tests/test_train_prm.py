@@ -10,7 +10,7 @@ import pytest
 import torch
 
 from specs_rl.errors import SpecsError
-from specs_rl.prm_format import PrmFormat
+from specs_rl.models.prm_format import PrmFormat
 from specs_rl.tiny import make_tokenizer, tiny_token_classifier
 from specs_rl.training.prm_data import toy_stepwise_rows
 
@@ -93,9 +93,9 @@ def backend_step_rewards(path):
     """``f(prompt, steps) -> [r_1..r_K]`` through ``specs_rl.hf``'s loader and ``HFRewardModel`` (reward of each
     step when it is the newest one, ``aggregate="last"``), or None where that backend is absent."""
     try:
-        from specs_rl.hf.config import PrmSpec
-        from specs_rl.hf.models import load_reward_model
+        from specs_rl.hf.load import load_reward_model
         from specs_rl.hf.prm import HFRewardModel
+        from specs_rl.models.config import PrmSpec
     except ImportError:
         return None
     from specs_rl.types import Candidate, Problem, Trace

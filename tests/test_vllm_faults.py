@@ -245,9 +245,11 @@ def _fake_parts(fake: FakeVLLM, temperature: float = 1.0) -> Any:
     """Sampler, scorer and PRM over the fake server (the toy tokenizer)."""
     from transformers import AutoTokenizer
 
-    from specs_rl.prm_format import PrmFormat
+    from specs_rl.models.prm_format import PrmFormat
     from specs_rl.vllm.client import Endpoint, ServedClient
-    from specs_rl.vllm.parts import PromptFormat, VLLMRewardModel, VLLMSampler, VLLMScorer
+    from specs_rl.vllm.prm import VLLMRewardModel
+    from specs_rl.vllm.sampler import PromptFormat, VLLMSampler
+    from specs_rl.vllm.scorer import VLLMScorer
 
     tok = AutoTokenizer.from_pretrained(vs.TOY / "target")
     client = ServedClient(retries=0, api_key=os.environ.get("SPECS_RL_VLLM_API_KEY"))
@@ -362,7 +364,7 @@ def test_malformed_pooling_answers_are_a_clear_error(fake, pairs, why):
 def test_a_server_returning_raw_log_probs_is_refused(fake):
     """The probe of build_parts: at temperature 0.5 the server's sampled log-probs must be the tempered law's."""
     from specs_rl.vllm.client import ServerError
-    from specs_rl.vllm.task import check_processed_logprobs
+    from specs_rl.vllm.probe import check_processed_logprobs
 
     raw = {k: math.log(p) for k, p in zip(range(20, 40), [0.6, 0.3] + [0.1 / 18] * 18)}
 

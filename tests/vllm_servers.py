@@ -117,8 +117,8 @@ _PENDING: Servers | None = None  # started by begin(), not yet known to answer
 
 
 def launch_spec(part: str, checkpoint: Path, port: int | None = None) -> Any:
+    from specs_rl.vllm.build import pooler_config
     from specs_rl.vllm.server import LaunchSpec
-    from specs_rl.vllm.task import pooler_config
 
     return LaunchSpec(
         part=f"vllm.{part}",
@@ -198,9 +198,9 @@ def stop() -> None:
 
 def toy_hf_config(**kw: Any) -> Any:
     """The toy world's ``hf:`` section as the demo sets it (float32), with ``kw`` overriding fields."""
-    from specs_rl.hf.config import HFConfig, ModelSpec, PrmSpec
+    from specs_rl.models.config import ModelsConfig, ModelSpec, PrmSpec
 
-    cfg = HFConfig(
+    cfg = ModelsConfig(
         draft=ModelSpec(name=str(TOY / "draft"), device="cpu", dtype="float32", temperature=1.0),
         target=ModelSpec(name=str(TOY / "target"), device="cpu", dtype="float32", temperature=1.0),
         prm=PrmSpec(name=str(TOY / "prm"), device="cpu", dtype="float32", prompt_field="prompt"),
@@ -233,13 +233,14 @@ def vllm_config(prm: str = "vllm", **kw: Any) -> Any:
 def served_parts(prm: str = "vllm", hf: Any = None, **kw: Any) -> tuple[Any, Any]:
     """``(SearchParts, ServedParts)`` over the session's servers; the served PRM reads the tiny PRM's
     defaults (separator "\\n\\n", label 1, last step)."""
-    from specs_rl.vllm.task import build_parts
+    from specs_rl.hf.build import build_prm
+    from specs_rl.vllm.build import build_parts
 
     hf = hf or toy_hf_config()
     if prm == "vllm":
         hf.prm.name = str(servers().prm_dir)
         hf.prm.prompt_field = "prompt"
-    return build_parts(vllm_config(prm, **kw), hf)
+    return build_parts(vllm_config(prm, **kw), hf, prm_factory=build_prm)
 
 
 def contract_parts() -> tuple[Any, list[Any]]:

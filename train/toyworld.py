@@ -238,7 +238,7 @@ def make_tokenizer() -> Any:
     from tokenizers import Tokenizer, decoders, models, pre_tokenizers
     from transformers import PreTrainedTokenizerFast
 
-    from specs_rl.hf.text import bytes_to_unicode
+    from specs_rl.models.text import bytes_to_unicode
 
     vocab = {s: i for i, s in enumerate(SPECIALS)}
     for _, ch in sorted(bytes_to_unicode().items()):  # byte order: id = 3 + byte
@@ -402,7 +402,7 @@ def auc(scores: Sequence[float], labels: Sequence[bool]) -> float:
 def prm_step_scores(
     prm: Any, tokenizer: Any, rows: Sequence[dict[str, Any]], fmt: Any = None
 ) -> list[list[float]]:
-    """The PRM's reward of every step of every row (the inference encoding of :mod:`specs_rl.prm_format`, read the
+    """The PRM's reward of every step of every row (the inference encoding of :mod:`specs_rl.models.prm_format`, read the
     way ``fmt``, the checkpoint's ``prm_config.json``, says)."""
     from specs_rl.training.prm import score_steps
 
@@ -418,9 +418,9 @@ def step_latency(paths: dict[str, Path], probs: Sequence[Any], tokens: int, repe
     per-repeat ratios}, "ratio_ranges": {"a/b": [min, max]}, "repeats": k}``."""
     import torch
 
-    from specs_rl.hf.config import ModelSpec
-    from specs_rl.hf.lm import HFLM, HFSampler
-    from specs_rl.hf.models import load_causal_lm
+    from specs_rl.hf.load import load_causal_lm
+    from specs_rl.hf.sampler import HFLM, HFSampler
+    from specs_rl.models.config import ModelSpec
     from specs_rl.types import Trace
 
     samplers = {}
@@ -713,7 +713,7 @@ def measure_world(cfg: ToyWorldConfig, out: Path, assets: Path, world: dict[str,
     import torch
     from transformers import AutoModelForCausalLM, AutoModelForTokenClassification, AutoTokenizer
 
-    from specs_rl.prm_format import PrmFormat
+    from specs_rl.models.prm_format import PrmFormat
 
     # 8. Save in bf16 and measure the saved checkpoints the way the search loads them (float32 on the CPU).
     assets.mkdir(parents=True, exist_ok=True)

@@ -1,23 +1,33 @@
-"""Build the search parts (draft, target, scorer, PRM, clock) from an :class:`HFConfig`."""
+"""``backend: hf``: build the search parts (draft, target, scorer, PRM, clock) from a :class:`ModelsConfig`, and the
+Task of a run config: a math benchmark searched with transformers models (real, GGUF or tiny random ones), graded
+on the boxed answer by Math-Verify."""
 
 from __future__ import annotations
 
 import dataclasses
 from typing import Any
 
+from specs_rl.datasets import load_problems
 from specs_rl.errors import SpecsError
-from specs_rl.grading import extract_boxed
-from specs_rl.hf.config import HFConfig, ModelSpec, PrmSpec, TinySpec
-from specs_rl.hf.lm import HFLM, HFSampler, HFScorer
-from specs_rl.hf.models import check_sources, load_causal_lm, load_reward_model
+from specs_rl.grading import boxed_answer, boxed_answer_grade
+from specs_rl.hf.load import load_causal_lm, load_reward_model
 from specs_rl.hf.prm import HFRewardModel
-from specs_rl.interfaces import Clock, SearchParts, WallClock
-from specs_rl.types import Trace
+from specs_rl.hf.sampler import HFLM, HFSampler
+from specs_rl.hf.scorer import HFScorer
+from specs_rl.interfaces import Clock, SearchParts, Task, WallClock
+from specs_rl.models.config import ModelsConfig, ModelSpec, PrmSpec, TinySpec
+from specs_rl.models.sources import check_sources
+from specs_rl.models.tokens import same_tokenizer
 
 
-def boxed_answer(trace: Trace) -> str:
-    """The last ``\\boxed{}`` of the response, or "" when there is none."""
-    return extract_boxed(trace.text) or ""
+def build_task(cfg: Any) -> Task:
+    """The Task of a run config with ``backend: hf``: problems from ``cfg.data`` (read and validated first, so a bad
+    data file fails before any model loads), parts from ``cfg.hf``, grading by the last ``\\boxed{}`` of the
+    response against the gold answer (Math-Verify in a worker process)."""
+    problems = load_problems(cfg.data)
+    parts = build_parts(cfg.hf)
+    grade, grader = boxed_answer_grade(parts.answer_of)
+    return Task(f"hf:{cfg.data.dataset}", problems, parts, grade, grader)
 
 
 def _model_key(spec: ModelSpec) -> tuple:
@@ -34,19 +44,32 @@ def _model_key(spec: ModelSpec) -> tuple:
     )
 
 
-def same_tokenizer(a: Any, b: Any) -> bool:
-    """Token ids mean the same text in both (same vocabulary and special tokens)."""
-    if a is b:
-        return True
-    return a.get_vocab() == b.get_vocab() and list(a.all_special_tokens) == list(b.all_special_tokens)
+def build_prm(spec: PrmSpec, cache_prompts: int = 16) -> HFRewardModel:
+    """The PRM of ``spec`` in this process (also what the vLLM backend runs beside its servers for a PRM that vLLM
+    cannot serve: the run layer passes this function to it)."""
+    check_sources({"hf.prm": spec})
+    model, tok, fmt = load_reward_model(spec)
+    try:
+        return HFRewardModel(
+            model,
+            tok,
+            fmt,
+            aggregate=spec.aggregate,
+            prompt_field=spec.prompt_field,
+            chat=spec.chat,
+            system_prompt=spec.system_prompt,
+            cache_prompts=cache_prompts,
+        )
+    except ValueError as e:
+        raise SpecsError(f"hf.prm: {e}") from None
 
 
-def build_parts(cfg: HFConfig, clock: Clock | None = None) -> SearchParts:
+def build_parts(cfg: ModelsConfig, clock: Clock | None = None) -> SearchParts:
     """Load the draft, target and PRM of ``cfg`` and wire them into :class:`SearchParts`.
 
     Identical draft and target specs share one loaded model (and its cache). When the two tokenizers agree, token
     ids are shared and sampling/scoring use the vocabulary range both models have; otherwise every step is
-    re-tokenized from its text (see :class:`~specs_rl.hf.lm.HFScorer`). ``clock`` defaults to
+    re-tokenized from its text (see :class:`~specs_rl.hf.scorer.HFScorer`). ``clock`` defaults to
     :class:`~specs_rl.interfaces.WallClock` (CUDA-synchronized).
     """
     try:
@@ -88,20 +111,7 @@ def build_parts(cfg: HFConfig, clock: Clock | None = None) -> SearchParts:
         )
     except ValueError as e:
         raise SpecsError(str(e)) from None
-    p_model, p_tok, fmt = load_reward_model(cfg.prm)
-    try:
-        prm = HFRewardModel(
-            p_model,
-            p_tok,
-            fmt,
-            aggregate=cfg.prm.aggregate,
-            prompt_field=cfg.prm.prompt_field,
-            chat=cfg.prm.chat,
-            system_prompt=cfg.prm.system_prompt,
-            cache_prompts=cfg.cache_prompts,
-        )
-    except ValueError as e:
-        raise SpecsError(f"hf.prm: {e}") from None
+    prm = build_prm(cfg.prm, cfg.cache_prompts)
     return SearchParts(
         drafter=drafter,
         target=target,
@@ -117,9 +127,9 @@ def tiny_parts(seed: int = 0, **kw: Any) -> SearchParts:
 
     Both samplers run at temperature 1 and top-p 1, so the target scorer reproduces the target sampler's own
     log-probs. Steps are short (``max_step_tokens=8``, ``max_tokens=48``); ``kw`` overrides any
-    :class:`HFConfig` field.
+    :class:`ModelsConfig` field.
     """
-    cfg = HFConfig(
+    cfg = ModelsConfig(
         draft=ModelSpec(
             name="tiny:llama", device="cpu", temperature=1.0, tiny=TinySpec(hidden_size=32, seed=seed + 1)
         ),

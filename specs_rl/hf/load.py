@@ -7,15 +7,14 @@ failure inside transformers is reported the same way, with its first line.
 from __future__ import annotations
 
 import functools
-import os
-from pathlib import Path
 from typing import Any
 
 import torch
 
 from specs_rl.errors import SpecsError
-from specs_rl.hf.config import ModelSpec, PrmSpec, TinySpec
-from specs_rl.prm_format import PrmFormat
+from specs_rl.models.config import ModelSpec, PrmSpec, TinySpec
+from specs_rl.models.prm_format import PrmFormat
+from specs_rl.models.sources import prm_format, split_source
 
 
 def resolve_device(device: str) -> torch.device:
@@ -66,32 +65,6 @@ def _tiny_arch(name: str) -> str:
     return name.partition(":")[2] or "llama"
 
 
-def split_source(name: str, gguf_file: str | None, key: str) -> tuple[str, str | None]:
-    """``(source, gguf_file)``: a ``.gguf`` path is split into its directory and file name.
-
-    Raises SpecsError for a local path that does not exist (a name that is not a path is taken as a hub id).
-    """
-    if gguf_file is None and name.endswith(".gguf"):
-        p = Path(name).expanduser()
-        if not p.is_file():
-            raise SpecsError(f"{key}: GGUF file not found: {name}")
-        return str(p.parent), p.name
-    looks_local = name.startswith(("/", "./", "../", "~")) or name.count("/") > 1
-    p = Path(name).expanduser()
-    if looks_local and not p.exists():
-        raise SpecsError(f"{key}: model path not found: {name}")
-    if gguf_file is not None and p.is_dir() and not (p / gguf_file).is_file():
-        raise SpecsError(f"{key}: GGUF file not found: {p / gguf_file}")
-    return (str(p) if p.exists() else name), gguf_file
-
-
-def check_sources(specs: dict[str, ModelSpec | PrmSpec]) -> None:
-    """Cheap checks of every source before any model is loaded."""
-    for key, spec in specs.items():
-        if not spec.name.startswith("tiny"):
-            split_source(spec.name, getattr(spec, "gguf_file", None), key)
-
-
 def _wrap_load_error(key: str, name: str, e: Exception) -> SpecsError:
     first = (str(e).strip().splitlines() or [type(e).__name__])[0]
     return SpecsError(f"could not load {key} {name!r}: {first[:300]}")
@@ -138,19 +111,8 @@ def load_reward_model(spec: PrmSpec, key: str = "hf.prm") -> tuple[torch.nn.Modu
     """``(model, tokenizer, format)``: the format merges ``prm_config.json`` (if any) with the spec's overrides."""
     device = resolve_device(spec.device)
     dtype = resolve_dtype(spec.dtype, device)
-    saved = None
-    if not spec.name.startswith("tiny"):
-        source, _ = split_source(spec.name, None, key)
-        if os.path.isdir(source):
-            saved = PrmFormat.load(source)
-    base = saved or PrmFormat()
-    kind = spec.kind if spec.kind != "auto" else base.kind
-    fmt = PrmFormat(
-        kind=kind,
-        step_separator=spec.step_separator if spec.step_separator is not None else base.step_separator,
-        positive_label=spec.positive_label if spec.positive_label is not None else base.positive_label,
-        step_reward=spec.step_reward if spec.step_reward is not None else base.step_reward,
-    )
+    fmt = prm_format(spec, key)
+    kind = fmt.kind
     if spec.name.startswith("tiny"):
         from specs_rl.tiny import tiny_seq_classifier, tiny_token_classifier
 
@@ -158,6 +120,7 @@ def load_reward_model(spec: PrmSpec, key: str = "hf.prm") -> tuple[torch.nn.Modu
         build = tiny_seq_classifier if kind == "sequence_classification" else tiny_token_classifier
         model = build(tok, _tiny_arch(spec.name), seed=spec.tiny.seed, **_tiny_kwargs(spec.tiny))
         return model.to(device=device, dtype=dtype).eval(), tok, fmt
+    source, _ = split_source(spec.name, None, key)
     from transformers import (
         AutoModel,
         AutoModelForSequenceClassification,

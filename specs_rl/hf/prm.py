@@ -1,6 +1,6 @@
 """Process reward models over transformers classifiers: rewards at step separators, with cached prefixes.
 
-The input is the project's shared encoding (:func:`specs_rl.prm_format.encode_steps`, the one the PRM trainer
+The input is the project's shared encoding (:func:`specs_rl.models.prm_format.encode_steps`, the one the PRM trainer
 uses): ``encode(prompt) + Σ_k [encode(strip(step_k)) + encode(separator)]``, and the reward of step ``k`` is read at
 the last token of its separator:
 
@@ -28,15 +28,19 @@ steps. The reward of a candidate aggregates the step rewards of ``prefix ∘ can
 
 from __future__ import annotations
 
-import math
 from collections.abc import Sequence
 from typing import Any
 
 import torch
 
-from specs_rl.hf.engine import LRU, CachedStack, State, row_state
-from specs_rl.prm_format import PrmFormat, encode_steps, prefix_min_rewards, strip_step
-from specs_rl.prompts import prm_prompt_text
+from specs_rl.hf.engine import CachedStack, State, row_state
+from specs_rl.models.prm_format import (
+    PrmEncoding,
+    PrmFormat,
+    aggregate_rewards,
+    check_aggregate,
+    prefix_min_rewards,
+)
 from specs_rl.types import Candidate, Problem, Trace
 
 
@@ -65,62 +69,32 @@ class HFRewardModel:
         system_prompt: str | None = None,
         cache_prompts: int = 16,
     ) -> None:
-        if aggregate not in ("last", "min", "prod"):
-            raise ValueError(f"aggregate must be one of last, min, prod; got {aggregate!r}")
+        check_aggregate(aggregate)
         self.model = model
         self.tokenizer = tokenizer
         self.fmt = fmt or PrmFormat()
         self.aggregate = aggregate
-        self.prompt_field = prompt_field
-        if chat and not getattr(tokenizer, "chat_template", None):
-            raise ValueError("the PRM's tokenizer has no chat template, so chat: true cannot be applied")
-        self.chat = chat
-        self.system_prompt = system_prompt
+        self.encoding = PrmEncoding(
+            tokenizer, self.fmt, prompt_field=prompt_field, chat=chat, system_prompt=system_prompt
+        )
         self.stack = CachedStack(model, cache_prompts=cache_prompts)
         self.head = _head(model)
         self.sep = self.fmt.step_separator
-        self.sep_ids = tuple(tokenizer(self.sep, add_special_tokens=False)["input_ids"])
-        if not self.sep_ids:
-            raise ValueError(f"the step separator {self.sep!r} encodes to no tokens")
-        self._prompts = LRU(1024)
-        self._steps = LRU(8192)
+        self.sep_ids = self.encoding.sep_ids
 
-    # -- the encoding ---------------------------------------------------------------------------------------------
+    # -- the encoding (:class:`~specs_rl.models.prm_format.PrmEncoding`) ---------------------------------------------
     def prompt_text(self, problem: Problem) -> str:
-        return prm_prompt_text(
-            self.tokenizer,
-            problem,
-            prompt_field=self.prompt_field,
-            chat=self.chat,
-            system_prompt=self.system_prompt,
-        )
+        return self.encoding.prompt_text(problem)
 
     def prompt_ids(self, problem: Problem) -> tuple[int, ...]:
-        key = (problem.prompt, problem.meta.get("problem"))
-        hit = self._prompts.get(key)
-        if hit is None:
-            ids, _ = encode_steps(self.tokenizer, self.prompt_text(problem), [], self.sep)
-            hit = self._prompts.put(key, tuple(ids))
-        return hit
+        return self.encoding.prompt_ids(problem)
 
     def step_ids(self, text: str) -> tuple[int, ...]:
-        """``encode(strip(step)) + encode(separator)``, as :func:`encode_steps` appends a step (trailing whitespace is
-        also dropped before a non-whitespace separator)."""
-        hit = self._steps.get(text)
-        if hit is None:
-            ids = self.tokenizer(strip_step(text, self.sep), add_special_tokens=False)["input_ids"]
-            hit = self._steps.put(text, tuple(ids) + self.sep_ids)
-        return hit
+        return self.encoding.step_ids(text)
 
     def encode(self, trace: Trace) -> tuple[tuple[int, ...], tuple[int, ...], list[int]]:
         """``(prompt ids, ids, step ends)`` of a partial response."""
-        pids = self.prompt_ids(trace.problem)
-        ids = list(pids)
-        ends = []
-        for s in trace.steps:
-            ids.extend(self.step_ids(s.text))
-            ends.append(len(ids) - 1)
-        return pids, tuple(ids), ends
+        return self.encoding.encode(trace)
 
     # -- rewards ---------------------------------------------------------------------------------------------------
     def rewards_of(self, hidden: torch.Tensor) -> torch.Tensor:
@@ -130,13 +104,6 @@ class HFRewardModel:
         if logits.shape[-1] == 1:
             return torch.sigmoid(logits[:, 0])
         return torch.softmax(logits, dim=-1)[:, self.fmt.positive_label]
-
-    def _agg(self, rewards: Sequence[float]) -> float:
-        if self.aggregate == "last":
-            return float(rewards[-1])
-        if self.aggregate == "min":
-            return float(min(rewards))
-        return float(math.prod(rewards))
 
     def score(
         self, prefixes: Sequence[Trace], candidates: Sequence[Sequence[Candidate]]
@@ -165,7 +132,7 @@ class HFRewardModel:
                     ).tolist()
                 for r, ((i, j, ids, fin), g, rv) in enumerate(zip(rows, row_prefix, r_new)):
                     steps = (*g.rewards, float(rv))
-                    out[i][j] = min(max(self._agg(steps), 0.0), 1.0)
+                    out[i][j] = min(max(aggregate_rewards(steps, self.aggregate), 0.0), 1.0)
                     if fin:
                         continue  # a finished response is never extended: no state to keep
                     st = row_state(g, ids, suffix, r)

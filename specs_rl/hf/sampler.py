@@ -1,7 +1,8 @@
-"""Draft and target over a causal LM: batched step sampling with string-level stops, and one-pass target scoring.
+"""Draft and target samplers over a causal LM: batched step sampling with string-level stops.
 
-Both implement the protocols of :mod:`specs_rl.interfaces` (``StepSampler.propose``, ``TargetScorer.score``) on a
-:class:`HFLM`, which owns the model, its tokenizer and its cache of prefix states (:mod:`specs_rl.hf.engine`).
+:class:`HFSampler` implements ``StepSampler.propose`` of :mod:`specs_rl.interfaces` on an :class:`HFLM`, which owns
+the model, its tokenizer and its cache of prefix states (:mod:`specs_rl.hf.engine`) and which the target scorer
+(:mod:`specs_rl.hf.scorer`) shares.
 
 Log-probabilities. The vocabulary is the range shared by the tokenizer and the model's output rows
 (``vocab = min(len(tokenizer), rows)``, and for a draft/target pair the smaller of the two): Qwen2.5-1.5B has 151936
@@ -12,7 +13,8 @@ nucleus and renormalized (0 at T = 0, a point mass): that is the proposal ``π_d
 The scorer returns the target's untempered ``log softmax(logits)`` over the same range.
 
 Randomness. Each call draws one 63-bit seed from the passed generator; candidate ``j`` of a prefix gets its own
-stream seeded by ``hash(call seed, token ids of the prefix, j, occurrence of the prefix in the call)`` and draws one
+stream seeded by ``hash(call seed, token ids of the prefix, j, occurrence of the prefix in the call)``
+(:func:`specs_rl.models.seeds.request_seed`) and draws one
 uniform per token (inverse-CDF sampling). So a prefix's candidates depend only on the generator's state and on the
 prefix itself, never on the other prefixes of the batch: a batched call and single-prefix calls made with
 generators in the same state agree token for token (up to floating-point ties at a CDF boundary).
@@ -20,20 +22,20 @@ generators in the same state agree token for token (up to floating-point ties at
 
 from __future__ import annotations
 
-import hashlib
 import math
-from array import array
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
 import torch
 
-from specs_rl.errors import SpecsError
 from specs_rl.hf.cascade import make_suffix_cache
-from specs_rl.hf.engine import LRU, CachedStack, State, row_state
-from specs_rl.hf.text import StepStop, TokenText
-from specs_rl.prompts import generator_prompt_ids
+from specs_rl.hf.engine import CachedStack, State, row_state
+from specs_rl.models.cache import LRU
+from specs_rl.models.prompts import GeneratorPrompts
+from specs_rl.models.seeds import request_seed
+from specs_rl.models.text import StepStop, TokenText
+from specs_rl.models.tokens import eos_ids
 from specs_rl.types import Candidate, Problem, Trace
 
 UNIFORM_BLOCK = 64  # uniforms drawn per row at a time
@@ -43,7 +45,7 @@ class HFLM:
     """A causal LM with its tokenizer, its prefix-state cache and the prompt format of the generators.
 
     ``native``: whether ``Candidate.token_ids`` of the search are this model's token ids (all generators share the
-    tokenizer). When not, every step is re-tokenized from its text (approximate, see :class:`HFScorer`).
+    tokenizer). When not, every step is re-tokenized from its text (approximate, see :class:`~specs_rl.hf.scorer.HFScorer`).
     """
 
     def __init__(
@@ -70,23 +72,15 @@ class HFLM:
         self.eos_ids = self._eos_ids()
         cfg = model.config.get_text_config()
         self.max_positions = int(getattr(cfg, "max_position_embeddings", 0) or 1 << 30)
-        self.chat_template = chat_template and bool(getattr(tokenizer, "chat_template", None))
-        self.system_prompt = system_prompt
+        self.prompts = GeneratorPrompts(tokenizer, chat_template=chat_template, system_prompt=system_prompt)
         self.native = True
-        self._prompts = LRU(1024)
         self._steps = LRU(8192)
 
     def _eos_ids(self) -> frozenset[int]:
-        ids = set()
-        if self.tokenizer.eos_token_id is not None:
-            ids.add(int(self.tokenizer.eos_token_id))
         gen = getattr(self.model, "generation_config", None)
-        eos = getattr(gen, "eos_token_id", None) if gen is not None else None
-        if isinstance(eos, int):
-            ids.add(eos)
-        elif isinstance(eos, (list, tuple)):
-            ids.update(int(e) for e in eos)
-        return frozenset(i for i in ids if 0 <= i < self.vocab)
+        return eos_ids(
+            self.tokenizer, getattr(gen, "eos_token_id", None) if gen is not None else None, self.vocab
+        )
 
     def set_vocab(self, vocab: int) -> None:
         """Restrict sampling and scoring to the first ``vocab`` ids (the range a draft/target pair shares)."""
@@ -97,15 +91,7 @@ class HFLM:
     # -- token ids of prompts and prefixes ----------------------------------------------------------------------
     def prompt_ids(self, problem: Problem) -> tuple[int, ...]:
         """The prompt as this model sees it: the chat template with a generation prompt when available."""
-        hit = self._prompts.get(problem.prompt)
-        if hit is not None:
-            return hit
-        ids = generator_prompt_ids(
-            self.tokenizer, problem, chat_template=self.chat_template, system_prompt=self.system_prompt
-        )
-        if not ids:
-            raise SpecsError(f"problem {problem.id!r}: the prompt encodes to no tokens")
-        return self._prompts.put(problem.prompt, ids)
+        return self.prompts.ids(problem)
 
     def encode_step(self, text: str) -> tuple[int, ...]:
         hit = self._steps.get(text)
@@ -138,15 +124,6 @@ class HFLM:
             for (st, _, _), lg in zip(made, logits):
                 st.logits = lg
         return states
-
-
-def _row_seed(call_seed: int, ids: tuple[int, ...], j: int, occurrence: int) -> int:
-    h = hashlib.blake2b(digest_size=8)
-    h.update(call_seed.to_bytes(8, "little"))
-    h.update(array("q", ids).tobytes())
-    h.update(j.to_bytes(4, "little"))
-    h.update(occurrence.to_bytes(4, "little"))
-    return int.from_bytes(h.digest(), "little") & ((1 << 63) - 1)
 
 
 def sample_from_logits(
@@ -202,7 +179,7 @@ def _uniforms(rows: Sequence[_Row], device: torch.device) -> torch.Tensor:
 class HFSampler:
     """``StepSampler`` over an :class:`HFLM`: ``n`` candidate steps per prefix, all prefixes in one batch.
 
-    A step ends (i) with the token that completes ``delimiter`` in the decoded text (see :mod:`specs_rl.hf.text`
+    A step ends (i) with the token that completes ``delimiter`` in the decoded text (see :mod:`specs_rl.models.text`
     for what the step text then holds), (ii) at end-of-sequence (kept in ``token_ids`` so the target scores it,
     dropped from ``text``; ``finished=True``), or (iii) after ``max_step_tokens`` tokens (``finished=False``).
     ``to_end=True`` samples to end-of-sequence or the response limit (``finished=True`` either way). A response
@@ -279,7 +256,7 @@ class HFSampler:
             left = max(min(self.max_tokens - (len(ids) - len(pids)), lm.max_positions - len(ids)), 1)
             step = left if to_end else min(left, self.max_step_tokens)
             for j in range(n):
-                rng = torch.Generator().manual_seed(_row_seed(call_seed, ids, j, occ))
+                rng = torch.Generator().manual_seed(request_seed(call_seed, ids, occ, choice=j))
                 rows.append(_Row(st, rng, step_limit=step, hard_limit=left, stop=self.stop.start()))
         ctx = stack.context([row.prefix for row in rows])
         suffix = make_suffix_cache(stack.num_layers, min(max(row.step_limit for row in rows), 64))
@@ -327,104 +304,3 @@ class HFSampler:
             hidden = stack.forward(ctx, suffix, tok[:, None], (base_pos + t)[:, None], None)  # [b, 1, hidden]
             logits = lm.logits_of(hidden[:, 0])  # [b, rows]
             t += 1
-
-
-class HFScorer:
-    """``TargetScorer``: log-probs of candidate steps under the target in one batched forward pass per call.
-
-    Each candidate is a row continuing its prefix's cached state; the first token's log-prob comes from the
-    prefix's stored next-token logits, the others from the pass. The pass leaves every unfinished candidate's state
-    (its KV and the logits after it) in the target's cache, so the next step, whichever candidate is kept, starts
-    from a ready cache.
-
-    When draft and target tokenizers differ (``lm.native`` False) a candidate is re-tokenized from its text (plus
-    the target's end-of-sequence token when the draft's step ended with its own), and the returned log-probs are
-    over the target's tokens: an approximation, since one string has many tokenizations and the target's
-    probability of the string is not that of one tokenization.
-    """
-
-    def __init__(self, lm: HFLM, source: HFLM | None = None) -> None:
-        self.lm = lm
-        self.source = source
-
-    def _ids(self, c: Candidate) -> tuple[int, ...]:
-        if self.lm.native:
-            return c.token_ids
-        ids = self.lm.encode_step(c.text)
-        src_eos = self.source.eos_ids if self.source is not None else frozenset()
-        if c.token_ids and c.token_ids[-1] in src_eos and self.lm.eos_ids:
-            ids = (*ids, min(self.lm.eos_ids))
-        return ids
-
-    def score(
-        self, prefixes: Sequence[Trace], candidates: Sequence[Sequence[Candidate]]
-    ) -> list[list[tuple[float, ...]]]:
-        lm = self.lm
-        with torch.inference_mode(), lm.stack.lock:
-            keys = [lm.key(t) for t in prefixes]
-            states = lm.states(keys)
-            rows = []  # (prefix index, candidate index, token ids, finished) of each candidate with tokens
-            for i, cs in enumerate(candidates):
-                for j, c in enumerate(cs):
-                    ids = self._ids(c)
-                    if ids:
-                        rows.append((i, j, ids, c.finished))
-            logprobs, made = (
-                self._score_rows([(states[i], ids, fin) for i, _, ids, fin in rows]) if rows else ([], [])
-            )
-            kept = [(keys[i][0], st) for (i, _, _, _), st in zip(rows, made) if st is not None]
-            lm.stack.retain([*((pids, st) for (pids, _), st in zip(keys, states)), *kept])
-        out: list[list[tuple[float, ...]]] = [[() for _ in cs] for cs in candidates]
-        for (i, j, _, _), lps in zip(rows, logprobs):
-            out[i][j] = lps
-        return out
-
-    def _score_rows(
-        self, rows: Sequence[tuple[State, tuple[int, ...], bool]]
-    ) -> tuple[list[tuple[float, ...]], list[State | None]]:
-        """For each row ``(prefix, ids, finished)``: the log-probs of ``ids`` after ``prefix``, and the state of
-        ``prefix ∘ ids`` with its next-token logits (``None`` for a finished candidate), from one batched pass."""
-        lm = self.lm
-        vocab = lm.vocab
-        prefixes = [p for p, _, _ in rows]
-        hidden, suffix = lm.stack.run_rows(prefixes, [ids for _, ids, _ in rows])  # [B, q, h]
-        dev = hidden.device
-        lengths = torch.tensor([len(ids) for _, ids, _ in rows], device=dev)  # [B]
-        q = hidden.shape[1]
-        pos = torch.arange(q, device=dev)[None, :]
-        # Position t of a row predicts its token t + 1: positions 0..len-2 are scored, len-1 gives the next logits.
-        scored = pos < (lengths - 1)[:, None]  # [B, q]
-        nxt = torch.tensor(
-            [list(ids[1:]) + [0] * (q - len(ids) + 1) for _, ids, _ in rows], dtype=torch.long, device=dev
-        )  # [B, q]: the token each position predicts (0 where unused)
-        flat, tgt = hidden[scored], nxt[scored]  # [N, h], [N]
-        lp_flat = torch.empty(flat.shape[0], device=dev)
-        chunk = max(1, (1 << 24) // max(int(lm.head.weight.shape[0]), 1))  # bound the [chunk, rows] logits
-        for a in range(0, flat.shape[0], chunk):
-            ls = torch.log_softmax(lm.logits_of(flat[a : a + chunk])[:, :vocab], dim=-1)
-            lp_flat[a : a + chunk] = ls.gather(1, tgt[a : a + chunk, None]).squeeze(1)
-        first_lp = torch.log_softmax(
-            torch.stack([p.logits[:vocab] for p in prefixes]).float(), dim=-1
-        )  # [B, vocab]
-        first_ids = torch.tensor([ids[0] for _, ids, _ in rows], device=dev)
-        first = first_lp.gather(1, first_ids[:, None]).squeeze(1).tolist()
-        open_rows = [r for r, (_, _, fin) in enumerate(rows) if not fin]
-        last = {}
-        if open_rows:
-            idx = torch.tensor(open_rows, device=dev)
-            lg = lm.logits_of(hidden[idx, lengths[idx] - 1])  # [R, rows] logits after each open candidate
-            last = dict(zip(open_rows, lg))
-        rest = lp_flat.tolist()
-        logprobs: list[tuple[float, ...]] = []
-        made: list[State | None] = []
-        offs = 0
-        for r, (prefix, ids, fin) in enumerate(rows):
-            n = len(ids)
-            logprobs.append((float(first[r]), *rest[offs : offs + n - 1]))
-            offs += n - 1
-            st = None
-            if not fin:
-                st = row_state(prefix, ids, suffix, r)
-                st.logits = last[r]
-            made.append(st)
-        return logprobs, made

@@ -1,7 +1,9 @@
-"""Configuration of the Hugging Face backend: which draft, target and PRM to load, and how to sample steps.
+"""The models both model backends read: which draft, target and PRM, and how steps are sampled and read.
 
-``HFConfig`` is the ``hf:`` section of a run config (registered in ``specs_rl.run.backends``). This module imports nothing
-heavy (no torch, no transformers): the runner imports it on every run, tabular ones included.
+``ModelsConfig`` is the ``hf:`` section of a run config (the section keeps that name for now), read alike by the
+in-process backend (:mod:`specs_rl.hf`) and the served one (:mod:`specs_rl.vllm`, whose own ``vllm:`` section only says
+where the servers are). This module imports nothing heavy (no torch, no transformers): the runner imports it on every
+run, tabular ones included.
 
 Model sources (``ModelSpec.name`` / ``PrmSpec.name``):
 
@@ -17,7 +19,7 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass, field
 
-from specs_rl.prm_format import STEP_REWARDS
+from specs_rl.models.prm_format import AGGREGATES, STEP_REWARDS
 
 DEVICES = ("auto", "cpu", "cuda", "mps")
 DTYPES = ("auto", "float32", "bfloat16", "float16")
@@ -134,7 +136,6 @@ class ModelSpec:
 
 
 PRM_KINDS = ("auto", "token_classification", "sequence_classification")
-AGGREGATES = ("last", "min", "prod")
 
 
 @dataclass
@@ -142,7 +143,7 @@ class PrmSpec:
     """The process reward model (or a sequence-classification reward model) and how it reads a solution.
 
     ``kind``, ``step_separator``, ``positive_label`` and ``step_reward`` default to the checkpoint's ``prm_config.json``
-    (:class:`specs_rl.prm_format.PrmFormat`, written by the project's PRM trainer) when there is one, else to the
+    (:class:`specs_rl.models.prm_format.PrmFormat`, written by the project's PRM trainer) when there is one, else to the
     values below.
     """
 
@@ -221,7 +222,7 @@ class PrmSpec:
 
 
 @dataclass
-class HFConfig:
+class ModelsConfig:
     """Draft, target and PRM over transformers models, and the step format they share."""
 
     # Plain class defaults (no per-role factories): the config loader rebuilds a nested section from its class

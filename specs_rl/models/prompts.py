@@ -5,6 +5,8 @@ from __future__ import annotations
 
 from typing import Any
 
+from specs_rl.errors import SpecsError
+from specs_rl.models.cache import LRU
 from specs_rl.types import Problem
 
 
@@ -36,3 +38,29 @@ def prm_prompt_text(
     template when the PRM uses one."""
     text = problem.meta.get("problem", problem.prompt) if prompt_field == "problem" else problem.prompt
     return chat_text(tokenizer, text, system_prompt) if chat else text
+
+
+class GeneratorPrompts:
+    """A generator's prompt ids per problem (:func:`generator_prompt_ids`), memoized (the 1024 most recent prompts).
+
+    ``chat_template`` is on only when asked for and the tokenizer has one."""
+
+    def __init__(
+        self, tokenizer: Any, *, chat_template: bool = True, system_prompt: str | None = None
+    ) -> None:
+        self.tokenizer = tokenizer
+        self.chat_template = chat_template and bool(getattr(tokenizer, "chat_template", None))
+        self.system_prompt = system_prompt
+        self._ids = LRU(1024)
+
+    def ids(self, problem: Problem) -> tuple[int, ...]:
+        """The prompt as the generators see it; a prompt that encodes to nothing is a SpecsError naming the problem."""
+        hit = self._ids.get(problem.prompt)
+        if hit is not None:
+            return hit
+        ids = generator_prompt_ids(
+            self.tokenizer, problem, chat_template=self.chat_template, system_prompt=self.system_prompt
+        )
+        if not ids:
+            raise SpecsError(f"problem {problem.id!r}: the prompt encodes to no tokens")
+        return self._ids.put(problem.prompt, ids)

@@ -15,8 +15,8 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any, TypeVar
 
-from specs_rl.hf.config import HFConfig
 from specs_rl.interfaces import Task
+from specs_rl.models.config import ModelsConfig
 from specs_rl.tabular import TabularTaskConfig
 from specs_rl.vllm.config import VLLMConfig
 
@@ -35,9 +35,18 @@ class Backend:
 
 BACKENDS: dict[str, Backend] = {
     "tabular": Backend(TabularTaskConfig, "specs_rl.tabular:build_task", uses_data=False, flat=True),
-    "hf": Backend(HFConfig, "specs_rl.hf.task:build_task"),
-    "vllm": Backend(VLLMConfig, "specs_rl.vllm.task:build_task"),
+    "hf": Backend(ModelsConfig, "specs_rl.hf.build:build_task"),
+    "vllm": Backend(VLLMConfig, "specs_rl.run.backends:vllm_task"),
 }
+
+
+def vllm_task(cfg: Any) -> Task:
+    """``backend: vllm``'s Task, its in-process PRM (one vLLM cannot serve) built by the HF backend: the two backends
+    import nothing from each other, so the run layer joins them here."""
+    from specs_rl.hf.build import build_prm
+    from specs_rl.vllm.build import build_task
+
+    return build_task(cfg, prm_factory=build_prm)
 
 
 def backend(name: str) -> Backend:

@@ -26,18 +26,12 @@ from typing import Any
 import torch
 
 from specs_rl.errors import SpecsError
+from specs_rl.models.tokens import same_tokenizer
 
 
 def vocab_rows(model: Any) -> int:
     """Rows of the model's output layer (its ``vocab_size``, padding included)."""
     return int(model.get_output_embeddings().weight.shape[0])
-
-
-def same_tokenizer(a: Any, b: Any) -> bool:
-    """Same vocabulary (token -> id) and the same special tokens."""
-    if a is b:
-        return True
-    return a.get_vocab() == b.get_vocab() and a.all_special_tokens == b.all_special_tokens
 
 
 def check_same_tokenizer(draft_tokenizer: Any, target_tokenizer: Any) -> None:

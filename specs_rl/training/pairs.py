@@ -5,7 +5,7 @@ step separator). :func:`build_pairs` pairs, for every prompt, each correct solut
 preference format ``{"prompt", "chosen", "rejected"}``), optionally capped per prompt with a passed-in generator.
 
 The ORM reads a solution the way the inference backend reads a sequence-classification reward model: the tokens of
-:func:`specs_rl.prm_format.encode_steps` (prompt, then each step followed by the separator) and one score at the last
+:func:`specs_rl.models.prm_format.encode_steps` (prompt, then each step followed by the separator) and one score at the last
 token, ``r = sigmoid(logit)``. :func:`tokenize_pair` encodes pairs that way (so TRL's ``RewardTrainer`` gets
 ``chosen_ids`` / ``rejected_ids`` and skips its own tokenization, which would append EOS). Its loss is
 Bradley-Terry: ``L = -log σ(r_chosen - r_rejected)`` on the logits.
@@ -18,7 +18,7 @@ from pathlib import Path
 from typing import Any
 
 from specs_rl.errors import SpecsError
-from specs_rl.prm_format import PrmFormat, encode_steps
+from specs_rl.models.prm_format import PrmFormat, encode_steps
 
 GRADED_COLUMNS = ("prompt", "completion", "correct")
 

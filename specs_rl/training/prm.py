@@ -4,9 +4,9 @@ TRL 1.16 has no PRM trainer (its experimental one was removed in 1.14), so this 
 ``transformers.Trainer`` + ``AutoModelForTokenClassification(num_labels=2)``:
 
 - :class:`PRMConfig`: ``TrainingArguments`` plus the PRM fields (help text, defaults stated);
-- :func:`tokenize_row`: THE encoding (:func:`specs_rl.prm_format.encode_steps`): a label at the last token of each
+- :func:`tokenize_row`: THE encoding (:func:`specs_rl.models.prm_format.encode_steps`): a label at the last token of each
   step's separator (1 = correct, 0 = wrong), -100 elsewhere; optionally only at the last step; or, with
-  ``token_labels``, a label at every token up to the first error (:func:`specs_rl.prm_format.token_labels`);
+  ``token_labels``, a label at every token up to the first error (:func:`specs_rl.models.prm_format.token_labels`);
 - :class:`PRMDataCollator`: right-pads ``input_ids`` with the pad id and ``labels`` with -100;
 - :func:`prm_metrics`: step accuracy, F1 on erroneous steps, ProcessBench first-error accuracy;
 - :func:`build_prm_trainer`: tokenizes stepwise rows, applies LoRA if asked, returns a ready ``Trainer``;
@@ -38,7 +38,7 @@ import torch
 from transformers import TrainingArguments
 
 from specs_rl.errors import SpecsError
-from specs_rl.prm_format import IGNORE_INDEX, PrmFormat, encode_steps, prefix_min_rewards, token_labels
+from specs_rl.models.prm_format import IGNORE_INDEX, PrmFormat, encode_steps, prefix_min_rewards, token_labels
 
 POSITIVE_LABEL = 1  # class index meaning "this step is correct"; its softmax probability is the step reward
 
@@ -160,7 +160,7 @@ def tokenize_row(
 
     Positions come from :func:`encode_steps` (the inference encoding). With ``max_length`` the sequence is cut and
     steps ending beyond it lose their label; with ``train_on_last_step_only`` only the last kept step keeps one.
-    With ``token_level`` the labels are :func:`specs_rl.prm_format.token_labels` (cut at ``max_length`` too).
+    With ``token_level`` the labels are :func:`specs_rl.models.prm_format.token_labels` (cut at ``max_length`` too).
     """
     ids, labels, _ = _encode_row(row, tokenizer, separator, max_length, train_on_last_step_only, token_level)
     return {"input_ids": ids, "labels": labels}

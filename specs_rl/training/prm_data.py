@@ -85,7 +85,7 @@ def validate_stepwise(row: Any, index: int, dataset: str) -> dict[str, Any]:
 def _error_chars(
     value: Any, steps: list[str], labels: list[bool], dataset: str, index: int
 ) -> list[int | None]:
-    from specs_rl.prm_format import strip_step
+    from specs_rl.models.prm_format import strip_step
 
     if not isinstance(value, list) or len(value) != len(steps):
         raise _fail(dataset, index, f"'error_chars' must be a list with one entry per step ({len(steps)})")

@@ -4,7 +4,7 @@ concurrently, bounded retries with exponential backoff, and clear errors that na
 Concurrency. A part's call over ``B`` prefixes issues ``B`` requests at once: the first in the calling thread, the
 others on a pool of long-lived threads (``max_concurrency - 1`` of them, started with the client; a thread waiting on
 its socket releases the GIL). Requests beyond ``max_concurrency`` wait for a thread.
-Target scoring and the PRM are two such calls in two threads (:class:`specs_rl.vllm.parts.PooledWallClock`), so the
+Target scoring and the PRM are two such calls in two threads (:class:`specs_rl.vllm.build.PooledWallClock`), so the
 requests of all the problems in flight, of both parts, are on the wire together. With one problem at a time (the
 paper's latency setting) a request runs in the thread that needs its answer: no hand-off to another thread and
 back, which an asyncio loop in a background thread would add to every call (0.4-0.9 ms each here, about 7% of a
@@ -26,6 +26,7 @@ its one line and exit with status 2; the records already written stay, and rerun
 from __future__ import annotations
 
 import json
+import math
 import threading
 import time
 from collections.abc import Callable
@@ -269,3 +270,39 @@ class ServedClient:
             f"{ep.part}: no vLLM server answers at {ep.url} ({last}; {self.retries + 1} attempt(s) in "
             f"{time.perf_counter() - t0:.1f} s)"
         )
+
+
+# -- reading answers (the parts' shared checks) -----------------------------------------------------------------
+class CallTimer:
+    """Wall seconds and calls of a part's public methods (``stats["call_s"]``, ``stats["calls"]``)."""
+
+    def __init__(self, stats: dict[str, Any]) -> None:
+        self.stats = stats
+
+    def __enter__(self) -> None:
+        self.t0 = time.perf_counter()
+
+    def __exit__(self, *exc: object) -> None:
+        self.stats["call_s"] += time.perf_counter() - self.t0
+        self.stats["calls"] += 1
+
+
+def logprob_of(x: Any) -> float | None:
+    """A usable log-probability, or None: a finite number <= 0 (1e-6 of rounding above 0 is allowed)."""
+    if isinstance(x, bool) or not isinstance(x, (int, float)):
+        return None
+    x = float(x)
+    if not math.isfinite(x) or x > 1e-6:
+        return None
+    return min(x, 0.0)
+
+
+def choices_of(ep: Endpoint, data: Any, expected: int) -> list[dict[str, Any]]:
+    choices = data.get("choices") if isinstance(data, dict) else None
+    if not isinstance(choices, list) or len(choices) != expected:
+        got = len(choices) if isinstance(choices, list) else "no"
+        raise ServerError(f"{ep.part}: the server at {ep.url} returned {got} choices, expected {expected}")
+    try:
+        return sorted(choices, key=lambda c: int(c["index"]))
+    except (KeyError, TypeError, ValueError):
+        raise ServerError(f"{ep.part}: the server at {ep.url} returned choices without an index") from None
