@@ -164,6 +164,23 @@ def pooler_config(pooling: str, step_tag_id: int) -> dict[str, Any]:
     return {"tok_pooling_type": "ALL"}
 
 
+def _served_prm_reading(vc: VLLMConfig, hf: ModelsConfig) -> tuple[Any, Any, str, list[int]]:
+    """``(tokenizer, format, pooling, separator ids)`` of a PRM served by vLLM; a separator that encodes to nothing or
+    a pooling that cannot read the format is a SpecsError."""
+    from specs_rl.vllm.prm import resolve_pooling
+
+    tok = _load_tokenizer(hf.prm, "hf.prm")
+    fmt = prm_format(hf.prm)
+    sep_ids = tok(fmt.step_separator, add_special_tokens=False)["input_ids"]
+    if not sep_ids:
+        raise SpecsError(f"hf.prm: the step separator {fmt.step_separator!r} encodes to no tokens")
+    try:
+        pooling = resolve_pooling(vc.prm.pooling, fmt, sep_ids)
+    except ValueError as e:
+        raise SpecsError(f"vllm.prm.pooling: {e}") from None
+    return tok, fmt, pooling, sep_ids
+
+
 def _start(vc: VLLMConfig, specs: list[Any]) -> list[Any]:
     """Start the distinct servers of ``specs`` together (a draft that is also the target shares one)."""
     from specs_rl.vllm.server import check_python, start_all
@@ -197,8 +214,6 @@ def start_servers(
     set is served at that URL's port (its host must be this machine), otherwise at a free port on ``vllm.host``.
     Every check runs before the first server starts (then ``announce`` gets one line saying what starts); the servers
     stop when the process exits (or by ``stop()``)."""
-    from specs_rl.vllm.prm import resolve_pooling
-
     try:
         vc.validate()
         hf.validate()
@@ -216,12 +231,8 @@ def start_servers(
             raise SpecsError(f"vllm.{part}.url is {url}: specs-rl serve starts servers on this machine only")
     pooler = None
     if "prm" in todo:
-        fmt = prm_format(hf.prm)
-        sep = _load_tokenizer(hf.prm, "hf.prm")(fmt.step_separator, add_special_tokens=False)["input_ids"]
-        try:
-            pooler = pooler_config(resolve_pooling(vc.prm.pooling, fmt, sep), sep[-1])
-        except (ValueError, IndexError) as e:
-            raise SpecsError(f"vllm.prm.pooling: {e}") from None
+        _, _, pooling, sep_ids = _served_prm_reading(vc, hf)
+        pooler = pooler_config(pooling, sep_ids[-1])
     specs = launch_specs(vc, hf, todo, pooler)
     if announce is not None:
         announce(
@@ -243,7 +254,7 @@ def build_parts(
     from specs_rl.grading import boxed_answer
     from specs_rl.models.tokens import same_tokenizer
     from specs_rl.vllm.client import Endpoint, ServedClient
-    from specs_rl.vllm.prm import MeteredRewardModel, VLLMRewardModel, resolve_pooling
+    from specs_rl.vllm.prm import MeteredRewardModel, VLLMRewardModel
     from specs_rl.vllm.probe import check_endpoint, check_processed_logprobs
     from specs_rl.vllm.sampler import PromptFormat, VLLMSampler
     from specs_rl.vllm.scorer import VLLMScorer
@@ -287,17 +298,7 @@ def build_parts(
             )
         prm_tok = prm_fmt = pooling = None
         if prm_kind == "vllm":
-            prm_tok = _load_tokenizer(hf.prm, "hf.prm")
-            prm_fmt = prm_format(hf.prm)
-            sep_ids = prm_tok(prm_fmt.step_separator, add_special_tokens=False)["input_ids"]
-            if not sep_ids:
-                raise SpecsError(
-                    f"hf.prm: the step separator {prm_fmt.step_separator!r} encodes to no tokens"
-                )
-            try:
-                pooling = resolve_pooling(vc.prm.pooling, prm_fmt, sep_ids)
-            except ValueError as e:
-                raise SpecsError(f"vllm.prm.pooling: {e}") from None
+            prm_tok, prm_fmt, pooling, sep_ids = _served_prm_reading(vc, hf)
         # 3. start the servers the config leaves to the run
         todo = [p for p in served if getattr(vc, p).url is None]
         if todo:
