@@ -15,7 +15,6 @@ from specs_rl.grading import Grader, extract_boxed, grader_info
 from .conftest import DATA
 
 
-
 @pytest.fixture(scope="module")
 def grader():
     with Grader(timeout_s=20.0) as g:

@@ -106,7 +106,8 @@ README_TOTALS = {
 
 
 @pytest.mark.skipif(
-    not os.environ.get(data.PROCESSBENCH_ENV), reason=f"${data.PROCESSBENCH_ENV} (a local ProcessBench copy) is unset"
+    not os.environ.get(data.PROCESSBENCH_ENV),
+    reason=f"${data.PROCESSBENCH_ENV} (a local ProcessBench copy) is unset",
 )
 def test_all_processbench_rows_convert_with_the_right_label_counts() -> None:
     n_rows = 0
@@ -278,7 +279,9 @@ def test_processbench_from_the_hub_offline_is_one_line_naming_the_variable(monke
     monkeypatch.delenv(data.PROCESSBENCH_ENV, raising=False)
     monkeypatch.setenv("HF_DATASETS_OFFLINE", "1")
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
-    with pytest.raises(SpecsError, match=r"could not load Qwen/ProcessBench split 'math'.*SPECS_RL_PROCESSBENCH") as e:
+    with pytest.raises(
+        SpecsError, match=r"could not load Qwen/ProcessBench split 'math'.*SPECS_RL_PROCESSBENCH"
+    ) as e:
         data.load_rows("processbench:math")
     assert "\n" not in str(e.value)
 
