@@ -14,8 +14,7 @@ The scorer returns the target's untempered ``log softmax(logits)`` over the same
 
 Randomness. Each call draws one 63-bit seed from the passed generator; candidate ``j`` of a prefix gets its own
 stream seeded by ``hash(call seed, token ids of the prefix, j, occurrence of the prefix in the call)``
-(:func:`specs_rl.models.seeds.request_seed`) and draws one
-uniform per token (inverse-CDF sampling). So a prefix's candidates depend only on the generator's state and on the
+(:func:`specs_rl.models.seeds.request_seed`) and draws one uniform per token (inverse-CDF sampling). So a prefix's candidates depend only on the generator's state and on the
 prefix itself, never on the other prefixes of the batch: a batched call and single-prefix calls made with
 generators in the same state agree token for token (up to floating-point ties at a CDF boundary).
 """
