@@ -250,3 +250,37 @@ def test_a_resumed_batch_size_3_run_equals_the_uninterrupted_run(tab_runs, tmp_p
     (out / "results.jsonl").write_text("\n".join(lines[:37]) + "\n")
     assert compare.main(["--config", TAB, f"out={out}", *ALL, "batch_size=3"]) == 0
     assert _records(out) == _records(tab_runs / "b3")
+
+
+def test_vllm_sampler_seeds_each_prefix_from_its_own_generator():
+    """The vLLM sampler (no server: a stub client records the requests): a batched call sends every prefix the seed
+    a single-prefix call with the same generator sends, and two problems with the same prompt get their own."""
+    from specs_rl.hf.models import tiny_tokenizer
+    from specs_rl.vllm.client import Endpoint
+    from specs_rl.vllm.parts import PromptFormat, VLLMSampler
+
+    class StubClient:
+        def __init__(self) -> None:
+            self.seeds: list[int] = []
+
+        def map(self, jobs):
+            return [job() for job in jobs]
+
+        def request(self, ep, method, path, body):
+            self.seeds.append(body["seed"])
+            choice = {"token_ids": [7], "logprobs": {"token_logprobs": [-0.5]}, "finish_reason": "length"}
+            return {"choices": [{"index": k, **choice} for k in range(body["n"])]}
+
+    client = StubClient()
+    fmt = PromptFormat(tiny_tokenizer(), chat_template=False)
+    sampler = VLLMSampler(
+        client, Endpoint("vllm.draft", "http://stub", "m"), fmt, eos_ids=frozenset(), max_model_len=512
+    )
+    batch_gens = gens(HF_PROBLEMS, seed=5)
+    sampler.propose([Trace(p) for p in HF_PROBLEMS], 2, batch_gens)
+    batched, client.seeds = client.seeds, []
+    for p, g in zip(HF_PROBLEMS, batch_gens):
+        (alone_g,) = gens([p], seed=5)
+        sampler.propose([Trace(p)], 2, [alone_g])
+        assert torch.equal(g.get_state(), alone_g.get_state())
+    assert batched == client.seeds and len(set(batched)) == 3
