@@ -72,7 +72,12 @@ def _ratio(row: dict[str, Any]) -> str:
     return f"{pooled:.2f}x"
 
 
-TOKEN_HEADS = {"draft": "tok draft", "target_generate": "tok tgt gen", "target_score": "tok tgt score"}
+TOKEN_HEADS = {
+    "draft": "tok draft",
+    "target_generate": "tok tgt gen",
+    "target_score": "tok tgt score",
+    "judge": "tok judge",
+}
 
 
 def format_table(rows: Sequence[dict[str, Any]], aggregate: bool = False) -> str:
