@@ -54,6 +54,31 @@ def expected_digit_score(logits: torch.Tensor, digit_ids: Sequence[int]) -> torc
     return (lp.exp() * torch.arange(10, dtype=torch.float64, device=lp.device)).sum(-1)
 
 
+def judge_prompt_text(
+    tokenizer: Any,
+    trace: Trace,
+    step: Candidate,
+    *,
+    prompt: str,
+    answer_prefix: str,
+    chat_template: bool,
+    system_prompt: str | None,
+) -> str:
+    """The scoring prompt of ``step`` after ``trace`` (``get_score``'s turns): through the chat template when
+    ``chat_template`` (the caller checks the tokenizer has one), else plain text joined by blank lines."""
+    response = trace.text + step.text
+    problem = trace.problem.prompt
+    if not chat_template:
+        return f"{problem}\n\n{response}\n\n{prompt}\n\n{answer_prefix}"
+    messages = [{"role": "system", "content": system_prompt}] if system_prompt else []
+    messages += [
+        {"role": "user", "content": problem},
+        {"role": "assistant", "content": response},
+        {"role": "user", "content": prompt},
+    ]
+    return tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=True) + answer_prefix
+
+
 class HFJudge:
     """``StepJudge``: one batched forward of the target over the scoring prompts of every (prefix, step)."""
 
@@ -75,18 +100,15 @@ class HFJudge:
 
     def text(self, trace: Trace, step: Candidate) -> str:
         """The scoring prompt of ``step`` after ``trace``."""
-        response = trace.text + step.text
-        problem = trace.problem.prompt
-        if not self.chat_template:
-            return f"{problem}\n\n{response}\n\n{self.prompt}\n\n{self.answer_prefix}"
-        messages = [{"role": "system", "content": self.system_prompt}] if self.system_prompt else []
-        messages += [
-            {"role": "user", "content": problem},
-            {"role": "assistant", "content": response},
-            {"role": "user", "content": self.prompt},
-        ]
-        head = self.lm.tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
-        return head + self.answer_prefix
+        return judge_prompt_text(
+            self.lm.tokenizer,
+            trace,
+            step,
+            prompt=self.prompt,
+            answer_prefix=self.answer_prefix,
+            chat_template=self.chat_template,
+            system_prompt=self.system_prompt,
+        )
 
     def judge(
         self, prefixes: Sequence[Trace], candidates: Sequence[Sequence[Candidate]]
@@ -102,6 +124,11 @@ class HFJudge:
         if not rows:
             return [[] for _ in candidates]
         width = max(len(r) for r in rows)
+        if width > lm.max_positions:
+            raise SpecsError(
+                f"judge: the scoring prompt is {width} tokens and the target reads at most {lm.max_positions}: "
+                "shorten hf.judge_prompt or use judge: prm"
+            )
         dev = next(lm.model.parameters()).device
         ids = torch.zeros(len(rows), width, dtype=torch.long, device=dev)  # [B, L], left-padded
         mask = torch.zeros_like(ids)
