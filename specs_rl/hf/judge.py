@@ -1,6 +1,7 @@
 """SpecReason's target judge on a causal LM: the target reads a scoring prompt after the step, and the score is the
 expected digit at the answer position, in one forward pass (Pan et al. 2025; code ruipeterpan/specreason,
-``spec_reason.py``: ``get_score`` builds the prompt, ``process_logprobs(method="average")`` takes the expectation).
+``spec_reason.py``: ``get_score`` builds the prompt, ``process_logprobs(method="average")`` takes the expectation;
+the script's default ``--score_method greedy`` reads the top token instead).
 
 The prompt follows ``get_score``: the problem as the generators see it, the response so far with the judged step as
 the assistant's turn, then a user turn with the scoring instruction (``hf.judge_prompt``, the paper's by default)
