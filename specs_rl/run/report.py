@@ -233,7 +233,7 @@ def wandb_metrics(rows: Sequence[dict[str, Any]], aggregate: Sequence[dict[str, 
 
 PROBLEM_COLUMNS = (
     "method", "n", "seed", "id", "correct", "answer", "latency_s", "draft_step_fraction", "deferrals",
-    "tokens_draft", "tokens_target_generate", "tokens_target_score", "final_score",
+    *(f"tokens_{k}" for k in TOKEN_KINDS), "final_score",
 )  # fmt: skip
 
 
