@@ -18,7 +18,7 @@ from specs_rl.interfaces import PrmJudge, SearchParts
 from specs_rl.methods import METHOD_PRESETS, preset, uses_n
 from specs_rl.search import SearchConfig, draft_only, rsd, specreason
 from specs_rl.tabular import TabularBackend, TabularTree, random_tree
-from specs_rl.types import Mode, Problem, Trace
+from specs_rl.types import Candidate, Mode, Problem, Trace
 
 BETA = 2.0
 
@@ -285,3 +285,18 @@ def test_vllm_target_judge_agrees_with_the_hf_judge():
             assert r.ledger.latency_s["judge"] > 0
     finally:
         sp.client.close()
+
+
+def test_hf_judge_refuses_a_prompt_longer_than_the_targets_context_in_one_line():
+    from types import SimpleNamespace
+
+    from specs_rl.hf.judge import HFJudge
+    from specs_rl.tiny import make_tokenizer
+
+    lm = SimpleNamespace(tokenizer=make_tokenizer(), max_positions=16, model=None)
+    judge = HFJudge(lm, chat_template=False)
+    step = Candidate(token_ids=(1,), text="x = 4.\n\n", logprobs=(0.0,), finished=False)
+    with pytest.raises(
+        SpecsError, match=r"^judge: the scoring prompt is \d+ tokens and the target reads at most 16"
+    ):
+        judge.judge([Trace(Problem("0", "What is 2+2?"))], [[step]])
