@@ -5,6 +5,7 @@
 | ``config`` | ``ModelsConfig`` (the ``hf:`` section: draft, target, PRM and the step format), ``ModelSpec``, ``PrmSpec``, ``TinySpec`` |
 | ``prompts`` | how a problem becomes the generators' and the PRM's prompt (``GeneratorPrompts``: memoized ids) |
 | ``prm_format`` | how a PRM reads steps (``PrmFormat``, ``encode_steps``, ``PrmEncoding``) and aggregates step rewards (``aggregate_rewards``) |
+| ``judge`` | SpecReason's target judge: the scoring prompt of a step, the digit tokens |
 | ``text`` | token text at the byte level and the string-level step stop |
 | ``tokens`` | end-of-sequence ids, whether two tokenizers agree |
 | ``seeds`` | the seed of one sampling request |

@@ -252,8 +252,10 @@ def build_parts(
     """The search parts of ``backend: vllm`` and what serves them; see the module docstring for the checks.
     ``prm_factory`` builds the PRM in this process when ``vllm.prm.backend`` resolves to ``hf``."""
     from specs_rl.grading import boxed_answer
+    from specs_rl.models.judge import DEFAULT_JUDGE_PROMPT
     from specs_rl.models.tokens import same_tokenizer
     from specs_rl.vllm.client import Endpoint, ServedClient
+    from specs_rl.vllm.judge import VLLMJudge
     from specs_rl.vllm.prm import MeteredRewardModel, VLLMRewardModel
     from specs_rl.vllm.probe import check_endpoint, check_processed_logprobs
     from specs_rl.vllm.sampler import PromptFormat, VLLMSampler
@@ -364,6 +366,15 @@ def build_parts(
         prm=prm,
         clock=PooledWallClock(),
         answer_of=boxed_answer,
+        judge=VLLMJudge(
+            client,
+            endpoints["target"],
+            toks["target"],
+            prompt=hf.judge_prompt or DEFAULT_JUDGE_PROMPT,
+            answer_prefix=hf.judge_answer_prefix,
+            chat_template=hf.chat_template,
+            system_prompt=hf.system_prompt,
+        ),
     )
     return parts, ServedParts(client, endpoints, servers, prm_kind)
 
