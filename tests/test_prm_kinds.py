@@ -306,3 +306,114 @@ def test_a_merge_across_pieces_is_reported():
     st = StepText(resolve_format(kind="shepherd_prm", step_tag="T"))
     msg = whole_text_mismatch(st, MergesTagNewline(), Problem("p", "Q"), ["a", "b"])
     assert msg is not None and "from token 4" in msg, msg  # "Q", " ", "a", " ", then "T" vs "T\n"
+
+
+# -- specs-rl prm score -------------------------------------------------------------------------------------------
+
+
+def write_rows(path: Path, rows: list) -> Path:
+    path.write_text("\n".join(r if isinstance(r, str) else json.dumps(r) for r in rows) + "\n")
+    return path
+
+
+def run_score(capsys, *args: str) -> tuple[int, list[list[float]], str]:
+    from specs_rl.cli import main
+
+    rc = main(["prm", "score", *args])
+    out, err = capsys.readouterr()
+    return rc, [json.loads(line)["rewards"] for line in out.splitlines() if line.strip()], err
+
+
+@pytest.mark.parametrize(
+    "line, why",
+    [
+        ("{not json", "not JSON"),
+        ('["a"]', "must be an object"),
+        ('{"problem": "p"}', "missing key(s) steps"),
+        ('{"problem": 3, "steps": ["a"]}', "problem must be a string"),
+        ('{"problem": "p", "steps": "a"}', "steps must be a list of strings"),
+        ('{"problem": "p", "steps": ["a", 2]}', "steps must be a list of strings"),
+        ('{"problem": "p", "steps": []}', "steps is empty"),
+    ],
+)
+def test_prm_score_refuses_a_malformed_row_by_line_before_loading(tmp_path, capsys, monkeypatch, line, why):
+    import specs_rl.hf.models as models
+
+    monkeypatch.setattr(models, "load_reward_model", lambda *a, **k: pytest.fail("a model was loaded"))
+    good = {"problem": "p", "steps": ["a"]}
+    rows = write_rows(tmp_path / "rows.jsonl", [good, "", line])
+    rc, out, err = run_score(capsys, "model=tiny", f"input={rows}", "device=cpu")
+    assert rc == 2 and out == []
+    lines = err.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith(f"error: {rows}:3: ") and why in lines[0], err
+
+
+def test_prm_score_needs_model_and_an_existing_input(tmp_path, capsys):
+    rc, _, err = run_score(capsys, f"input={tmp_path / 'x.jsonl'}")
+    assert rc == 2 and "model is required" in err
+    rc, _, err = run_score(capsys, "model=tiny", f"input={tmp_path / 'x.jsonl'}")
+    assert rc == 2 and "file not found" in err
+
+
+@pytest.mark.parametrize("kind", ["qwen_prm", "skywork_prm", "shepherd_prm"])
+def test_prm_score_gives_each_kinds_step_rewards(tmp_path, capsys, kind):
+    make = {
+        "qwen_prm": qwen_prm_checkpoint,
+        "skywork_prm": skywork_checkpoint,
+        "shepherd_prm": shepherd_checkpoint,
+    }
+    path = make[kind](tmp_path / kind)
+    spec = {"kind": "shepherd_prm"} if kind == "shepherd_prm" else {}
+    want, prm = rewards_through_backend(path, **spec)  # checked against the recipes above
+    rows = write_rows(tmp_path / "rows.jsonl", [{"problem": PROBLEM.meta["problem"], "steps": STEPS}] * 2)
+    args = [
+        f"model={path}",
+        f"input={rows}",
+        "device=cpu",
+        "dtype=float32",
+        *(f"{k}={v}" for k, v in spec.items()),
+    ]
+    rc, out, err = run_score(capsys, *args)
+    assert rc == 0 and len(out) == 2
+    assert out[0] == pytest.approx(want, abs=TOL) and out[1] == pytest.approx(want, abs=TOL)
+    assert f"read as kind {kind}" in err
+    text = prm.text.text(prm.tokenizer, PROBLEM, STEPS)
+    assert text in err and err.count("the text scored") == 1  # the first row only, unless --show
+    rc, _, err = run_score(capsys, *args, "--show")
+    assert rc == 0 and err.count("the text scored") == 2
+
+
+def test_prm_score_reads_the_toy_worlds_prm_as_the_search_does(tmp_path, capsys):
+    """The project's own PRM (specs_rl/assets/toymath/prm, prefix_min token labels): the rewards of the toy world's
+    correct and corrupted solutions, equal to the search's reading of the same traces; the corrupted step scores
+    below the correct one."""
+    import numpy as np
+
+    from specs_rl.toymath import ToyMathConfig, corrupted_solution, generate, to_problem
+
+    toy = Path(__file__).resolve().parents[1] / "specs_rl" / "assets" / "toymath" / "prm"
+    problems = generate(ToyMathConfig(problems=3), "test")
+    rng = np.random.default_rng(0)
+    solutions = [(p, p.steps()) for p in problems] + [
+        (p, corrupted_solution(p, rng, at=1)[0]) for p in problems
+    ]
+    rows = write_rows(
+        tmp_path / "toy.jsonl", [{"problem": p.text + "\n\n", "steps": s} for p, s in solutions]
+    )
+    rc, out, err = run_score(capsys, f"model={toy}", f"input={rows}", "device=cpu", "dtype=float32")
+    assert rc == 0 and len(out) == len(solutions) and "read as kind token_classification" in err
+    model, tok, fmt = load_reward_model(PrmSpec(name=str(toy), device="cpu", dtype="float32"))
+    prm = HFRewardModel(model, tok, fmt, prompt_field="prompt")  # the toy configs' reading
+    for (p, steps), got in zip(solutions, out):
+        trace = Trace(to_problem(p, "x"))
+        for s in steps:
+            trace = trace.extend(Candidate((), s, (), False))
+        assert got == pytest.approx(prm.step_rewards(trace), abs=TOL)
+    n = len(problems)
+    assert out[n + 2][1] < out[2][1]  # the third problem: its corrupted second step reads as wrong
+
+
+def test_prm_score_on_a_tiny_prm(tmp_path, capsys):
+    rows = write_rows(tmp_path / "rows.jsonl", [{"problem": "What is 2 + 3?", "steps": STEPS}])
+    rc, out, err = run_score(capsys, "model=tiny", f"input={rows}", "device=cpu")
+    assert rc == 0 and len(out[0]) == len(STEPS) and all(0 <= r <= 1 for r in out[0])
