@@ -68,9 +68,11 @@ def save_checkpoint(
     return path
 
 
-def qwen_prm_checkpoint(path: Path, seed: int = 0, drop: str | None = None, add: str | None = None) -> Path:
+def qwen_prm_checkpoint(
+    path: Path, seed: int = 0, drop: str | None = None, add: str | None = None, shape: dict | None = None
+) -> Path:
     tok = tokenizer(["<extra_0>"])
-    config = tiny_config(tok, "qwen2", **SHAPE)
+    config = tiny_config(tok, "qwen2", **(shape or SHAPE))
     w = qwen2_body_weights(config, seed)
     g = torch.Generator().manual_seed(seed + 1)
     h = config.hidden_size
