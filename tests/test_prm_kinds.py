@@ -419,3 +419,13 @@ def test_prm_score_on_a_tiny_prm(tmp_path, capsys):
     rows = write_rows(tmp_path / "rows.jsonl", [{"problem": "What is 2 + 3?", "steps": STEPS}])
     rc, out, err = run_score(capsys, "model=tiny", f"input={rows}", "device=cpu")
     assert rc == 0 and len(out[0]) == len(STEPS) and all(0 <= r <= 1 for r in out[0])
+
+
+def test_a_bad_prm_checkpoint_is_refused_before_the_generators_load(tmp_path, monkeypatch):
+    import specs_rl.hf.parts as hf_parts
+    from specs_rl.hf import HFConfig, build_parts
+
+    path = qwen_prm_checkpoint(tmp_path / "bad", drop="score.0.bias")
+    monkeypatch.setattr(hf_parts, "load_causal_lm", lambda *a, **k: pytest.fail("a generator was loaded"))
+    with pytest.raises(SpecsError, match=r"hf.prm: .*missing 1 weight\(s\): score.0.bias"):
+        build_parts(HFConfig(prm=PrmSpec(name=str(path), device="cpu")))

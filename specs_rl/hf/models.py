@@ -88,7 +88,13 @@ def check_sources(specs: dict[str, ModelSpec | PrmSpec]) -> None:
     """Cheap checks of every source before any model is loaded."""
     for key, spec in specs.items():
         if not spec.name.startswith("tiny"):
-            split_source(spec.name, getattr(spec, "gguf_file", None), key)
+            source, _ = split_source(spec.name, getattr(spec, "gguf_file", None), key)
+            if (
+                isinstance(spec, PrmSpec) and Path(source).is_dir()
+            ):  # a local PRM's weight names: a header read
+                from specs_rl.hf.prm_arch import check_checkpoint
+
+                check_checkpoint(spec, source, key)
 
 
 def _wrap_load_error(key: str, name: str, e: Exception) -> SpecsError:

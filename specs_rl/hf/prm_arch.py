@@ -255,13 +255,9 @@ def build_config(kind: str, raw: dict[str, Any], source: str, key: str, spec: An
         raise SpecsError(f"{key}: transformers has no native model_type {model_type!r} ({e})"[:300]) from None
 
 
-def load_native_prm(
-    spec: Any, source: str, device: torch.device, dtype: torch.dtype, key: str
-) -> tuple[nn.Module, Any, PrmFormat]:
-    """``(model, tokenizer, format)`` of a PRM checkpoint (``spec``: a :class:`specs_rl.hf.config.PrmSpec`), its
-    weights read by name into the kind's native module, refused in one line when names do not fit."""
-    from transformers import AutoTokenizer
-
+def check_checkpoint(spec: Any, source: str, key: str) -> tuple[PrmFormat, Any, Any, bool]:
+    """Resolve a PRM checkpoint's reading and module, and check its weight names from the safetensors headers, no
+    weight loaded (the backends call it before loading any model). Returns ``(format, config, class, remote)``."""
     raw = read_config(source, spec.revision, key)
     archs = list(raw.get("architectures") or [])
     saved = PrmFormat.load(source) if os.path.isdir(source) else None
@@ -285,13 +281,25 @@ def load_native_prm(
         raise SpecsError(f"{key}: kind {kind} was set, but {source!r} is a {', '.join(archs)} checkpoint")
     config = build_config(kind, raw, source, key, spec)
     cls = _model_class(kind, config)
-    found = checkpoint_names(source, spec.revision)
+    remote = spec.trust_remote_code and kind in ("token_classification", "sequence_classification")
+    found = None if remote else checkpoint_names(source, spec.revision)  # hub code: its names are its own
     if found is not None:
         expected, tied = _expected_names(cls, config)
         check_names(
             expected, found, tied=tied, ignored=IGNORED_UNEXPECTED.get(kind, ()), key=key, name=spec.name
         )
-    remote = spec.trust_remote_code and kind in ("token_classification", "sequence_classification")
+    return fmt, config, cls, remote
+
+
+def load_native_prm(
+    spec: Any, source: str, device: torch.device, dtype: torch.dtype, key: str
+) -> tuple[nn.Module, Any, PrmFormat]:
+    """``(model, tokenizer, format)`` of a PRM checkpoint (``spec``: a :class:`specs_rl.hf.config.PrmSpec`), its
+    weights read by name into the kind's native module, refused in one line when names do not fit."""
+    from transformers import AutoTokenizer
+
+    fmt, config, cls, remote = check_checkpoint(spec, source, key)
+    kind = fmt.kind
     kw: dict[str, Any] = {"trust_remote_code": remote}
     if spec.revision is not None:
         kw["revision"] = spec.revision
