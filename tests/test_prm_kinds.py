@@ -429,3 +429,17 @@ def test_a_bad_prm_checkpoint_is_refused_before_the_generators_load(tmp_path, mo
     monkeypatch.setattr(hf_parts, "load_causal_lm", lambda *a, **k: pytest.fail("a generator was loaded"))
     with pytest.raises(SpecsError, match=r"hf.prm: .*missing 1 weight\(s\): score.0.bias"):
         build_parts(HFConfig(prm=PrmSpec(name=str(path), device="cpu")))
+
+
+def test_prm_backend_auto_serves_only_qwen_prm(tmp_path):
+    """vLLM serves Qwen2ForProcessRewardModel; a Skywork PRM or a tag-read causal LM runs in-process."""
+    from specs_rl.hf import HFConfig
+    from specs_rl.vllm.config import VLLMConfig
+    from specs_rl.vllm.task import prm_backend
+
+    qwen = qwen_prm_checkpoint(tmp_path / "qwen")
+    sky = skywork_checkpoint(tmp_path / "sky")
+    shep = shepherd_checkpoint(tmp_path / "shep")
+    assert prm_backend(VLLMConfig(), HFConfig(prm=PrmSpec(name=str(qwen)))) == "vllm"
+    assert prm_backend(VLLMConfig(), HFConfig(prm=PrmSpec(name=str(sky)))) == "hf"
+    assert prm_backend(VLLMConfig(), HFConfig(prm=PrmSpec(name=str(shep), kind="shepherd_prm"))) == "hf"
