@@ -59,7 +59,11 @@ def test_served_qwen_prm_agrees_with_in_process(tmp_path, capsys):
             trace = trace.extend(Candidate((), s, (), False))
         assert served.encode(trace)[0] == local.encode(trace)[1]  # the same ids
         want = local.step_rewards(trace)
-        assert served.step_rewards(trace) == pytest.approx(want, abs=TOL)
+        got = served.step_rewards(trace)
+        print(
+            f"served vs in-process qwen_prm: max |difference| {max(abs(a - b) for a, b in zip(got, want)):.2e}"
+        )
+        assert got == pytest.approx(want, abs=TOL)
         # and through `specs-rl prm score backend=vllm`
         rows = tmp_path / "rows.jsonl"
         rows.write_text(json.dumps({"problem": PROBLEM.meta["problem"], "steps": STEPS}) + "\n")

@@ -89,9 +89,8 @@ def check_sources(specs: dict[str, ModelSpec | PrmSpec]) -> None:
     for key, spec in specs.items():
         if not spec.name.startswith("tiny"):
             source, _ = split_source(spec.name, getattr(spec, "gguf_file", None), key)
-            if (
-                isinstance(spec, PrmSpec) and Path(source).is_dir()
-            ):  # a local PRM's weight names: a header read
+            # a local PRM's weight names are checked here too: a read of its safetensors headers
+            if isinstance(spec, PrmSpec) and Path(source).is_dir():
                 from specs_rl.hf.prm_arch import check_checkpoint
 
                 check_checkpoint(spec, source, key)
