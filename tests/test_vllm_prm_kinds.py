@@ -64,6 +64,7 @@ def test_served_qwen_prm_agrees_with_in_process(tmp_path, capsys):
             f"served vs in-process qwen_prm: max |difference| {max(abs(a - b) for a, b in zip(got, want)):.2e}"
         )
         assert got == pytest.approx(want, abs=TOL)
+        capsys.readouterr()  # what was printed so far is not prm score's output
         # and through `specs-rl prm score backend=vllm`
         rows = tmp_path / "rows.jsonl"
         rows.write_text(json.dumps({"problem": PROBLEM.meta["problem"], "steps": STEPS}) + "\n")
