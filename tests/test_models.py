@@ -15,7 +15,8 @@ import pytest
 from specs_rl.errors import SpecsError
 from specs_rl.models import prm_format, seeds
 from specs_rl.models.cache import LRU
-from specs_rl.models.prm_format import PrmEncoding, PrmFormat, aggregate_rewards, encode_steps
+from specs_rl.models.prm_format import PrmFormat, aggregate_rewards, encode_steps
+from specs_rl.models.prm_kinds import PrmEncoding
 from specs_rl.models.prompts import GeneratorPrompts
 from specs_rl.models.tokens import eos_ids
 from specs_rl.types import Candidate, Problem, Trace

@@ -11,14 +11,13 @@ from specs_rl.datasets import load_problems
 from specs_rl.errors import SpecsError
 from specs_rl.grading import boxed_answer, boxed_answer_grade
 from specs_rl.hf.judge import HFJudge
-from specs_rl.hf.load import load_causal_lm, load_reward_model
+from specs_rl.hf.load import check_sources, load_causal_lm, load_reward_model
 from specs_rl.hf.prm import HFRewardModel
 from specs_rl.hf.sampler import HFLM, HFSampler
 from specs_rl.hf.scorer import HFScorer
 from specs_rl.interfaces import Clock, SearchParts, Task, WallClock
 from specs_rl.models.config import ModelsConfig, ModelSpec, PrmSpec, TinySpec
 from specs_rl.models.judge import DEFAULT_JUDGE_PROMPT
-from specs_rl.models.sources import check_sources
 from specs_rl.models.tokens import same_tokenizer
 
 

@@ -13,11 +13,12 @@ prefix_min``) is read as the least of those probabilities over every response to
 
     r_k = min(r_{k-1}, min_{start_k <= t <= end_k} p_t),    r_{-1} = 1.
 
-The conventions covered:
+The conventions covered (the kinds of :mod:`specs_rl.models.prm_kinds`, which also write each kind's text):
 
 - the project's PRMs (``prm_config.json`` next to the checkpoint: separator ``"\\n\\n"``, positive label 1);
-- Qwen2.5-Math-PRM: separator ``"<extra_0>"``, chat-formatted prompt (``chat: true`` with its system prompt), 2
-  classes, positive label 1, loaded with ``trust_remote_code``;
+- ``qwen_prm`` (Qwen2.5-Math-PRM): separator ``"<extra_0>"``, its chat format, 2 classes, positive label 1;
+- ``skywork_prm`` (Skywork-o1-Open-PRM): one value per token, ``sigmoid`` at each ``"\\n"`` step token;
+- ``shepherd_prm`` (Math-Shepherd style): a causal LM's ``[good, bad]`` logits at each step tag, label 0 = good;
 - sequence-classification reward models (1 logit).
 
 Because the encoding of ``prefix ∘ step`` extends the encoding of ``prefix`` token for token and the models are
@@ -34,13 +35,8 @@ from typing import Any
 import torch
 
 from specs_rl.hf.engine import CachedStack, State, row_state
-from specs_rl.models.prm_format import (
-    PrmEncoding,
-    PrmFormat,
-    aggregate_rewards,
-    check_aggregate,
-    prefix_min_rewards,
-)
+from specs_rl.models.prm_format import PrmFormat, aggregate_rewards, check_aggregate, prefix_min_rewards
+from specs_rl.models.prm_kinds import PrmEncoding
 from specs_rl.types import Candidate, Problem, Trace
 
 
@@ -77,10 +73,10 @@ class HFRewardModel:
         self.encoding = PrmEncoding(
             tokenizer, self.fmt, prompt_field=prompt_field, chat=chat, system_prompt=system_prompt
         )
+        self.text = self.encoding.text  # how the PRM's kind writes the text (StepText)
         self.stack = CachedStack(model, cache_prompts=cache_prompts)
         self.head = _head(model)
         self.sep = self.fmt.step_separator
-        self.sep_ids = self.encoding.sep_ids
 
     # -- the encoding (:class:`~specs_rl.models.prm_format.PrmEncoding`) ---------------------------------------------
     def prompt_text(self, problem: Problem) -> str:
@@ -89,8 +85,9 @@ class HFRewardModel:
     def prompt_ids(self, problem: Problem) -> tuple[int, ...]:
         return self.encoding.prompt_ids(problem)
 
-    def step_ids(self, text: str) -> tuple[int, ...]:
-        return self.encoding.step_ids(text)
+    def step_ids(self, text: str, first: bool = False) -> tuple[int, ...]:
+        """A step's ids as its kind writes it (:meth:`specs_rl.models.prm_kinds.PrmEncoding.step_ids`)."""
+        return self.encoding.step_ids(text, first)
 
     def encode(self, trace: Trace) -> tuple[tuple[int, ...], tuple[int, ...], list[int]]:
         """``(prompt ids, ids, step ends)`` of a partial response."""
@@ -114,7 +111,7 @@ class HFRewardModel:
             for (st, _, _), rewards in zip(made, self._step_rewards(made, enc)):
                 st.rewards = rewards
             rows = [
-                (i, j, self.step_ids(c.text), c.finished)
+                (i, j, self.step_ids(c.text, not prefixes[i].steps), c.finished)
                 for i, cs in enumerate(candidates)
                 for j, c in enumerate(cs)
             ]
@@ -140,6 +137,16 @@ class HFRewardModel:
                     kept.append((enc[i][0], st))
             self.stack.retain(kept)
         return out
+
+    def step_rewards(self, trace: Trace) -> list[float]:
+        """The reward of every step of ``trace`` (``specs-rl prm score``), through the same cached states."""
+        with torch.inference_mode(), self.stack.lock:
+            enc = [self.encode(trace)]
+            states, made = self.stack.catch_up([(p, ids) for p, ids, _ in enc], lambda st, exact: True)
+            for (st, _, _), rewards in zip(made, self._step_rewards(made, enc)):
+                st.rewards = rewards
+            self.stack.retain([(enc[0][0], states[0])])
+            return [float(r) for r in states[0].rewards]
 
     def _step_rewards(
         self,

@@ -18,8 +18,8 @@ Steps are given without their trailing delimiter: a trailing copy of ``separator
 "x = 2\\n\\n" and a dataset step "x = 2" encode the same way.
 
 A solution's reward aggregates its step rewards (:func:`aggregate_rewards`: ``last``, ``min`` or ``prod``), the one
-rule the search strategies and both backends' PRMs apply. :class:`PrmEncoding` is the inference side of the encoding
-(both backends' PRMs build their inputs with it).
+rule the search strategies and both backends' PRMs apply. :class:`specs_rl.models.prm_kinds.PrmEncoding` is the inference side of
+the encoding, per PRM kind (both backends' PRMs build their inputs with it).
 
 Checkpoints carry ``prm_config.json`` (:class:`PrmFormat`) so the inference backend reads them the way they were
 trained.
@@ -34,10 +34,6 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
-from specs_rl.models.cache import LRU
-from specs_rl.models.prompts import prm_prompt_text
-from specs_rl.types import Problem, Trace
-
 PRM_CONFIG_NAME = "prm_config.json"
 IGNORE_INDEX = -100  # positions without a label (the cross-entropy ignores them)
 STEP_REWARDS = ("separator", "prefix_min")
@@ -48,18 +44,22 @@ AGGREGATES = ("last", "min", "prod")
 class PrmFormat:
     """How a PRM checkpoint reads steps.
 
-    ``kind``: ``token_classification`` (scores at separators) or ``sequence_classification`` (one score at the last
-    token). ``positive_label``: the class index meaning "this step is correct" (its softmax probability is the
+    ``kind``: ``token_classification`` (scores at separators), ``sequence_classification`` (one score at the last
+    token), or one of the published PRM kinds of :mod:`specs_rl.models.prm_kinds` (``qwen_prm``, ``skywork_prm``,
+    ``shepherd_prm``). ``positive_label``: the class index meaning "this step is correct" (its softmax probability is the
     reward); for a one-logit head the reward is ``sigmoid(logit)``. ``step_separator``: ``"\\n\\n"`` for the
     project's PRMs, ``"<extra_0>"`` for Qwen2.5-Math-PRM. ``step_reward``: ``separator`` (the probability at the
     step's last separator token) or ``prefix_min`` (the least over the response's tokens up to there; PRMs trained
-    with token labels).
+    with token labels). ``good_token`` / ``bad_token``: the tokens a ``shepherd_prm`` is read at (its
+    ``step_separator`` is its step tag).
     """
 
     kind: str = "token_classification"
     step_separator: str = "\n\n"
     positive_label: int = 1
     step_reward: str = "separator"
+    good_token: str = "+"
+    bad_token: str = "-"
 
     def __post_init__(self) -> None:
         if self.step_reward not in STEP_REWARDS:
@@ -212,74 +212,3 @@ def aggregate_rewards(step_rewards: Sequence[float], how: str) -> float:
 def check_aggregate(how: str) -> None:
     if how not in AGGREGATES:
         raise ValueError(f"aggregate must be one of {', '.join(AGGREGATES)}; got {how!r}")
-
-
-class PrmEncoding:
-    """:func:`encode_steps` for a PRM at inference, one problem and one step at a time, memoized (the 1024 most
-    recent prompts, the 8192 most recent step texts).
-
-    ``prompt_field``: ``problem`` (the raw problem text) or ``prompt`` (the generators' prompt); ``chat``: through the
-    PRM tokenizer's chat template (with ``system_prompt``). A missing chat template or a separator that encodes to no
-    tokens is a ValueError.
-    """
-
-    def __init__(
-        self,
-        tokenizer: Any,
-        fmt: PrmFormat,
-        *,
-        prompt_field: str = "problem",
-        chat: bool = False,
-        system_prompt: str | None = None,
-    ) -> None:
-        if chat and not getattr(tokenizer, "chat_template", None):
-            raise ValueError("the PRM's tokenizer has no chat template, so chat: true cannot be applied")
-        self.tokenizer = tokenizer
-        self.fmt = fmt
-        self.prompt_field = prompt_field
-        self.chat = chat
-        self.system_prompt = system_prompt
-        self.sep = fmt.step_separator
-        self.sep_ids = tuple(tokenizer(self.sep, add_special_tokens=False)["input_ids"])
-        if not self.sep_ids:
-            raise ValueError(f"the step separator {self.sep!r} encodes to no tokens")
-        self._prompts = LRU(1024)
-        self._steps = LRU(8192)
-
-    def prompt_text(self, problem: Problem) -> str:
-        return prm_prompt_text(
-            self.tokenizer,
-            problem,
-            prompt_field=self.prompt_field,
-            chat=self.chat,
-            system_prompt=self.system_prompt,
-        )
-
-    def prompt_ids(self, problem: Problem) -> tuple[int, ...]:
-        key = (problem.prompt, problem.meta.get("problem"))
-        hit = self._prompts.get(key)
-        if hit is None:
-            ids, _ = encode_steps(self.tokenizer, self.prompt_text(problem), [], self.sep)
-            hit = self._prompts.put(key, tuple(ids))
-        return hit
-
-    def step_ids(self, text: str) -> tuple[int, ...]:
-        """``encode(strip(step)) + encode(separator)``, as :func:`encode_steps` appends a step (trailing whitespace is
-        also dropped before a non-whitespace separator)."""
-        hit = self._steps.get(text)
-        if hit is None:
-            ids = self.tokenizer(strip_step(text, self.sep), add_special_tokens=False)["input_ids"]
-            hit = self._steps.put(text, tuple(ids) + self.sep_ids)
-        return hit
-
-    def encode(
-        self, trace: Trace, extra: str | None = None
-    ) -> tuple[tuple[int, ...], tuple[int, ...], list[int]]:
-        """``(prompt ids, ids, step ends)`` of a partial response, extended by the step text ``extra`` if given."""
-        pids = self.prompt_ids(trace.problem)
-        ids = list(pids)
-        ends = []
-        for text in [*(s.text for s in trace.steps), *([extra] if extra is not None else [])]:
-            ids.extend(self.step_ids(text))
-            ends.append(len(ids) - 1)
-        return pids, tuple(ids), ends

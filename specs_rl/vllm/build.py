@@ -25,7 +25,8 @@ from urllib.parse import urlparse
 from specs_rl.errors import SpecsError
 from specs_rl.interfaces import SearchParts, Task, WallClock
 from specs_rl.models.config import ModelsConfig, ModelSpec, PrmSpec
-from specs_rl.models.sources import prm_format, split_source
+from specs_rl.models.prm_format import PrmFormat
+from specs_rl.models.sources import split_source
 from specs_rl.types import Problem
 from specs_rl.vllm.config import API_KEY_ENV, VLLMConfig, default_python
 
@@ -75,6 +76,10 @@ def prm_backend(vc: VLLMConfig, hf: ModelsConfig) -> str:
         return "vllm"
     if hf.prm.name.startswith("tiny"):
         return "hf"
+    if hf.prm.kind not in ("auto", "qwen_prm"):
+        return (
+            "hf"  # vLLM serves Qwen2ForProcessRewardModel; the other kinds run in-process beside the servers
+        )
     archs = _config_architectures(hf.prm.name, hf.prm)
     return "vllm" if any(a.endswith("ForProcessRewardModel") for a in archs) else "hf"
 
@@ -116,6 +121,28 @@ def _eos_ids(tokenizer: Any, spec: ModelSpec) -> frozenset[int]:
     except (OSError, ValueError):
         eos = None
     return eos_ids(tokenizer, eos, len(tokenizer))
+
+
+def _prm_format(spec: PrmSpec) -> PrmFormat:
+    """The PRM's reading: its kind (``prm_config.json``, else config.json's architectures) and fields, overridden by
+    ``hf.prm`` (:func:`specs_rl.models.prm_kinds.resolve_format`, as the in-process loader resolves it)."""
+    from specs_rl.models.prm_kinds import resolve_format
+
+    saved = PrmFormat.load(spec.name) if Path(spec.name).expanduser().is_dir() else None
+    try:
+        return resolve_format(
+            kind=spec.kind,
+            saved=saved,
+            architectures=_config_architectures(spec.name, spec),
+            step_separator=spec.step_separator,
+            step_tag=spec.step_tag,
+            positive_label=spec.positive_label,
+            step_reward=spec.step_reward,
+            good_token=spec.good_token,
+            bad_token=spec.bad_token,
+        )
+    except ValueError as e:
+        raise SpecsError(f"hf.prm: {e}") from None
 
 
 def served_name(vc: VLLMConfig, hf: ModelsConfig, part: str) -> str:
@@ -170,7 +197,7 @@ def _served_prm_reading(vc: VLLMConfig, hf: ModelsConfig) -> tuple[Any, Any, str
     from specs_rl.vllm.prm import resolve_pooling
 
     tok = _load_tokenizer(hf.prm, "hf.prm")
-    fmt = prm_format(hf.prm)
+    fmt = _prm_format(hf.prm)
     sep_ids = tok(fmt.step_separator, add_special_tokens=False)["input_ids"]
     if not sep_ids:
         raise SpecsError(f"hf.prm: the step separator {fmt.step_separator!r} encodes to no tokens")

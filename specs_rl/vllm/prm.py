@@ -15,13 +15,8 @@ import time
 from collections.abc import Sequence
 from typing import Any
 
-from specs_rl.models.prm_format import (
-    PrmEncoding,
-    PrmFormat,
-    aggregate_rewards,
-    check_aggregate,
-    prefix_min_rewards,
-)
+from specs_rl.models.prm_format import PrmFormat, aggregate_rewards, check_aggregate, prefix_min_rewards
+from specs_rl.models.prm_kinds import PrmEncoding
 from specs_rl.types import Candidate, Problem, Trace
 from specs_rl.vllm.client import BusyMeter, CallTimer, Endpoint, ServedClient, ServerError
 
@@ -44,8 +39,10 @@ class VLLMRewardModel:
         system_prompt: str | None = None,
     ) -> None:
         check_aggregate(aggregate)
-        if fmt.kind != "token_classification":
-            raise ValueError(f"a served PRM must be a token-classification PRM, got kind {fmt.kind!r}")
+        if fmt.kind not in ("token_classification", "qwen_prm"):
+            raise ValueError(
+                f"a served PRM must be a token-classification PRM or kind qwen_prm, got kind {fmt.kind!r}"
+            )
         self.client = client
         self.ep = ep
         self.tokenizer = tokenizer
@@ -54,6 +51,7 @@ class VLLMRewardModel:
         self.encoding = PrmEncoding(
             tokenizer, fmt, prompt_field=prompt_field, chat=chat, system_prompt=system_prompt
         )
+        self.text = self.encoding.text  # how the PRM's kind writes the text (StepText)
         self.sep = fmt.step_separator
         self.sep_ids = self.encoding.sep_ids
         self.pooling = resolve_pooling(pooling, fmt, self.sep_ids)
@@ -67,8 +65,9 @@ class VLLMRewardModel:
     def prompt_ids(self, problem: Problem) -> tuple[int, ...]:
         return self.encoding.prompt_ids(problem)
 
-    def step_ids(self, text: str) -> tuple[int, ...]:
-        return self.encoding.step_ids(text)
+    def step_ids(self, text: str, first: bool = False) -> tuple[int, ...]:
+        """As the in-process PRM (the kind's text, :mod:`specs_rl.models.prm_kinds`)."""
+        return self.encoding.step_ids(text, first)
 
     def encode(self, trace: Trace, extra: str | None = None) -> tuple[tuple[int, ...], list[int], int]:
         """``(ids, step ends, prompt length)`` of a partial response, extended by the step text ``extra``."""
@@ -107,6 +106,23 @@ class VLLMRewardModel:
                 steps = [p[e] for e in ends]
             got[text] = min(max(aggregate_rewards(steps, self.aggregate), 0.0), 1.0)
         return [got[c.text] for c in cands]
+
+    def step_rewards(self, trace: Trace) -> list[float]:
+        """The reward of every step of ``trace`` (``specs-rl prm score``), from one pooling request."""
+        ids, ends, plen = self.encode(trace)
+        data = self.client.request(
+            self.ep, "POST", "/pooling", {"model": self.ep.model, "input": [list(ids)]}
+        )
+        rows = data.get("data") if isinstance(data, dict) else None
+        if not isinstance(rows, list) or len(rows) != 1:
+            got = len(rows) if isinstance(rows, list) else "no"
+            raise ServerError(
+                f"{self.ep.part}: the server at {self.ep.url} returned {got} pooling results, expected 1"
+            )
+        p = self._probabilities(0, ids, rows[0])
+        if self.fmt.step_reward == "prefix_min":
+            return prefix_min_rewards([p[i] for i in range(len(ids))], plen, ends)
+        return [p[e] for e in ends]
 
     def _probabilities(self, k: int, ids: Sequence[int], row: Any) -> dict[int, float]:
         """``{position: p(positive label)}`` at the positions the server pooled."""
