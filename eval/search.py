@@ -1,4 +1,4 @@
-"""``specs-rl search``: one search method over one task.
+"""``specs-rl search``: one method (a preset of :mod:`specs_rl.methods`) over one task.
 
     specs-rl search --config configs/search/tabular.yaml n=8 beta=2.0 out=runs/tab
 
@@ -16,7 +16,7 @@ from specs_rl.cli import entry_point
 from specs_rl.config import config_from_argv
 from specs_rl.run import (
     ResultsWriter,
-    RunConfig,
+    SearchRunConfig,
     build_task,
     check_run_dir,
     prepare_run_dir,
@@ -28,21 +28,23 @@ from specs_rl.run import (
 
 @entry_point
 def main(argv: Sequence[str] | None = None) -> int:
-    cfg = config_from_argv(RunConfig, sys.argv[1:] if argv is None else argv, "specs-rl search")
-    check_run_dir(cfg.out, cfg)  # a directory of another config is refused before any model loads
-    task = build_task(cfg)  # loads data / models: every input error surfaces before a file is written
-    out = prepare_run_dir(cfg.out, cfg)
+    cfg = config_from_argv(SearchRunConfig, sys.argv[1:] if argv is None else argv, "specs-rl search")
+    run = cfg.run
+    search = cfg.search_config()  # the method preset applied to the run's settings
+    check_run_dir(run.out, cfg)  # a directory of another config is refused before any model loads
+    task = build_task(run)  # loads data / models: every input error surfaces before a file is written
+    out = prepare_run_dir(run.out, cfg)
     with ResultsWriter(out / "results.jsonl") as writer:
         search_task(
             task,
-            cfg,
+            search,
             cfg.seed,
-            batch_size=cfg.batch_size,
+            batch_size=run.batch_size,
             skip={r["id"] for r in writer.records},
             on_result=writer.write,
-            extra={"n": cfg.n, "seed": cfg.seed},
+            extra={"method": cfg.method, "strategy": search.strategy, "n": search.n, "seed": cfg.seed},
         )
-        summary = {"method": cfg.method, "n": cfg.n, "seed": cfg.seed, "task": task.name}
+        summary = {"method": cfg.method, "n": search.n, "seed": cfg.seed, "task": task.name}
         summary.update(summarize(writer.records))
     write_json(out / "summary.json", summary)
     print(json.dumps(summary, indent=2))

@@ -529,6 +529,6 @@ __all__ = ["METHODS", "STRATEGIES", "SearchConfig", "run_search", *STRATEGIES]
 def run_search(
     problems: Sequence[Problem], config: SearchConfig, parts: SearchParts, generator: torch.Generator
 ) -> list[SearchResult]:
-    """Dispatch on ``config.method``."""
+    """Dispatch on ``config.strategy``."""
     config.validate()
-    return STRATEGIES[config.method](problems, config, parts, generator)
+    return STRATEGIES[config.strategy](problems, config, parts, generator)

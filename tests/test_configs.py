@@ -8,7 +8,7 @@ import pytest
 import yaml
 
 from specs_rl.config import load_config
-from specs_rl.run import RunConfig
+from specs_rl.run import SearchRunConfig
 from tests.conftest import REPO
 
 CONFIGS = sorted((REPO / "configs").rglob("*.yaml"))
@@ -34,7 +34,7 @@ def test_config_starts_with_the_command_that_runs_it(path):
 def test_config_loads(path):
     group = path.parent.name
     if group == "search":
-        load_config(RunConfig, path)
+        load_config(SearchRunConfig, path).search_config()
     elif group in ("eval", "demo"):
         from eval.compare import CompareConfig
 
@@ -55,3 +55,38 @@ def test_config_loads(path):
         assert data["distributed_type"] in ("MULTI_GPU", "DEEPSPEED", "FSDP", "NO", "MULTI_CPU")
     else:
         pytest.fail(f"no loader known for configs/{group}/")
+
+
+def test_every_registered_backend_has_its_section_in_the_run_config():
+    import dataclasses
+
+    from specs_rl.run import BACKENDS, RunConfig
+
+    fields = {f.name: f.type for f in dataclasses.fields(RunConfig)}
+    hints = __import__("typing").get_type_hints(RunConfig)
+    for name, spec in BACKENDS.items():
+        assert name in fields, f"RunConfig has no section for backend {name}"
+        assert hints[name] is spec.section
+
+
+def test_no_config_class_inherits_another():
+    """Configs hold their parts (composition): no dataclass config derives from another dataclass."""
+    import dataclasses
+
+    from eval.bench_loop import BenchConfig
+    from eval.bench_served import BenchServedConfig
+    from eval.serve import ServeConfig
+    from specs_rl.run import CompareConfig, GridConfig, ReportConfig, RunConfig
+    from specs_rl.run.tune import TuneConfig
+    from specs_rl.settings import SearchConfig
+
+    classes = (BenchConfig, BenchServedConfig, ServeConfig, CompareConfig, GridConfig, ReportConfig, RunConfig,
+               SearchRunConfig, TuneConfig, SearchConfig)  # fmt: skip
+    for cls in classes:
+        for base in cls.__mro__[1:]:
+            assert not dataclasses.is_dataclass(base), f"{cls.__name__} inherits the config {base.__name__}"
+    for cls in classes:
+        for f in dataclasses.fields(cls):
+            assert not f.metadata.get("help", "").startswith("not used"), (
+                f"{cls.__name__}.{f.name} is not used"
+            )

@@ -67,7 +67,7 @@ def count_searches(monkeypatch):
     real = grid.run_search
 
     def counting(problems, config, parts, generator):
-        seen.extend((config.method, p.id) for p in problems)
+        seen.extend((config.strategy, p.id) for p in problems)
         return real(problems, config, parts, generator)
 
     monkeypatch.setattr(grid, "run_search", counting)
@@ -136,11 +136,11 @@ def test_tiny_tabular_study_end_to_end(fast_dir, monkeypatch, capsys):
     text = (out / "chosen.yaml").read_text()
     assert text.startswith(f"# specs-rl compare --config {out / 'chosen.yaml'}")
     ccfg = load_config(CompareConfig, out / "chosen.yaml")
-    assert ccfg.tabular.tree_seed == 1000 and ccfg.tabular.problems == 12 and ccfg.seeds == [0]
+    assert ccfg.run.tabular.tree_seed == 1000 and ccfg.run.tabular.problems == 12 and ccfg.grid.seeds == [0]
     own = {k: v for k, v in chosen["params"].items() if k != "n"}
-    assert ccfg.method_settings["specs"] == pytest.approx(own)
-    assert chosen["params"]["n"] in ccfg.n_grid and 4 in ccfg.n_grid  # the reference's n
-    assert {"specs", "beam_search_target", "target_only", "draft_only"} <= set(ccfg.methods)
+    assert ccfg.grid.method_settings["specs"] == pytest.approx(own)
+    assert chosen["params"]["n"] in ccfg.grid.n_grid and 4 in ccfg.grid.n_grid  # the reference's n
+    assert {"specs", "beam_search_target", "target_only", "draft_only"} <= set(ccfg.grid.methods)
     plan_runs(ccfg)
     # the test re-run: a fresh compare run in out/test, its figures in tune.json and printed
     agg = json.loads((out / "test" / "summary.json").read_text())["aggregate"]
@@ -175,8 +175,8 @@ def test_a_tuned_backend_key_builds_its_task_and_reaches_chosen_yaml(fast_dir):
     assert len(s["trials"]) == 4  # the grid of 2 x 2
     chosen = s["choices"]["specs"]["chosen"]
     ccfg = load_config(CompareConfig, out / "chosen.yaml")
-    assert ccfg.tabular.draft_noise == chosen["params"]["tabular.draft_noise"]
-    assert "draft_noise" not in ccfg.method_settings.get("specs", {})
+    assert ccfg.run.tabular.draft_noise == chosen["params"]["tabular.draft_noise"]
+    assert "draft_noise" not in ccfg.grid.method_settings.get("specs", {})
     # a draft twice as noisy is another world: the trials with it differ from those without
     by_noise = {}
     for t in s["trials"]:
@@ -240,9 +240,9 @@ def test_peer_presets_tuned_together_reach_chosen_yaml_as_method_settings(fast_d
     chosen = {m: c["chosen"] for m, c in s["choices"].items() if c["chosen"] is not None}
     assert "gsi" in chosen  # the first method: the test re-run ran
     ccfg = load_config(CompareConfig, out / "chosen.yaml")
-    assert set(ccfg.method_settings) == set(chosen) and ccfg.n_grid == [4]
+    assert set(ccfg.grid.method_settings) == set(chosen) and ccfg.grid.n_grid == [4]
     for m, c in chosen.items():
-        assert ccfg.method_settings[m] == pytest.approx(c["params"])
+        assert ccfg.grid.method_settings[m] == pytest.approx(c["params"])
     runs = {r.method: r.config for r in plan_runs(ccfg)}
     assert runs["specs_paper"].score_form == "mean" and runs["gsi"].start_mode == "draft"
     agg = json.loads((out / "test" / "summary.json").read_text())["aggregate"]
@@ -251,10 +251,10 @@ def test_peer_presets_tuned_together_reach_chosen_yaml_as_method_settings(fast_d
     peers = load_config(
         CompareConfig,
         REPO / "configs" / "eval" / "peers_toymath.yaml",
-        [f"method_settings={json.dumps(ccfg.method_settings)}"],
+        [f"method_settings={json.dumps(ccfg.grid.method_settings)}"],
     )
     planned = {r.method: r for r in plan_runs(peers)}
-    for m, own in ccfg.method_settings.items():
+    for m, own in ccfg.grid.method_settings.items():
         assert planned[m].settings == own
 
 
@@ -276,7 +276,7 @@ def test_methods_without_a_choice_are_named_in_chosen_yaml(fast_dir):
     closest = s["choices"]["gsi"]["closest"]["number"]
     assert f"# no gsi trial meets the rule; the closest is trial {closest}" in text.splitlines()[2]
     ccfg = load_config(CompareConfig, out / "chosen.yaml")
-    assert set(ccfg.method_settings) == {"rsd_bon"} and "gsi" not in ccfg.methods
+    assert set(ccfg.grid.method_settings) == {"rsd_bon"} and "gsi" not in ccfg.grid.methods
     assert not (out / "test").exists()
 
 
@@ -672,9 +672,9 @@ def test_the_peers_study_runs_on_the_tabular_backend(fast_dir):
     for m, (point,) in peers["start"].items():
         assert next(t for t in s["trials"] if t["method"] == m and t["number"] == 0)["params"] == point
     ccfg = load_config(CompareConfig, out / "chosen.yaml")
-    assert set(ccfg.method_settings) == set(peers["methods"]) and ccfg.n_grid == [4]
+    assert set(ccfg.grid.method_settings) == set(peers["methods"]) and ccfg.grid.n_grid == [4]
     assert (
-        ccfg.method_settings["specs"]["start_mode"] == "draft"
+        ccfg.grid.method_settings["specs"]["start_mode"] == "draft"
     )  # its fixed own setting travels with the choice
 
 

@@ -35,10 +35,10 @@ class ReportConfig:
 REPORT_KEYS = ("out", "wandb", "project", "wandb_dir", "plot", "progress")
 
 
-def check_extras(cfg: Any) -> None:
+def check_extras(report: ReportConfig) -> None:
     """The optional packages this run will need are installed (checked before any work, not at the end)."""
     for key, module, extra in (("plot", "matplotlib", "eval"), ("wandb", "wandb", "track")):
-        if getattr(cfg, key, False) and importlib.util.find_spec(module) is None:
+        if getattr(report, key, False) and importlib.util.find_spec(module) is None:
             raise ConfigError(
                 f"{key}=true needs the {module} package (pip install specs-rl[{extra}]) or set {key}=false"
             )
@@ -249,11 +249,12 @@ def log_wandb(
 
     from specs_rl.tracking import finish_run, init_run
 
+    report, out = cfg.report, cfg.run.out
     run = init_run(
-        cfg.project,
+        report.project,
         to_dict(cfg),
-        name=Path(cfg.out).name,
-        directory=cfg.wandb_dir or cfg.out,
+        name=Path(out).name,
+        directory=report.wandb_dir or out,
         job_type=job_type,
     )
     problem_rows = [
@@ -285,7 +286,7 @@ def log_wandb(
         None if getattr(run, "disabled", False) or not getattr(run, "dir", None) else Path(run.dir).parent
     )
     finish_run(run)
-    return {"project": cfg.project, "run_dir": str(run_dir) if run_dir else None, "metrics": len(metrics)}
+    return {"project": report.project, "run_dir": str(run_dir) if run_dir else None, "metrics": len(metrics)}
 
 
 # ------------------------------------------------------------------------------------------------------------------
@@ -305,7 +306,8 @@ def write_report(
 ) -> dict[str, Any]:
     """Write ``summary.json`` (then the plot, then W&B, updating it after each) and print the tables.
 
-    ``cfg`` carries the :class:`ReportConfig` keys (``plot``, ``wandb``, ``project``, ``wandb_dir``, ``out``)."""
+    ``cfg`` is a recipe's config: its ``report`` section (:class:`ReportConfig`) says what to write, ``run.out``
+    where."""
     stream = stream if stream is not None else sys.stdout
     rows = summary_rows(records, order)
     agg = aggregate_rows(records, rows)
@@ -315,12 +317,12 @@ def write_report(
     if any(len(a["seeds"]) > 1 for a in agg):
         print("\nover seeds (the repeats):", file=stream)
         print(format_table(agg, aggregate=True), file=stream)
-    if cfg.plot:
+    if cfg.report.plot:
         summary["plot"] = plot_accuracy_latency(agg, out / "accuracy_latency.png", title=title)
         write_json(out / "summary.json", summary)
         print(f"\nplot: {out / 'accuracy_latency.png'} ({summary['plot']['points']} points)", file=stream)
-    if cfg.wandb:
-        plot = out / "accuracy_latency.png" if cfg.plot else None
+    if cfg.report.wandb:
+        plot = out / "accuracy_latency.png" if cfg.report.plot else None
         summary["wandb"] = log_wandb(cfg, records, rows, agg, plot, job_type=job_type)
         write_json(out / "summary.json", summary)
         if summary["wandb"]["run_dir"]:

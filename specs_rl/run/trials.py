@@ -32,13 +32,15 @@ class TaskCache:
 
     def __init__(self, cfg: TuneConfig, size: int, warmup: int) -> None:
         self.cfg, self.size, self.warmup = cfg, size, warmup
-        self.base = build_task(cfg)
+        self.base = build_task(cfg.run)
         self._tasks: OrderedDict[tuple, Task] = OrderedDict()
         self._warm: set[tuple] = set()
         self.builds = 1
 
     def get(self, values: dict[str, Any], run: PlannedRun | None = None) -> Task:
-        values = {k: v for k, v in values.items() if get_path(self.cfg, k.split(".")) != v}  # the base's own
+        values = {
+            k: v for k, v in values.items() if get_path(self.cfg.run, k.split(".")) != v
+        }  # the base's own
         key = tuple(sorted(values.items()))
         if not key:
             task = self.base
@@ -46,7 +48,7 @@ class TaskCache:
             task = self._tasks[key]
             self._tasks.move_to_end(key)
         else:
-            task = build_task(with_values(self.cfg, values))
+            task = build_task(with_values(self.cfg.run, values))
             self.builds += 1
             if [p.id for p in task.problems] != [p.id for p in self.base.problems]:
                 raise SpecsError(f"the task built for {values} has other problems than the base task")
@@ -82,7 +84,7 @@ def search_prefix(
                 continue
             extra: dict[str, Any] = {
                 "method": run.method,
-                "strategy": run.config.method,
+                "strategy": run.config.strategy,
                 "n": run.n,
                 "seed": run.seed,
             }

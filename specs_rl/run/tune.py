@@ -34,6 +34,7 @@ from typing import Any
 import numpy as np
 
 from specs_rl.config import (
+    PART,
     ConfigError,
     RawValue,
     _parse_scalar,  # the override parser (inf, -inf, YAML)
@@ -201,15 +202,23 @@ class TuneSection:
 
 
 @dataclass
-class TuneConfig(ReportConfig, RunConfig):
-    """``specs-rl tune``: the task and shared settings of ``specs-rl compare`` plus the ``tune:`` section."""
+class TuneConfig:
+    """``specs-rl tune``: the task and shared settings (``run``, as ``specs-rl compare``'s; its keys also given at
+    the top level: ``n``, ``beta``, ``backend``, ``tabular.K``, ...), how it is shown (``report``), the study's seed,
+    warm-up and fixed own settings, and the ``tune:`` section."""
 
-    method: str = field(default="specs", metadata={"help": "not used by tune: see tune.methods"})
+    run: RunConfig = field(
+        default_factory=lambda: RunConfig(out="runs/tune"),
+        metadata={
+            "help": "the task and the settings every method shares (n: the methods' n unless tuned)",
+            **PART,
+        },
+    )
+    report: ReportConfig = field(default_factory=ReportConfig, metadata={"help": "how it is shown", **PART})
     seed: int = field(
         default=0,
         metadata={"help": "the study's seed: trial k of method m searches with a seed from (seed, m, k)"},
     )
-    out: str = field(default="runs/tune", metadata={"help": "output directory"})
     warmup: int = field(
         default=1,
         metadata={
@@ -223,7 +232,7 @@ class TuneConfig(ReportConfig, RunConfig):
     tune: TuneSection = field(default_factory=TuneSection)
 
     def validate(self) -> None:
-        super().validate()
+        self.run.validate()
         t = self.tune
         # key=value overrides inside the free-form mappings arrive as text (tune.methods.specs.beta.low=2)
         t.methods, t.method_trials, t.start = _parsed(t.methods), _parsed(t.method_trials), _parsed(t.start)
@@ -382,9 +391,9 @@ def _param_owner(cfg: TuneConfig, method: str, key: str) -> tuple[type, str]:
             raise ConfigError(
                 f"{where}: unknown parameter; a dotted key must start with a backend: {', '.join(BACKENDS)}"
             )
-        if parts[0] != cfg.backend:
-            raise ConfigError(f"{where}: the run uses backend {cfg.backend}, not {parts[0]}")
-        cls: Any = type(getattr(cfg, parts[0]))
+        if parts[0] != cfg.run.backend:
+            raise ConfigError(f"{where}: the run uses backend {cfg.run.backend}, not {parts[0]}")
+        cls: Any = type(getattr(cfg.run, parts[0]))
         for i, p in enumerate(parts[1:], 1):
             names = {f.name for f in dataclasses.fields(cls)}
             if p not in names:
@@ -402,19 +411,20 @@ def _param_owner(cfg: TuneConfig, method: str, key: str) -> tuple[type, str]:
     names = {f.name for f in dataclasses.fields(SearchConfig)}
     if key not in names:
         raise ConfigError(
-            f"{where}: unknown parameter; tunable: a search setting ({', '.join(sorted(names - {'method'}))}) or "
-            f"a key of the {cfg.backend}: section (e.g. hf.draft.temperature)"
+            f"{where}: unknown parameter; tunable: a search setting ({', '.join(sorted(names - {'strategy'}))}) or "
+            f"a key of the {cfg.run.backend}: section (e.g. hf.draft.temperature)"
         )
     pinned = METHOD_PRESETS[method]
-    if key == "method" or key in pinned:
+    if key == "strategy" or key in pinned:
         value = pinned.get(key, method)
         hint = " (= n): tune n instead" if value is None else ""
         raise ConfigError(f"{where}: {method} pins {key}={value!r}{hint}")
     if key == "n" and not uses_n(method):
         raise ConfigError(f"{where}: {method} draws one sample per step; n changes nothing")
-    if key in given_keys(cfg):
+    if key in given_keys(cfg, "run.search"):
         raise ConfigError(
-            f"{where}: {key} is also set for every method ({key}={getattr(cfg, key)!r}); set it in one place"
+            f"{where}: {key} is also set for every method ({key}={getattr(cfg.run.search, key)!r}); set it in one "
+            "place"
         )
     if key in cfg.method_settings.get(method, {}):
         raise ConfigError(f"{where}: {key} is also fixed in method_settings.{method}; set it in one place")
@@ -485,10 +495,10 @@ def trial_run(
 ) -> tuple[PlannedRun, dict[str, Any]]:
     """The planned run of one trial (its search settings: shared <- fixed own <- tuned, then the preset's pinned
     values) and its backend values (dotted keys; ``{}`` for the run's own backend section)."""
-    n = params.get("n", cfg.n) if uses_n(method) else None
+    n = params.get("n", cfg.run.search.n) if uses_n(method) else None
     own = {**cfg.method_settings.get(method, {})}
     own.update({k: v for k, v in params.items() if "." not in k and k != "n"})
-    run = plan_run(cfg, method, n, seed, own, n_free=cfg.n)
+    run = plan_run(cfg.run.search, method, n, seed, own, n_free=cfg.run.search.n)
     return run, {k: v for k, v in params.items() if "." in k}
 
 
@@ -504,33 +514,35 @@ def get_path(obj: Any, path: Sequence[str]) -> Any:
     return obj
 
 
-def with_values(cfg: Any, values: dict[str, Any]) -> Any:
-    """``cfg`` with dotted keys (``hf.draft.temperature``) replaced; the backend section validated again."""
+def with_values(run: RunConfig, values: dict[str, Any]) -> RunConfig:
+    """``run`` with dotted keys (``hf.draft.temperature``) replaced; the backend section validated again."""
     for key, value in sorted(values.items()):
-        cfg = _replace_path(cfg, key.split("."), value)
+        run = _replace_path(run, key.split("."), value)
     if values:
         try:
-            getattr(cfg, cfg.backend).validate()
+            getattr(run, run.backend).validate()
         except ValueError as e:
             raise ConfigError(str(e)) from None
-    return cfg
+    return run
 
 
 def _reference_run(cfg: TuneConfig, method: str, n: int | None, what: str) -> PlannedRun:
     if method in MATCHED_FRACTION:
         raise ConfigError(f"{what}: {method} runs at another method's measured fraction; it cannot run alone")
-    n_used = (n if n is not None else cfg.n) if uses_n(method) else None
+    n_default = cfg.run.search.n
+    n_used = (n if n is not None else n_default) if uses_n(method) else None
     if n_used is not None and n_used < 1:
         raise ConfigError(f"{what}.n must be >= 1, got {n_used}")
-    return plan_run(cfg, method, n_used, cfg.seed, cfg.method_settings.get(method), n_free=cfg.n)
+    return plan_run(
+        cfg.run.search, method, n_used, cfg.seed, cfg.method_settings.get(method), n_free=n_default
+    )
 
 
 def _check_shared(cfg: TuneConfig, method: str, n_values: Sequence[int]) -> None:
     """A shared (top-level) search key set to another value than ``method`` pins is refused, as ``compare`` refuses
     it (the preset would silently override it, and the test re-run's compare config would be refused after the
     whole study): ``score_form: exact`` at the top level with ``specs_paper`` tuned."""
-    search_fields = {f.name for f in dataclasses.fields(SearchConfig)} - {"n"}
-    shared = {k: getattr(cfg, k) for k in sorted(given_keys(cfg) & search_fields)}
+    shared = {k: getattr(cfg.run.search, k) for k in sorted(given_keys(cfg, "run.search") - {"n"})}
     clash = shared_clash(method, shared, n_values)
     if clash:
         raise ConfigError(clash)
@@ -544,7 +556,7 @@ def plan_study(cfg: TuneConfig) -> StudyPlan:
     test re-run's compare config with every method at its first point."""
     ref = cfg.tune.reference
     for method, n in [*([(ref.method, ref.n)] if ref else []), *((m, None) for m in cfg.tune.baselines)]:
-        _check_shared(cfg, method, [n if n is not None else cfg.n])
+        _check_shared(cfg, method, [n if n is not None else cfg.run.search.n])
     spaces = []
     for method, entries in cfg.tune.methods.items():
         if method in MATCHED_FRACTION:
@@ -556,7 +568,7 @@ def plan_study(cfg: TuneConfig) -> StudyPlan:
                 f"tune.methods.{method} must map parameters to ranges or choices, got {entries!r}"
             )
         params = tuple(parse_param(cfg, method, key, spec) for key, spec in entries.items())
-        _check_shared(cfg, method, next((p.probes() for p in params if p.key == "n"), [cfg.n]))
+        _check_shared(cfg, method, next((p.probes() for p in params if p.key == "n"), [cfg.run.search.n]))
         _probe(cfg, method, params)
         trials = cfg.tune.method_trials.get(method, cfg.tune.trials)
         grid = None
@@ -610,7 +622,7 @@ def _start_point(cfg: TuneConfig, method: str, params: Sequence[Param], i: int, 
         out[p.key] = v
     try:
         _, values = trial_run(cfg, method, out, cfg.seed)
-        with_values(cfg, values)
+        with_values(cfg.run, values)
     except (ConfigError, ValueError) as e:
         raise ConfigError(f"{where}: not a valid setting ({e})") from None
     return out
@@ -629,7 +641,7 @@ def _probe(cfg: TuneConfig, method: str, params: Sequence[Param]) -> None:
     for point in points:
         try:
             _, values = trial_run(cfg, method, point, cfg.seed)
-            with_values(cfg, values)
+            with_values(cfg.run, values)
         except (ConfigError, ValueError) as e:
             shown = ", ".join(f"{k}={v}" for k, v in point.items())
             raise ConfigError(f"tune.methods.{method}: {shown} is not a valid setting ({e})") from None
@@ -731,18 +743,19 @@ def retest_configs(
     reference and the baselines join the first method's. Each n-using method runs at every n its config's
     ``n_grid`` holds (compare's grid): the union of the chosen n's, the reference's and the baselines'. Checked by
     loading each as a compare config."""
-    from specs_rl.run.grid import CompareConfig
-
-    compare_keys = {f.name for f in dataclasses.fields(CompareConfig)}
-    full = to_dict(cfg)
-    base = {k: full[k] for k in sorted(given_keys(cfg)) if k in compare_keys}
-    for k in ("n", "seed", "method", "out", "methods", "n_grid", "seeds", "method_settings"):
-        base.pop(k, None)
-    base[cfg.backend] = full[cfg.backend]
-    if BACKENDS[cfg.backend].uses_data:
-        base["data"] = full["data"]
-    for k in ("wandb", "project", "plot", "progress", "warmup", "batch_size", "backend"):
-        base[k] = full[k]
+    # written in the layout users type (flat keys), as the committed compare configs are
+    run, report = to_dict(cfg.run), to_dict(cfg.report)
+    base: dict[str, Any] = {k: run["search"][k] for k in sorted(given_keys(cfg, "run.search") - {"n"})}
+    base["backend"] = cfg.run.backend
+    base[cfg.run.backend] = run[cfg.run.backend]
+    if BACKENDS[cfg.run.backend].uses_data:
+        base["data"] = run["data"]
+    base["batch_size"] = run["batch_size"]
+    for k in ("wandb", "project", "plot", "progress"):
+        base[k] = report[k]
+    if "report.wandb_dir" in given_keys(cfg):
+        base["wandb_dir"] = report["wandb_dir"]
+    base["warmup"] = cfg.warmup
     base["order"] = "problem"
 
     groups: list[dict[str, Any]] = []  # {"values": {...}, "methods": {name: own}, "n": set, "tuned", "fixed"}
@@ -764,8 +777,8 @@ def retest_configs(
     for space in plan.spaces:
         if space.method in chosen:
             params, own = chosen[space.method]
-            n = params.get("n", cfg.n) if uses_n(space.method) else None
-            values = {k: v for k, v in params.items() if "." in k and get_path(cfg, k.split(".")) != v}
+            n = params.get("n", cfg.run.search.n) if uses_n(space.method) else None
+            values = {k: v for k, v in params.items() if "." in k and get_path(cfg.run, k.split(".")) != v}
             add(space.method, n, own, values, "tuned")
     for run in (*([plan.reference] if plan.reference else []), *plan.baselines):
         add(run.method, run.n, dict(run.settings), None, "fixed")
@@ -775,12 +788,12 @@ def retest_configs(
         d = _set_dotted(dict(base), g["values"])
         d = _set_dotted(d, cfg.tune.test.set)
         d["methods"] = list(g["methods"])
-        d["n_grid"] = sorted(g["n"]) or [cfg.n]
+        d["n_grid"] = sorted(g["n"]) or [cfg.run.search.n]
         d["seeds"] = list(cfg.tune.test.seeds)
         settings = {m: own for m, own in g["methods"].items() if own}
         if settings:
             d["method_settings"] = settings
-        d["out"] = str(Path(cfg.out) / ("test" if i == 0 else f"test-{i}"))
+        d["out"] = str(Path(cfg.run.out) / ("test" if i == 0 else f"test-{i}"))
         _check_compare(d)
         out.append({"config": d, "tuned": g["tuned"], "fixed": g["fixed"]})
     return out
