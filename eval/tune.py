@@ -60,6 +60,7 @@ from specs_rl.run.tune import (
     TUNE_PRESENTATION_KEYS,
     TuneConfig,
     check_rungs,
+    check_test_ids,
     choose,
     format_front,
     front,
@@ -88,6 +89,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     tasks = TaskCache(cfg, cfg.tune.task_cache, cfg.warmup)  # the tune problems and models, built once
     problems = len(tasks.base.problems)
     check_rungs(cfg, problems)
+    check_test_ids(
+        cfg, [p.id for p in tasks.base.problems]
+    )  # the held-out set shares no problem: before any trial
     out = prepare_run_dir(cfg.run.out, cfg, ignore=TUNE_PRESENTATION_KEYS)
     simulated = isinstance(tasks.base.parts.clock, SimClock)
     started = time.monotonic()

@@ -22,13 +22,15 @@ pytest.importorskip("optuna")
 
 import eval.tune as tune_cmd  # noqa: E402
 import specs_rl.run.grid as grid  # noqa: E402
-from specs_rl.config import load_config  # noqa: E402
+from specs_rl.config import ConfigError, load_config  # noqa: E402
 from specs_rl.methods import METHOD_PRESETS  # noqa: E402
 from specs_rl.run import CompareConfig, plan_runs, read_results  # noqa: E402
 from specs_rl.run.trials import TaskCache, TrialRunner, beaten_by  # noqa: E402
 from specs_rl.run.tune import (  # noqa: E402
     ChoiceRule,
     TuneConfig,
+    check_test_ids,
+    check_test_set,
     choose,
     front,
     plan_study,
@@ -699,3 +701,40 @@ def test_workers_share_one_storage(fast_dir, capsys):
     assert not (fast_dir / "c").exists()  # refused before anything was written
     assert tune_cmd.main([*other, "tune.storage=postgresql://nobody@127.0.0.1:1/none"]) == 2
     assert "tune.storage: cannot open 127.0.0.1:1/none (" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize(
+    ("test_set", "message"),
+    [
+        (
+            "{tabular.tree_seed: 5}",
+            "tree seeds 5..11 are in both",
+        ),  # trees 5..16 against the tune trees 0..11
+        ("{tabular.problems: 3}", "tree seeds 0..2 are in both"),  # the first tune trees again
+        ("{K: 4}", "tree seeds 0..11 are in both"),  # a flat key: the same world, the same trees
+    ],
+)
+def test_a_test_set_that_overlaps_the_tune_problems_is_refused_before_any_trial(
+    tmp_path, capsys, test_set, message
+):
+    """Tuning never sees its test set: a tune.test.set that gives tune problems again is refused in one line,
+    before anything is loaded or written."""
+    out = tmp_path / "never"
+    args = ["--config", TUNE_TAB, f"out={out}", *SMALL, *QUIET, f"tune.test.set={test_set}"]
+    assert tune_cmd.main(args) == 2
+    err = capsys.readouterr().err
+    assert "overlaps the tune problems" in err and message in err and err.count("\n") == 1, err
+    assert not out.exists()
+
+
+def test_a_test_set_of_the_tune_split_is_refused_and_another_split_is_not():
+    base = ["backend=hf", "data.dataset=toymath", "data.split=tune", "data.limit=20", "hf.draft.name=d"]
+    base += ["hf.target.name=t", "hf.prm.name=p"]
+    with pytest.raises(ConfigError, match="the same toymath split 'tune' with overlapping slices"):
+        check_test_set(load_config(TuneConfig, TUNE_TAB, [*base, "tune.test.set={data.start: 10}"]))
+    check_test_set(load_config(TuneConfig, TUNE_TAB, [*base, "tune.test.set={data.start: 20}"]))  # disjoint
+    check_test_set(load_config(TuneConfig, TUNE_TAB, [*base, "tune.test.set={data.split: test}"]))
+    cfg = load_config(TuneConfig, TUNE_TAB, [*base, "tune.test.set={data.split: test}"])
+    with pytest.raises(ConfigError, match="problem ids toymath-test-0"):  # ids shared by the two sets
+        check_test_ids(cfg, ["toymath-test-0", "toymath-tune-1"])
+    check_test_ids(cfg, ["toymath-tune-0", "toymath-tune-1"])

@@ -37,6 +37,7 @@ from specs_rl.config import (
     PART,
     ConfigError,
     RawValue,
+    full_key,
     _parse_scalar,  # the override parser (inf, -inf, YAML)
     given_keys,
     to_dict,
@@ -589,6 +590,7 @@ def plan_study(cfg: TuneConfig) -> StudyPlan:
     for method in cfg.tune.start:
         if method not in cfg.tune.methods:
             raise ConfigError(f"tune.start.{method}: {method} is not in tune.methods")
+    check_test_set(cfg)
     reference = None if ref is None else _reference_run(cfg, ref.method, ref.n, "tune.reference")
     baselines = tuple(_reference_run(cfg, m, None, f"tune.baselines.{m}") for m in cfg.tune.baselines)
     plan = StudyPlan(tuple(spaces), reference, baselines)
@@ -645,6 +647,82 @@ def _probe(cfg: TuneConfig, method: str, params: Sequence[Param]) -> None:
         except (ConfigError, ValueError) as e:
             shown = ", ".join(f"{k}={v}" for k, v in point.items())
             raise ConfigError(f"tune.methods.{method}: {shown} is not a valid setting ({e})") from None
+
+
+def test_run(cfg: TuneConfig) -> RunConfig:
+    """The run of the held-out problems: the tune run with ``tune.test.set``'s keys applied (typed as the run's)."""
+    run = cfg.run
+    for key, value in sorted(cfg.tune.test.set.items()):
+        path = full_key(RunConfig, key).split(".")
+        *parents, leaf = path
+        try:
+            owner = type(get_path(run, parents))
+            typed = typed_fields(owner, {leaf: value}, f"tune.test.set.{'.'.join(parents + [''])}")[leaf]
+        except (AttributeError, TypeError):
+            raise ConfigError(f"tune.test.set.{key}: not a key of the run") from None
+        run = _replace_path(run, path, typed)
+    return run
+
+
+def _span(start: int, count: int | None) -> tuple[int, float]:
+    return start, math.inf if count is None else start + count
+
+
+def check_test_set(cfg: TuneConfig) -> None:
+    """Tuning never sees its test set: ``tune.test.set`` must not give the tune problems again. Refused in one line,
+    before anything is loaded: on a random tabular world, tree seeds shared by the two sets (or one tree file for
+    both); on a dataset, the same source and split with overlapping slices. (:func:`check_test_ids` compares the
+    problem ids once the tune problems are loaded.)"""
+    tune, test = cfg.run, test_run(cfg)
+    where = f"tune.test.set={cfg.tune.test.set}"
+    if tune.backend != test.backend:
+        return
+    if not BACKENDS[tune.backend].uses_data:
+        a, b = tune.tabular, test.tabular
+        if a.tree is not None or b.tree is not None:
+            if a.tree == b.tree:
+                raise ConfigError(f"{where} overlaps the tune problems: both search the tree file {a.tree}")
+            return
+        lo, hi = max(a.tree_seed, b.tree_seed), min(a.tree_seed + a.problems, b.tree_seed + b.problems)
+        if lo < hi:
+            raise ConfigError(
+                f"{where} overlaps the tune problems: tree seeds {lo}..{hi - 1} are in both (tune: "
+                f"{a.tree_seed}..{a.tree_seed + a.problems - 1}, test: {b.tree_seed}..{b.tree_seed + b.problems - 1}); "
+                "move tabular.tree_seed past the tune trees"
+            )
+        return
+    a, b = tune.data, test.data
+    source = ("dataset", "path", "subset", "split", "toymath")
+    if all(getattr(a, k) == getattr(b, k) for k in source):
+        (s1, e1), (s2, e2) = _span(a.start, a.limit), _span(b.start, b.limit)
+        if max(s1, s2) < min(e1, e2):
+            raise ConfigError(
+                f"{where} overlaps the tune problems: the same {a.dataset} split {a.split!r} with overlapping "
+                f"slices (tune: start {a.start}, limit {a.limit}; test: start {b.start}, limit {b.limit}); use "
+                "another split or a disjoint slice"
+            )
+
+
+def check_test_ids(cfg: TuneConfig, tune_ids: Sequence[str]) -> None:
+    """The held-out problems of a dataset share no problem id with the tune problems (read once the tune task is
+    built, before any trial; ids that are only row positions say nothing across splits and are not compared)."""
+    from specs_rl.datasets import load_problems
+
+    test = test_run(cfg)
+    if not BACKENDS[test.backend].uses_data:
+        return
+    try:
+        problems = load_problems(test.data)
+    except SpecsError as e:
+        raise ConfigError(f"tune.test.set: the held-out problems do not load ({e})") from None
+    named = {p.id for p in problems if p.id != str(p.meta.get("row"))}
+    shared = sorted(named & set(tune_ids))
+    if shared:
+        more = f" and {len(shared) - 3} more" if len(shared) > 3 else ""
+        raise ConfigError(
+            f"tune.test.set={cfg.tune.test.set} overlaps the tune problems: problem ids {', '.join(shared[:3])}{more} "
+            "are in both"
+        )
 
 
 def check_rungs(cfg: TuneConfig, problems: int) -> None:
