@@ -45,17 +45,7 @@ from specs_rl.interfaces import SimClock
 from specs_rl.methods import uses_n
 from specs_rl.run import check_extras, check_run_dir, prepare_run_dir, read_results, run_grid, write_json
 from specs_rl.run.report import log_wandb
-from specs_rl.run.study import (
-    check_optuna,
-    check_storage,
-    collect_trials,
-    open_studies,
-    run_trials,
-    storage_url,
-    study_names,
-)
 from specs_rl.run.summary import aggregate_rows, summary_rows
-from specs_rl.run.trials import TaskCache, TrialRunner, run_result
 from specs_rl.run.tune import (
     TUNE_PRESENTATION_KEYS,
     TuneConfig,
@@ -71,6 +61,16 @@ from specs_rl.run.tune import (
     rule_text,
     trial_run,
 )
+from specs_rl.run.tune.study import (
+    check_optuna,
+    check_storage,
+    collect_trials,
+    open_studies,
+    run_trials,
+    storage_url,
+    study_names,
+)
+from specs_rl.run.tune.trials import TaskCache, TrialRunner, run_result
 
 NO_CHOICE = 3  # exit status: the study ran, but no completed trial of the first method meets the rule
 

@@ -339,6 +339,18 @@ def full_key(cls: type, key: str) -> str:
     return alias + (dot + (full_key(leaf, rest) if leaf is not None else rest) if dot else "")
 
 
+def user_key(cls: type, key: str) -> str:
+    """A key of ``cls`` in the spelling :func:`flat_settings` uses (a part's name left out): ``K`` and
+    ``run.tabular.K`` are ``tabular.K``, ``search.beta`` is ``beta``."""
+    out, sub = [], cls
+    for part in full_key(cls, key).split("."):
+        f = next((f for f in dataclasses.fields(sub) if f.name == part), None) if sub is not None else None
+        if f is None or not f.metadata.get("part"):
+            out.append(part)
+        sub = _section_type(_hints(sub)[part]) if f is not None else None
+    return ".".join(out)
+
+
 def _leaf_paths(cls: type, data: dict[str, Any], prefix: str = "") -> set[str]:
     """The full dotted paths of the settings ``data`` (already lifted) gives."""
     hints = _hints(cls)

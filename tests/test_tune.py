@@ -25,7 +25,6 @@ import specs_rl.run.grid as grid  # noqa: E402
 from specs_rl.config import ConfigError, load_config  # noqa: E402
 from specs_rl.methods import METHOD_PRESETS  # noqa: E402
 from specs_rl.run import CompareConfig, plan_runs, read_results  # noqa: E402
-from specs_rl.run.trials import TaskCache, TrialRunner, beaten_by  # noqa: E402
 from specs_rl.run.tune import (  # noqa: E402
     ChoiceRule,
     TuneConfig,
@@ -38,6 +37,7 @@ from specs_rl.run.tune import (  # noqa: E402
     trial_run,
     trial_seed,
 )
+from specs_rl.run.tune.trials import TaskCache, TrialRunner, beaten_by  # noqa: E402
 from specs_rl.tracking import find_offline_runs, read_offline_run  # noqa: E402
 
 from .conftest import REPO  # noqa: E402

@@ -12,9 +12,7 @@ theory workbench). Backends register in :mod:`specs_rl.run.backends`.
 | ``summary`` | accuracy intervals, latency statistics, ratios over repeats |
 | ``report`` | the table, the plot, W&B |
 | ``rundir`` | the run directory's identity check |
-| ``tune`` | ``specs-rl tune``: ``TuneConfig``, the search space, the choice rules, the test re-run's configs |
-| ``trials`` | a tuning trial: tasks per backend value, rungs over growing problem prefixes, the stopping rule |
-| ``study`` | the Optuna study (imports optuna): the store, the trial loop, resume after a kill |
+| ``tune`` | ``specs-rl tune``, a package: ``config``, ``space``, ``trials``, ``study`` (optuna), ``choose``, ``retest``, ``report`` |
 """
 
 from specs_rl.run.backends import BACKENDS, Backend, build_task, with_backends

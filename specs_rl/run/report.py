@@ -133,6 +133,49 @@ def point_label(row: dict[str, Any]) -> str:
     return row["method"] + ("" if row["n"] is None else f" n={row['n']}")
 
 
+def new_plot(size: tuple[float, float] = (7.5, 5)) -> tuple[Any, Any, Any]:
+    """``(plt, fig, ax)`` of an accuracy-latency figure (matplotlib imported here, headless)."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=size, dpi=110)
+    return plt, fig, ax
+
+
+def method_colors(plt: Any, methods: Sequence[str]) -> dict[str, Any]:
+    """One colour per method, in the order given (tab10, tab20 past ten methods)."""
+    cmap = plt.get_cmap("tab10" if len(methods) <= 10 else "tab20")
+    return {m: cmap(i % cmap.N) for i, m in enumerate(methods)}
+
+
+def finish_plot(
+    plt: Any,
+    fig: Any,
+    ax: Any,
+    path: Path,
+    latencies: Sequence[float],
+    title: str,
+    *,
+    legend: dict[str, Any] | None,
+) -> None:
+    """The accuracy-latency axes (latency on a log scale when it spans more than 20x), the title, the legend
+    (``legend``: its keyword arguments; None: no legend), saved to ``path`` and closed."""
+    lats = [x for x in latencies if x > 0]
+    if lats and max(lats) / min(lats) > 20:
+        ax.set_xscale("log")
+    ax.set_xlabel("mean latency per problem (s)")
+    ax.set_ylabel("accuracy")
+    ax.set_title(title)
+    ax.grid(alpha=0.3)
+    if legend is not None:
+        ax.legend(**legend)
+    fig.tight_layout()
+    fig.savefig(path)
+    plt.close(fig)
+
+
 def plot_accuracy_latency(
     aggregate: Sequence[dict[str, Any]],
     path: Path,
@@ -143,15 +186,10 @@ def plot_accuracy_latency(
     method through its n grid, the Pareto front dashed. ``marks``: extra labelled points drawn on top
     (``{"label", "latency_mean_s", "accuracy", "marker"?}``, e.g. a tuner's choice). Returns
     ``{"path", "points", "pareto"}``."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
+    plt, fig, ax = new_plot()
     pts = [a for a in aggregate if a.get("accuracy") is not None and a["latency_mean_s"] is not None]
-    fig, ax = plt.subplots(figsize=(7.5, 5), dpi=110)
     methods = list(dict.fromkeys(a["method"] for a in pts))
-    cmap = plt.get_cmap("tab10" if len(methods) <= 10 else "tab20")
+    colors = method_colors(plt, methods)
     drawn = 0
     for m_i, m in enumerate(methods):
         mine = sorted((a for a in pts if a["method"] == m), key=lambda a: (a["n"] is None, a["n"] or 0))
@@ -159,7 +197,7 @@ def plot_accuracy_latency(
         ys = [a["accuracy"] for a in mine]
         lo = [max(0.0, a["accuracy"] - a["accuracy_ci"][0]) for a in mine]  # Wilson bounds may round past it
         hi = [max(0.0, a["accuracy_ci"][1] - a["accuracy"]) for a in mine]
-        color = cmap(m_i % cmap.N)
+        color = colors[m]
         ax.errorbar(xs, ys, yerr=[lo, hi], fmt="none", ecolor=color, alpha=0.3, capsize=2)
         ax.plot(xs, ys, "-", color=color, alpha=0.5, lw=1)
         marker = "osD^vPX*h<>p"[m_i % 12]  # shapes too, so methods that coincide stay visible
@@ -183,18 +221,9 @@ def plot_accuracy_latency(
         fx = [pts[i]["latency_mean_s"] for i in front]
         fy = [pts[i]["accuracy"] for i in front]
         ax.step(fx, fy, where="post", ls="--", color="black", lw=1, label="Pareto front", zorder=2)
-    lats = [a["latency_mean_s"] for a in pts if a["latency_mean_s"] > 0]
-    if lats and max(lats) / min(lats) > 20:
-        ax.set_xscale("log")
-    ax.set_xlabel("mean latency per problem (s)")
-    ax.set_ylabel("accuracy")
-    ax.set_title(title or "accuracy vs latency")
-    ax.grid(alpha=0.3)
-    if pts or marks:
-        ax.legend(fontsize=8, loc="best")
-    fig.tight_layout()
-    fig.savefig(path)
-    plt.close(fig)
+    legend = {"fontsize": 8, "loc": "best"} if pts or marks else None
+    lats = [a["latency_mean_s"] for a in pts]
+    finish_plot(plt, fig, ax, path, lats, title or "accuracy vs latency", legend=legend)
     return {"path": path.name, "points": drawn, "pareto": [point_label(pts[i]) for i in front]}
 
 

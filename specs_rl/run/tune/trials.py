@@ -22,7 +22,8 @@ from specs_rl.run.backends import build_task
 from specs_rl.run.grid import PlannedRun, search_task, warm_up
 from specs_rl.run.records import ResultsWriter, record_key
 from specs_rl.run.summary import summarize
-from specs_rl.run.tune import StudyPlan, TuneConfig, get_path, trial_run, with_values
+from specs_rl.run.tune.config import TuneConfig, get_path, with_values
+from specs_rl.run.tune.space import StudyPlan, trial_run
 
 
 class TaskCache:
