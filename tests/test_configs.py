@@ -172,3 +172,16 @@ def test_help_of_every_run_command_shows_each_flat_key_with_its_path(command, ca
         assert "  hf.draft.temperature [run.hf.draft.temperature]" in out
     if command in ("compare", "demo"):
         assert "  methods [grid.methods]" in out and "  wandb [report.wandb]" in out
+
+
+@pytest.mark.parametrize("group", ["search", "demo", "tune", "eval"])
+def test_serve_reads_the_run_of_any_recipes_config(group):
+    """``specs-rl serve`` takes a search, compare, demo or tune config: their other keys are skipped, an unknown
+    key is still refused."""
+    from eval.serve import serve_config
+    from specs_rl.config import ConfigError
+
+    for path in sorted((REPO / "configs" / group).glob("*.yaml")):
+        assert serve_config(["--config", str(path)]).run.hf.draft.name
+    with pytest.raises(ConfigError, match="unknown config key 'colour'"):
+        serve_config(["--config", str(path), "colour=1"])
