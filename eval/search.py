@@ -1,8 +1,11 @@
 """``specs-rl search``: one method (a preset of :mod:`specs_rl.methods`) over one task.
 
     specs-rl search --config configs/search/tabular.yaml n=8 beta=2.0 out=runs/tab
+    specs-rl search --config configs/search/tabular.yaml method=beam_search_target out=runs/tab-bs
 
-Writes into ``out``: ``results.jsonl`` (one record per problem, appended and fsynced as each finishes; a rerun of
+``method`` is a preset, applied as ``specs-rl compare`` applies it: its pinned settings (strategy, score form, ...)
+over the run's; a run key set to another value than the preset pins is refused, and so is a strategy name
+(``beam_search``), with the presets that run it. Writes into ``out``: ``results.jsonl`` (one record per problem, appended and fsynced as each finishes; a rerun of
 the same command resumes), ``summary.json`` and the resolved ``config.yaml``.
 """
 

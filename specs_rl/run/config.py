@@ -8,7 +8,6 @@ Sections marked ``flat`` lend their keys to the level above (:mod:`specs_rl.conf
 
 from __future__ import annotations
 
-import dataclasses
 from dataclasses import dataclass, field
 
 from specs_rl.config import PART, ConfigError, given_keys
@@ -95,7 +94,3 @@ class SearchRunConfig:
         except SpecsError as e:
             raise ConfigError(str(e)) from None
 
-
-def replace_search(run: RunConfig, **changes: object) -> RunConfig:
-    """``run`` with some search settings changed."""
-    return dataclasses.replace(run, search=dataclasses.replace(run.search, **changes))
