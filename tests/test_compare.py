@@ -25,9 +25,7 @@ from specs_rl.config import given_keys, load_config
 from specs_rl.settings import SearchConfig
 from specs_rl.tracking import find_offline_runs, read_offline_run
 
-from .conftest import REPO, SHARED_DATA
-
-needs_data = pytest.mark.skipif(not SHARED_DATA.is_dir(), reason="../shared/data is absent")
+from .conftest import DATA, REPO
 
 TINY = str(REPO / "configs" / "eval" / "tiny.yaml")  # tiny random HF models on 5 MATH-500 problems
 TAB = str(
@@ -439,7 +437,7 @@ def _tiny_hf_checks(out: Path, methods: list[str], seeds: list[int]) -> dict:
     records = [json.loads(x) for x in _lines(out / "results.jsonl")]
     n_runs = len(methods) * len(seeds)  # n_grid is [2]: one run per method and seed
     assert len(records) == 5 * n_runs and len({_key(r) for r in records}) == len(records)
-    ids = [json.loads(x)["unique_id"] for x in (SHARED_DATA / "math500_test.jsonl").open()][:5]
+    ids = [json.loads(x)["unique_id"] for x in (DATA / "math500_test.jsonl").open()][:5]
     assert {r["id"] for r in records} == set(ids)
     assert all(r["grader"] == {"name": "math-verify", "version": "0.9.0"} for r in records)
     assert all(r["correct"] is False and "gold" in r and "pred" in r for r in records)  # random models
@@ -462,7 +460,6 @@ def _tiny_hf_checks(out: Path, methods: list[str], seeds: list[int]) -> dict:
     return summary
 
 
-@needs_data
 def test_end_to_end_tiny_hf_models_on_5_math500_problems(tmp_path, monkeypatch, count_searches, capsys):
     """The tiny config (random HF models, Math-Verify grading), cut to one seed and three methods for time."""
     monkeypatch.setenv("WANDB_MODE", "offline")
@@ -483,7 +480,6 @@ def test_end_to_end_tiny_hf_models_on_5_math500_problems(tmp_path, monkeypatch, 
     assert count_searches == []
 
 
-@needs_data
 def test_hf_input_errors_come_before_any_file(tmp_path, capsys):
     out = tmp_path / "never"
     for override, message in (
@@ -498,7 +494,6 @@ def test_hf_input_errors_come_before_any_file(tmp_path, capsys):
 
 
 @pytest.mark.slow
-@needs_data
 def test_the_tiny_config_as_written(tmp_path, monkeypatch):
     """``specs-rl compare --config configs/eval/tiny.yaml`` exactly as the YAML says (about a minute here)."""
     monkeypatch.setenv("WANDB_MODE", "offline")
@@ -612,20 +607,22 @@ def test_the_peers_config_plans_the_head_to_head_and_runs_on_a_tiny_world(tmp_pa
         3,
     )
     assert set(cfg.grid.methods) == {
-        *("specs", "specs_paper", "gsi", "rsd", "rsd_bon"),
+        *("specs", "specs_paper", "gsi", "rsd", "rsd_bon", "specreason"),
         *("beam_search_target", "beam_search_draft", "best_of_n", "target_only"),
     }
     runs = run.plan_runs(cfg)
-    assert len(runs) == (7 * 2 + 2) * 3  # rsd and target_only do not depend on n
+    assert len(runs) == (7 * 2 + 3) * 3  # rsd, specreason and target_only do not depend on n
     # every method that has thresholds or a beta runs at its own settings, nothing of them is shared
-    assert set(cfg.grid.method_settings) == {"specs", "specs_paper", "gsi", "rsd", "rsd_bon"}
-    assert not given_keys(cfg) & {
+    assert set(cfg.grid.method_settings) == {"specs", "specs_paper", "gsi", "rsd", "rsd_bon", "specreason"}
+    assert not given_keys(cfg, "run.search") & {
         "beta",
         "temperature",
         "tau_reject",
         "tau_switch",
         "rsd_delta",
         "start_mode",
+        "judge",
+        "judge_threshold",
     }
     by = {r.method: r.config for r in runs if (r.n, r.seed) in ((4, 0), (None, 0))}
     assert (by["gsi"].acceptance, by["gsi"].tau_switch, by["gsi"].score_form) == (
@@ -635,12 +632,13 @@ def test_the_peers_config_plans_the_head_to_head_and_runs_on_a_tiny_world(tmp_pa
     )
     assert (by["specs_paper"].score_form, by["specs_paper"].start_mode) == ("mean", "target")
     assert (by["rsd_bon"].accept_test, by["specs"].acceptance) == ("reward", "filter")
+    assert (by["specreason"].strategy, by["specreason"].judge) == ("specreason", "prm")
 
     out = tmp_path / "peers"
     tiny = ["backend=tabular", "tabular.problems=3", "seeds=[0]", *QUIET, f"out={out}"]
     assert compare.main(["--config", PEERS, *tiny]) == 0
     records = [json.loads(x) for x in _lines(out / "results.jsonl")]
-    assert len(records) == (7 * 2 + 2) * 3
+    assert len(records) == (7 * 2 + 3) * 3
     for r in records:
         assert r.get("settings", {}) == cfg.grid.method_settings.get(r["method"], {})
     assert {r["strategy"] for r in records if r["method"] in ("gsi", "rsd_bon", "specs_paper")} == {"specs"}

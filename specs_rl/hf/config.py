@@ -261,6 +261,19 @@ class HFConfig:
             "help": "system message in the chat template (authors' code: the paper's instruction; null: none)"
         },
     )
+    judge_prompt: str | None = field(
+        default=None,
+        metadata={
+            "help": "specreason, judge: target: the instruction the target reads after the step (null: the "
+            "paper's, ruipeterpan/specreason spec_reason.py get_score)"
+        },
+    )
+    judge_answer_prefix: str = field(
+        default="I think the quality score is: ",
+        metadata={
+            "help": "specreason, judge: target: the start of the judge's answer, before the digit (paper)"
+        },
+    )
     cache_prompts: int = field(
         default=16,
         metadata={

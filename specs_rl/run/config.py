@@ -93,4 +93,3 @@ class SearchRunConfig:
             return preset(search, self.method)
         except SpecsError as e:
             raise ConfigError(str(e)) from None
-

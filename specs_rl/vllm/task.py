@@ -198,8 +198,10 @@ def build_parts(
     vc: VLLMConfig, hf: HFConfig, *, probe: Problem | None = None
 ) -> tuple[SearchParts, ServedParts]:
     """The search parts of ``backend: vllm`` and what serves them; see the module docstring for the checks."""
+    from specs_rl.hf.judge import DEFAULT_JUDGE_PROMPT
     from specs_rl.hf.parts import boxed_answer, same_tokenizer
     from specs_rl.vllm.client import Endpoint, ServedClient
+    from specs_rl.vllm.judge import VLLMJudge
     from specs_rl.vllm.parts import (
         MeteredRewardModel,
         PooledWallClock,
@@ -320,6 +322,15 @@ def build_parts(
         prm=prm,
         clock=PooledWallClock(),
         answer_of=boxed_answer,
+        judge=VLLMJudge(
+            client,
+            endpoints["target"],
+            toks["target"],
+            prompt=hf.judge_prompt or DEFAULT_JUDGE_PROMPT,
+            answer_prefix=hf.judge_answer_prefix,
+            chat_template=hf.chat_template,
+            system_prompt=hf.system_prompt,
+        ),
     )
     return parts, ServedParts(client, endpoints, servers, prm_kind)
 
