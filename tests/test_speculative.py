@@ -330,10 +330,15 @@ def spec_parts(k: int = 3, **kw):
     return tiny_parts(seed=0, max_step_tokens=6, max_tokens=40, target=target, **kw)
 
 
-def test_speculative_steps_continue_cached_states_and_match_the_scorer():
+@pytest.fixture(scope="module")
+def sparts():
+    return spec_parts(k=2)
+
+
+def test_speculative_steps_continue_cached_states_and_match_the_scorer(sparts):
     """Over several steps, each starting from the states the previous one left in both caches, the target's
     log-probs of the speculatively written tokens equal the scorer's (one pass over the same tokens)."""
-    parts = spec_parts()
+    parts = sparts
     assert isinstance(parts.target, SpeculativeSampler)
     traces = [Trace(PROMPT), Trace(Problem("q", "Compute 7 * 6, then explain."))]
     worst, steps = 0.0, 0
@@ -350,11 +355,10 @@ def test_speculative_steps_continue_cached_states_and_match_the_scorer():
     assert steps >= 12 and worst < 1e-4
 
 
-def test_target_only_with_speculative_tokens_records_acceptance():
+def test_target_only_with_speculative_tokens_records_acceptance(sparts):
     from specs_rl.run.records import result_record
 
-    parts = spec_parts(k=2)
-    results = run_search([PROMPT], SearchConfig(method="target_only", max_steps=3), parts, gen(0))
+    results = run_search([PROMPT], SearchConfig(method="target_only", max_steps=3), sparts, gen(0))
     tok = results[0].ledger.tokens
     assert tok["target_rounds"] > 0 and tok["target_proposed"] >= tok["target_accepted"]
     assert tok["target_proposed"] <= 2 * tok["target_rounds"]
@@ -376,3 +380,23 @@ def test_speculative_tokens_needs_a_shared_tokenizer_and_belongs_to_the_target()
         )
     with pytest.raises(SpecsError, match=r"hf.target.speculative_tokens must be >= 0"):
         spec_parts(k=-1)
+
+
+@pytest.mark.parametrize(
+    "settings",
+    [
+        dict(method="beam_search", n=4, beam_width=2),
+        dict(method="best_of_n", n=2),
+        dict(method="dvts", n=4, beam_width=2),
+        dict(method="specs", n=2, start_mode="target", tau_switch=2.0),  # rewards <= 1: the target writes on
+        dict(
+            method="rsd", n=1, rsd_delta=2.0
+        ),  # every draft step fails the threshold: the target rewrites it
+    ],
+    ids=lambda s: s["method"],
+)
+def test_every_method_where_the_target_writes_uses_speculative_steps(sparts, settings):
+    (res,) = run_search([PROMPT], SearchConfig(max_steps=2, **settings), sparts, gen(0))
+    tok = res.ledger.tokens
+    assert tok["target_generate"] > 0 and tok["target_rounds"] > 0
+    assert 0 <= tok["target_accepted"] <= tok["target_proposed"] <= 2 * tok["target_rounds"]
