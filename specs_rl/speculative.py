@@ -18,6 +18,12 @@ The emitted tokens follow the target's law exactly (Leviathan et al. 2023, Chen 
 ``p = q`` every token is kept. Sampling is by inverse CDF (``token = the first index whose CDF exceeds u · total``),
 as :func:`specs_rl.hf.lm.sample_from_logits` does, so a fixed stream of uniforms gives fixed tokens.
 
+Token level only. The same rule over whole steps (keep a draft step ``y`` with probability ``min(1, π_t(y)/π_d(y))``,
+else draw from the residual over steps) is exact too, and on the tabular world, whose steps are enumerable with
+exact probabilities, it could be written down; with real models the residual ``max(0, π_t - π_d)`` over all possible
+steps cannot be normalized or sampled, so the step-level analogue is not an implementable exact sampler there
+(step-level peers such as SpecReason accept by a judge instead, and are not lossless).
+
 Rows may propose fewer than ``k`` tokens (``proposed[b] < k``): positions at or beyond ``proposed[b]`` are never kept,
 and the token after the last proposed one is the bonus draw from ``p_{proposed[b]+1}``.
 """
