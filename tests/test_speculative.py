@@ -400,3 +400,15 @@ def test_every_method_where_the_target_writes_uses_speculative_steps(sparts, set
     tok = res.ledger.tokens
     assert tok["target_generate"] > 0 and tok["target_rounds"] > 0
     assert 0 <= tok["target_accepted"] <= tok["target_proposed"] <= 2 * tok["target_rounds"]
+
+
+def test_each_prefix_draws_from_its_own_generator(sparts):
+    """A batched call with one generator per prefix equals single-prefix calls with generators in the same state
+    (a row's tokens and counts do not depend on the other rows), and two prefixes with the same prompt differ."""
+    problems = [PROMPT, Problem("q", "Compute 7 * 6, then explain."), Problem("r", PROMPT.prompt)]
+    traces = [Trace(p) for p in problems]
+    both = sparts.target.propose(traces, 3, [gen(20 + i) for i in range(3)])
+    for i, (t, row) in enumerate(zip(traces, both)):
+        (single,) = sparts.target.propose([t], 3, [gen(20 + i)])
+        assert [(c.token_ids, c.speculation) for c in row] == [(c.token_ids, c.speculation) for c in single]
+    assert [c.token_ids for c in both[0]] != [c.token_ids for c in both[2]]

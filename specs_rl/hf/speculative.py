@@ -14,8 +14,8 @@ Rejected proposals are rolled back by masking their suffix entries out of attent
 the end of a step each unfinished row leaves, in each model's cache, the state of its tokens that model has read
 (the target: all but the last), for the next step to extend.
 
-Randomness. A row's stream is seeded as in ``HFSampler`` (by the call seed, the prefix, the candidate index and
-the prefix's occurrence) and each round draws ``2k + 1`` uniforms from it: ``k`` for the draft's tokens, ``k`` for
+Randomness. A row's stream is seeded as in ``HFSampler`` (by its prefix's call seed drawn from that prefix's
+generator, the prefix, the candidate index and the prefix's occurrence) and each round draws ``2k + 1`` uniforms from it: ``k`` for the draft's tokens, ``k`` for
 the keep tests, one for the residual or bonus token. A row's tokens do not depend on the other rows of the batch.
 """
 
@@ -32,6 +32,7 @@ from specs_rl.hf.cascade import make_suffix_cache
 from specs_rl.hf.engine import State
 from specs_rl.hf.lm import HFSampler, _Row, _row_seed
 from specs_rl.hf.text import StepStop
+from specs_rl.interfaces import Generators, prefix_seeds
 from specs_rl.speculative import processed_logprobs, sample_from_probs, speculative_sample
 from specs_rl.types import Candidate, Speculation, Trace
 
@@ -80,13 +81,12 @@ class SpeculativeSampler:
         self.k = k
 
     def propose(
-        self, prefixes: Sequence[Trace], n: int, generator: torch.Generator, *, to_end: bool = False
+        self, prefixes: Sequence[Trace], n: int, generators: Generators, *, to_end: bool = False
     ) -> list[list[Candidate]]:
         if n < 1:
             raise ValueError(f"n must be >= 1, got {n}")
         if not prefixes:
             return []
-        call_seed = int(torch.randint(0, 2**62, (1,), generator=generator))
         tgt = self.target
         lm_t, lm_d = tgt.lm, self.draft.lm
         if lm_t.text is not tgt.stop.text:
@@ -94,9 +94,10 @@ class SpeculativeSampler:
         with torch.inference_mode(), lm_t.stack.lock, lm_d.stack.lock:
             keys_t = [lm_t.key(t) for t in prefixes]
             keys_d = [lm_d.key(t) for t in prefixes]
+            seeds = prefix_seeds(generators, [ids for _, ids in keys_t])  # (call seed, occurrence) per prefix
             states_t = lm_t.states(keys_t)
             states_d = lm_d.states(keys_d)
-            rows = self._generate(keys_t, states_t, states_d, n, call_seed, to_end)
+            rows = self._generate(keys_t, states_t, states_d, n, seeds, to_end)
             pk_t = [pids for pids, _ in keys_t]
             pk_d = [pids for pids, _ in keys_d]
             kept_t = [*zip(pk_t, states_t)]
@@ -128,7 +129,7 @@ class SpeculativeSampler:
         states_t: Sequence[State],
         states_d: Sequence[State],
         n: int,
-        call_seed: int,
+        seeds: Sequence[tuple[int, int]],
         to_end: bool,
     ) -> list[_SpecRow]:
         """``n`` rows per prefix, each sampled to the end of its step; all rows in one batch, one round per
@@ -139,10 +140,7 @@ class SpeculativeSampler:
         st_t, st_d = lm_t.stack, lm_d.stack
         dev_t, dev_d = st_t.device, st_d.device
         rows: list[_SpecRow] = []
-        seen: dict[tuple[int, ...], int] = {}
-        for (pids, ids), s_t, s_d in zip(keys, states_t, states_d):
-            occ = seen.get(ids, 0)
-            seen[ids] = occ + 1
+        for (pids, ids), s_t, s_d, (call_seed, occ) in zip(keys, states_t, states_d, seeds):
             room = min(lm_t.max_positions, lm_d.max_positions) - len(ids)
             left = max(min(tgt.max_tokens - (len(ids) - len(pids)), room), 1)
             step = left if to_end else min(left, tgt.max_step_tokens)
