@@ -389,9 +389,8 @@ def test_speculative_tokens_needs_a_shared_tokenizer_and_belongs_to_the_target()
         dict(method="best_of_n", n=2),
         dict(method="dvts", n=4, beam_width=2),
         dict(method="specs", n=2, start_mode="target", tau_switch=2.0),  # rewards <= 1: the target writes on
-        dict(
-            method="rsd", n=1, rsd_delta=2.0
-        ),  # every draft step fails the threshold: the target rewrites it
+        dict(method="rsd", n=1, rsd_delta=2.0),  # no draft step passes: the target rewrites each
+        dict(method="specreason", n=1, judge="prm", judge_threshold=10.0),  # > 9: the target writes each
     ],
     ids=lambda s: s["method"],
 )
