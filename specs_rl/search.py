@@ -61,6 +61,7 @@ def _gen_stage(which: str) -> str:
 
 def _charge_tokens(ledger: Ledger, which: str, cands: Sequence[Candidate]) -> None:
     ledger.count(_gen_stage(which), sum(c.num_tokens for c in cands))
+    ledger.count_speculation(cands)  # proposed / accepted draft tokens of speculative target steps
 
 
 def _score_and_reward(parts: SearchParts, prefixes, cands, need_target: bool, concurrent: bool):
