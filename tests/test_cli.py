@@ -33,7 +33,15 @@ def test_search_writes_results_summary_and_config(tmp_path):
             "judge",
             "total",
         }
-        assert set(r["tokens"]) == {"draft", "target_generate", "target_score", "judge"}
+        assert set(r["tokens"]) == {
+            "draft",
+            "target_generate",
+            "target_score",
+            "judge",
+            "target_proposed",
+            "target_accepted",
+            "target_rounds",
+        }
         assert (
             r["latency_s"]["total"] > 0 and r["tokens"]["target_generate"] + r["tokens"]["target_score"] > 0
         )

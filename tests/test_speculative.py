@@ -358,7 +358,7 @@ def test_speculative_steps_continue_cached_states_and_match_the_scorer(sparts):
 def test_target_only_with_speculative_tokens_records_acceptance(sparts):
     from specs_rl.run.records import result_record
 
-    results = run_search([PROMPT], SearchConfig(method="target_only", max_steps=3), sparts, gen(0))
+    results = run_search([PROMPT], SearchConfig(strategy="target_only", max_steps=3), sparts, gen(0))
     tok = results[0].ledger.tokens
     assert tok["target_rounds"] > 0 and tok["target_proposed"] >= tok["target_accepted"]
     assert tok["target_proposed"] <= 2 * tok["target_rounds"]
@@ -385,14 +385,14 @@ def test_speculative_tokens_needs_a_shared_tokenizer_and_belongs_to_the_target()
 @pytest.mark.parametrize(
     "settings",
     [
-        dict(method="beam_search", n=4, beam_width=2),
-        dict(method="best_of_n", n=2),
-        dict(method="dvts", n=4, beam_width=2),
-        dict(method="specs", n=2, start_mode="target", tau_switch=2.0),  # rewards <= 1: the target writes on
-        dict(method="rsd", n=1, rsd_delta=2.0),  # no draft step passes: the target rewrites each
-        dict(method="specreason", n=1, judge="prm", judge_threshold=10.0),  # > 9: the target writes each
+        dict(strategy="beam_search", n=4, beam_width=2),
+        dict(strategy="best_of_n", n=2),
+        dict(strategy="dvts", n=4, beam_width=2),
+        dict(strategy="specs", n=2, start_mode="target", tau_switch=2.0),  # rewards <= 1: the target writes on
+        dict(strategy="rsd", n=1, rsd_delta=2.0),  # no draft step passes: the target rewrites each
+        dict(strategy="specreason", n=1, judge="prm", judge_threshold=10.0),  # > 9: the target writes each
     ],
-    ids=lambda s: s["method"],
+    ids=lambda s: s["strategy"],
 )
 def test_every_method_where_the_target_writes_uses_speculative_steps(sparts, settings):
     (res,) = run_search([PROMPT], SearchConfig(max_steps=2, **settings), sparts, gen(0))
