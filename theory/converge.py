@@ -186,7 +186,7 @@ def variant_config(name: str, n: int, cfg: ConvergeConfig, horizon: int) -> tupl
         base = SearchConfig(n=n, beta=cfg.beta, max_steps=horizon)
         return preset(base, "specs" if name == "gsi_filter" else name, own), "fixed"
     base = SearchConfig(
-        method="specs",
+        strategy="specs",
         n=n,
         beta=cfg.beta,
         temperature=1.0,

@@ -240,7 +240,7 @@ def real_task_check(
         runs[name] = {}
         for n in n_grid:
             t0 = time.perf_counter()
-            config = dataclasses.replace(search, method="specs", n=int(n), beta=beta)
+            config = dataclasses.replace(search, strategy="specs", n=int(n), beta=beta)
             answers, defer = sample_specs(
                 parts, problem, config, samples, generator, batch=batch, desc=f"SPECS {name}"
             )
@@ -422,7 +422,7 @@ class RealConfig:
     def search_config(self) -> SearchConfig:
         """The SPECS settings every variant shares (its score form and temperature are the variant's)."""
         return SearchConfig(
-            method="specs",
+            strategy="specs",
             beta=self.beta,
             tau_reject=self.tau_reject,
             tau_switch=self.tau_switch,
@@ -430,6 +430,11 @@ class RealConfig:
             target_select=self.target_select,
             max_steps=self.max_steps,
         )
+
+    @property
+    def search(self) -> SearchConfig:
+        """The run layer's view of the settings (the tabular backend's PRM reads ``search.beta``)."""
+        return self.search_config()
 
     def variant_configs(self) -> dict[str, SearchConfig]:
         return {v: variant_config(self.search_config(), v, self.mean_temperature) for v in self.variants}

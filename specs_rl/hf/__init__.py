@@ -1,7 +1,7 @@
 """``backend: hf``: draft, target, scorer and PRM over transformers models in this process.
 
     parts = build_parts(ModelsConfig(...))     # or tiny_parts(seed=0) for tests
-    results = run_search(problems, SearchConfig(method="specs"), parts, torch.Generator().manual_seed(0))
+    results = run_search(problems, SearchConfig(strategy="specs"), parts, torch.Generator().manual_seed(0))
 
 | module | what |
 |---|---|

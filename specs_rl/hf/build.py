@@ -15,6 +15,7 @@ from specs_rl.hf.load import check_sources, load_causal_lm, load_reward_model
 from specs_rl.hf.prm import HFRewardModel
 from specs_rl.hf.sampler import HFLM, HFSampler
 from specs_rl.hf.scorer import HFScorer
+from specs_rl.hf.speculative import SpeculativeSampler
 from specs_rl.interfaces import Clock, SearchParts, Task, WallClock
 from specs_rl.models.config import ModelsConfig, ModelSpec, PrmSpec, TinySpec
 from specs_rl.models.judge import DEFAULT_JUDGE_PROMPT
@@ -110,6 +111,13 @@ def build_parts(cfg: ModelsConfig, clock: Clock | None = None) -> SearchParts:
             ignore_eos=cfg.target.ignore_eos,
             **step,
         )
+        if cfg.target.speculative_tokens:  # the target writes by speculative sampling with the draft
+            if not lm_t.native:
+                raise ValueError(
+                    "hf.target.speculative_tokens needs a draft and a target that share a tokenizer "
+                    f"({cfg.draft.name} and {cfg.target.name} do not)"
+                )
+            target = SpeculativeSampler(drafter, target, cfg.target.speculative_tokens)
     except ValueError as e:
         raise SpecsError(str(e)) from None
     prm = build_prm(cfg.prm, cfg.cache_prompts)
