@@ -425,24 +425,24 @@ def plot_curves(result: dict[str, Any], path: Path) -> None:
 
 def _table(result: dict[str, Any]) -> str:
     lines = [
-        f"{'variant':<11} {'n':>6} {'KL(π*||q)':>11} {'KL(q||π*)':>11} {'TV':>9} {'gap E[r]':>9} {'defer':>6}"
+        f"{'variant':<16} {'n':>6} {'KL(π*||q)':>11} {'KL(q||π*)':>11} {'TV':>9} {'gap E[r]':>9} {'defer':>6}"
     ]
     for name, c in result["variants"].items():
         for i, n in enumerate(result["n"]):
             lines.append(
-                f"{name:<11} {n:>6} {c['kl_star_q'][i]:>11.3e} {c['kl_q_star'][i]:>11.3e} {c['tv'][i]:>9.2e}"
+                f"{name:<16} {n:>6} {c['kl_star_q'][i]:>11.3e} {c['kl_q_star'][i]:>11.3e} {c['tv'][i]:>9.2e}"
                 f" {c['reward_gap'][i]:>9.2e} {c['defer_rate'][i]:>6.3f}"
             )
-        lines.append(f"{name:<11} slope(KL) {c['slope']}  slope(TV) {c['tv_slope']}")
+        lines.append(f"{name:<16} slope(KL) {c['slope']}  slope(TV) {c['tv_slope']}")
         if c.get("asymptotics"):
             a = c["asymptotics"]
             lines.append(
-                f"{name:<11} n->inf: TV(q_n, q_inf) ~ {a['tv_coef']:.4g}/n, KL ~ {a['kl_coef']:.4g}/n^2;"
+                f"{name:<16} n->inf: TV(q_n, q_inf) ~ {a['tv_coef']:.4g}/n, KL ~ {a['kl_coef']:.4g}/n^2;"
                 f" TV(q_inf, pi*) = {a['limit_tv']:.4g}"
             )
         lim = c["limit"]
         lines.append(
-            f"{name:<11} limit q_inf: TV(pi*, q_inf) = {lim['tv']:.4g}, KL(pi*||q_inf) = {lim['kl_star_q']:.4g},"
+            f"{name:<16} limit q_inf: TV(pi*, q_inf) = {lim['tv']:.4g}, KL(pi*||q_inf) = {lim['kl_star_q']:.4g},"
             f" KL(q_inf||pi*) = {lim['kl_q_star']:.4g}, defer {lim['defer_rate']:.3f};"
             f" TV(q_n, q_inf) at n={result['n'][-1]}: {c['tv_to_limit'][-1]:.3g}"
         )
