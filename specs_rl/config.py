@@ -297,22 +297,27 @@ def config_json(cfg: Any) -> str:
     return json.dumps(to_dict(cfg), sort_keys=True)
 
 
-def describe(cls: type, prefix: str = "") -> list[str]:
-    """One line per field (nested fields dotted): name, type, default, help text."""
+def describe(cls: type, prefix: str = "", defaults: Any = None) -> list[str]:
+    """One line per field (nested fields dotted): name, type, default, help text. A section's defaults are read from
+    the instance its field's default_factory makes (``defaults`` below the top level), so a recipe's own defaults
+    (theory converge's ``beta`` 2.0) are the ones shown, not the section class's."""
     lines = []
     hints = _hints(cls)
     for f in dataclasses.fields(cls):
         tp = hints[f.name]
+        made = f.default_factory() if f.default_factory is not dataclasses.MISSING else None
         if dataclasses.is_dataclass(tp):
             if f.metadata.get("flat"):
                 lines.append(f"  {prefix}{f.name}.* (its keys may also be given without '{f.name}.'):")
-            lines.extend(describe(tp, f"{prefix}{f.name}."))
+            inner = getattr(defaults, f.name) if defaults is not None else made
+            lines.extend(
+                describe(tp, f"{prefix}{f.name}.", inner if dataclasses.is_dataclass(inner) else None)
+            )
             continue
-        default = (
-            f.default
-            if f.default is not dataclasses.MISSING
-            else (f.default_factory() if f.default_factory is not dataclasses.MISSING else None)
-        )
+        if defaults is not None:
+            default = getattr(defaults, f.name)
+        else:
+            default = f.default if f.default is not dataclasses.MISSING else made
         tname = getattr(tp, "__name__", str(tp).replace("typing.", ""))
         lines.append(f"  {prefix}{f.name} ({tname}, default {default!r}): {f.metadata.get('help', '')}")
     return lines
