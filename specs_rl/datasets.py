@@ -1,5 +1,5 @@
-"""Benchmark problems: MATH-500, AMC23, GSM8K from JSONL files or Hugging Face dataset ids, OlympiadBench by hub
-id, and the generated toy-math task, mapped to ``Problem``.
+"""Benchmark problems, mapped to ``Problem``: MATH-500, AMC23 and GSM8K from the copies shipped with the package
+(``specs_rl/assets/data``), OlympiadBench by hub id, any JSONL file or hub id, and the generated toy-math task.
 
 A ``DataConfig`` names a dataset (a known name, a ``.jsonl`` path, or a hub id) and the slice to run. Rows are
 validated while loading: a missing column, an empty problem or a missing gold answer is a :class:`SpecsError`
@@ -65,9 +65,10 @@ KNOWN: dict[str, dict[str, Any]] = {
 HUB_TO_KNOWN = {v["hub"]: k for k, v in KNOWN.items() if v["hub"]}
 
 
-def shared_data_dir() -> Path:
-    """``../shared/data`` beside the repository (where the project's offline copies live)."""
-    return Path(__file__).resolve().parents[2] / "shared" / "data"
+def packaged_data_dir() -> Path:
+    """The evaluation sets shipped with the package (``specs_rl/assets/data``; sources and licenses in its
+    README.md)."""
+    return Path(__file__).resolve().parent / "assets" / "data"
 
 
 @dataclass
@@ -77,7 +78,7 @@ class DataConfig:
         metadata={"help": "math500 | amc23 | gsm8k | olympiadbench | toymath | a .jsonl path | a hub id"},
     )
     path: str | None = field(
-        default=None, metadata={"help": "file to read instead of the known copy in ../shared/data"}
+        default=None, metadata={"help": "file to read instead of the copy shipped with the package"}
     )
     split: str = field(
         default="test",
@@ -185,14 +186,12 @@ def _read_rows(cfg: DataConfig) -> tuple[list[dict[str, Any]], list[str], str, d
     elif name.endswith(".jsonl"):
         path = Path(name)
     elif name in KNOWN and spec["file"]:
-        path = shared_data_dir() / spec["file"]
-        if not path.is_file() and spec["hub"] is None:
-            raise SpecsError(f"dataset {name}: {path} not found and there is no hub id for it")
+        path = packaged_data_dir() / spec["file"]
         if not path.is_file():
-            path = None
+            raise SpecsError(f"dataset {name}: the packaged copy {path} is missing (reinstall specs-rl)")
     elif name in HUB_TO_KNOWN and spec["file"] and cfg.split == "test":
         # a known hub id whose test split has a verified offline copy (same bytes): read the copy
-        local = shared_data_dir() / spec["file"]
+        local = packaged_data_dir() / spec["file"]
         path = local if local.is_file() else None
     if path is not None:
         if not path.is_file():

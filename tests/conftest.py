@@ -1,4 +1,4 @@
-"""Test-wide settings: no hub, no W&B login, quiet tokenizers; shared paths."""
+"""Test-wide settings: no hub, no W&B login, quiet tokenizers; paths."""
 
 from __future__ import annotations
 
@@ -51,4 +51,4 @@ def _stop_vllm_servers():
 
 
 REPO = Path(__file__).resolve().parents[1]
-SHARED_DATA = REPO.parent / "shared" / "data"
+DATA = REPO / "specs_rl" / "assets" / "data"  # the evaluation sets shipped with the package

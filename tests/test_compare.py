@@ -25,9 +25,8 @@ from specs_rl.config import given_keys, load_config
 from specs_rl.settings import SearchConfig
 from specs_rl.tracking import find_offline_runs, read_offline_run
 
-from .conftest import REPO, SHARED_DATA
+from .conftest import DATA, REPO
 
-needs_data = pytest.mark.skipif(not SHARED_DATA.is_dir(), reason="../shared/data is absent")
 
 TINY = str(REPO / "configs" / "eval" / "tiny.yaml")  # tiny random HF models on 5 MATH-500 problems
 TAB = str(
@@ -474,7 +473,7 @@ def _tiny_hf_checks(out: Path, methods: list[str], seeds: list[int]) -> dict:
     records = [json.loads(x) for x in _lines(out / "results.jsonl")]
     n_runs = len(methods) * len(seeds)  # n_grid is [2]: one run per method and seed
     assert len(records) == 5 * n_runs and len({_key(r) for r in records}) == len(records)
-    ids = [json.loads(x)["unique_id"] for x in (SHARED_DATA / "math500_test.jsonl").open()][:5]
+    ids = [json.loads(x)["unique_id"] for x in (DATA / "math500_test.jsonl").open()][:5]
     assert {r["id"] for r in records} == set(ids)
     assert all(r["grader"] == {"name": "math-verify", "version": "0.9.0"} for r in records)
     assert all(r["correct"] is False and "gold" in r and "pred" in r for r in records)  # random models
@@ -497,7 +496,6 @@ def _tiny_hf_checks(out: Path, methods: list[str], seeds: list[int]) -> dict:
     return summary
 
 
-@needs_data
 def test_end_to_end_tiny_hf_models_on_5_math500_problems(tmp_path, monkeypatch, count_searches, capsys):
     """The tiny config (random HF models, Math-Verify grading), cut to one seed and three methods for time."""
     monkeypatch.setenv("WANDB_MODE", "offline")
@@ -518,7 +516,6 @@ def test_end_to_end_tiny_hf_models_on_5_math500_problems(tmp_path, monkeypatch, 
     assert count_searches == []
 
 
-@needs_data
 def test_hf_input_errors_come_before_any_file(tmp_path, capsys):
     out = tmp_path / "never"
     for override, message in (
@@ -533,7 +530,6 @@ def test_hf_input_errors_come_before_any_file(tmp_path, capsys):
 
 
 @pytest.mark.slow
-@needs_data
 def test_the_tiny_config_as_written(tmp_path, monkeypatch):
     """``specs-rl compare --config configs/eval/tiny.yaml`` exactly as the YAML says (about a minute here)."""
     monkeypatch.setenv("WANDB_MODE", "offline")

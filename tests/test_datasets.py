@@ -1,4 +1,4 @@
-"""Benchmark loading: the offline copies, bad rows (one-line errors naming the line), slices and shards."""
+"""Benchmark loading: the packaged copies, bad rows (one-line errors naming the line), slices and shards."""
 
 from __future__ import annotations
 
@@ -11,12 +11,9 @@ from hypothesis import strategies as st
 from specs_rl.datasets import PAPER_PROMPT, DataConfig, load_problems, select_positions
 from specs_rl.errors import SpecsError
 
-from .conftest import SHARED_DATA
-
-needs_data = pytest.mark.skipif(not SHARED_DATA.is_dir(), reason="../shared/data is absent")
+from .conftest import DATA
 
 
-@needs_data
 def test_known_datasets_load_with_their_columns():
     m = load_problems(DataConfig(dataset="math500"))
     assert len(m) == 500 and len({p.id for p in m}) == 500
@@ -28,7 +25,7 @@ def test_known_datasets_load_with_their_columns():
     g = load_problems(DataConfig(dataset="gsm8k"))
     assert len(g) == 1319 and g[0].answer == "18" and g[2].answer == "70000"
     # every '#### n' parsed to its number: checked against the raw rows, read here independently of the loader
-    raw = [json.loads(line)["answer"] for line in (SHARED_DATA / "gsm8k_test.jsonl").open()]
+    raw = [json.loads(line)["answer"] for line in (DATA / "gsm8k_test.jsonl").open()]
     finals = [r.rsplit("####", 1)[1].strip().replace(",", "") for r in raw]
     assert [float(p.answer) for p in g] == [float(x) for x in finals]
     assert sum("," in r.rsplit("####", 1)[1] for r in raw) > 0  # the file does have thousands separators
@@ -40,7 +37,6 @@ def test_known_datasets_load_with_their_columns():
     assert custom[0].prompt == f"Q: {m[0].meta['problem']}\nA:"
 
 
-@needs_data
 def test_slices_and_shards_partition_the_slice():
     base = DataConfig(dataset="math500", start=10, limit=37)
     ids = [p.id for p in load_problems(base)]

@@ -12,9 +12,7 @@ import pytest
 from specs_rl.datasets import DataConfig, load_problems
 from specs_rl.grading import Grader, extract_boxed, grader_info
 
-from .conftest import SHARED_DATA
-
-needs_data = pytest.mark.skipif(not SHARED_DATA.is_dir(), reason="../shared/data is absent")
+from .conftest import DATA
 
 
 @pytest.fixture(scope="module")
@@ -34,9 +32,8 @@ def test_extract_boxed():
     assert extract_boxed("") is None
 
 
-@needs_data
 def test_math500_reference_solutions_grade_500_of_500(grader):
-    rows = [json.loads(line) for line in (SHARED_DATA / "math500_test.jsonl").read_text().splitlines()]
+    rows = [json.loads(line) for line in (DATA / "math500_test.jsonl").read_text().splitlines()]
     assert len(rows) == 500
     wrong = [r["unique_id"] for r in rows if not grader.grade(r["solution"], r["answer"]).correct]
     assert wrong == []
@@ -46,7 +43,6 @@ def test_math500_reference_solutions_grade_500_of_500(grader):
     assert len(fooled) <= 1, fooled  # a rare true equivalence (e.g. 0.5 vs 1/2) may remain
 
 
-@needs_data
 def test_gsm8k_gold_answers_grade(grader):
     problems = load_problems(DataConfig(dataset="gsm8k"))
     sample = problems[::10]  # 132 of 1319

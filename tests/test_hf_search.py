@@ -15,14 +15,12 @@ from specs_rl.run import RunConfig
 from specs_rl.search import SearchConfig, specs
 from specs_rl.types import STAGES, Problem
 
-from .conftest import SHARED_DATA
+from .conftest import DATA
 
 REPO = Path(__file__).resolve().parents[1]
-TINY = REPO / "configs" / "search" / "tiny_hf.yaml"  # its problems: MATH-500 from ../shared/data
-needs_data = pytest.mark.skipif(not SHARED_DATA.is_dir(), reason="../shared/data is absent")
+TINY = REPO / "configs" / "search" / "tiny_hf.yaml"  # its problems: the packaged MATH-500
 
 
-@needs_data
 def test_tiny_hf_config_runs_and_writes_per_stage_latency(tmp_path):
     from eval.search import main
 
@@ -63,7 +61,6 @@ def test_paper_config_matches_the_paper_setting():
     assert cfg.hf.system_prompt.endswith("\\boxed{}.") and cfg.hf.step_delimiter == "\n\n"
 
 
-@needs_data
 def test_bad_input_fails_in_one_line_before_any_file(tmp_path, capsys):
     from eval.search import main
 

@@ -1,11 +1,12 @@
 """Training data: row adapters and their errors, ProcessBench conversion, the PRM encoding/collator, pairs, metrics.
 
-Fast: no trainer import. The ProcessBench test reads ../shared/data and is skipped where it is absent.
+Fast: no trainer import. The full ProcessBench check runs where $SPECS_RL_PROCESSBENCH names a local copy.
 """
 
 from __future__ import annotations
 
 import json
+import os
 
 import numpy as np
 import pytest
@@ -95,7 +96,7 @@ def test_processbench_errors(row: dict, message: str) -> None:
     assert message in str(err.value)
 
 
-# Rows, label == -1 rows, total steps: shared/data/README.md's table.
+# Rows, label == -1 rows, total steps of the public release (ProcessBench's GitHub release, 2024-12-10).
 README_TOTALS = {
     "gsm8k": (400, 193, 2082),
     "math": (1000, 406, 6505),
@@ -104,12 +105,14 @@ README_TOTALS = {
 }
 
 
+@pytest.mark.skipif(
+    not os.environ.get(data.PROCESSBENCH_ENV),
+    reason=f"${data.PROCESSBENCH_ENV} (a local ProcessBench copy) is unset",
+)
 def test_all_processbench_rows_convert_with_the_right_label_counts() -> None:
-    if not (data.shared_data_dir() / "processbench").is_dir():
-        pytest.skip(f"no ProcessBench data at {data.shared_data_dir()}")
     n_rows = 0
     for split, (rows_expected, all_correct_expected, steps_expected) in README_TOTALS.items():
-        raw = data.read_rows(data.resolve_data_path(f"processbench:{split}"))
+        raw = data.load_rows(f"processbench:{split}")
         assert len(raw) == rows_expected
         assert sum(r["label"] == -1 for r in raw) == all_correct_expected
         assert sum(len(r["steps"]) for r in raw) == steps_expected
@@ -258,6 +261,36 @@ def test_read_rows_names_the_bad_line(tmp_path) -> None:
         data.resolve_data_path(str(tmp_path / "missing.jsonl"))
     with pytest.raises(SpecsError, match="unknown ProcessBench split"):
         data.resolve_data_path("processbench:nope")
+
+
+def test_processbench_is_read_from_the_folder_the_environment_names(tmp_path, monkeypatch) -> None:
+    rows = [{"problem": "P", "steps": ["a", "b"], "label": 1, "final_answer_correct": False}]
+    (tmp_path / "math.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+    (tmp_path / "gsm8k.json").write_text(json.dumps(rows * 2))  # the release's JSON array form
+    monkeypatch.setenv(data.PROCESSBENCH_ENV, str(tmp_path))
+    assert data.load_rows("processbench:math") == rows
+    assert data.load_rows("processbench:gsm8k") == rows * 2
+    with pytest.raises(SpecsError, match=r"has no omnimath.jsonl or omnimath.json"):
+        data.load_rows("processbench:omnimath")
+
+
+def test_processbench_from_the_hub_offline_is_one_line_naming_the_variable(monkeypatch) -> None:
+    pytest.importorskip("datasets")
+    monkeypatch.delenv(data.PROCESSBENCH_ENV, raising=False)
+    monkeypatch.setenv("HF_DATASETS_OFFLINE", "1")
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    with pytest.raises(
+        SpecsError, match=r"could not load Qwen/ProcessBench split 'math'.*SPECS_RL_PROCESSBENCH"
+    ) as e:
+        data.load_rows("processbench:math")
+    assert "\n" not in str(e.value)
+
+
+def test_the_packaged_evaluation_sets_are_the_named_data_files() -> None:
+    rows = data.load_rows("data:math500_test.jsonl")
+    assert len(rows) == 500 and {"problem", "answer", "unique_id"} <= set(rows[0])
+    assert len(data.load_rows("data:amc23_test.jsonl")) == 40
+    assert len(data.load_rows("data:gsm8k_test.jsonl")) == 1319
 
 
 def test_split_by_problem_keeps_a_problem_on_one_side_and_is_deterministic() -> None:

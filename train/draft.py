@@ -120,7 +120,7 @@ def load_prompts(spec: str) -> list[dict[str, Any]]:
                 for _ in range(int(n))
             ]
             continue
-        for i, row in enumerate(tdata.read_rows(tdata.resolve_data_path(name), name)):
+        for i, row in enumerate(tdata.load_rows(name)):
             text = next((row[k] for k in ("prompt", "problem", "question") if k in row), None)
             if not isinstance(text, str) or not text.strip():
                 raise SpecsError(

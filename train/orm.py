@@ -93,7 +93,7 @@ def load_pairs(script: ORMScriptArguments) -> list[dict]:
                 raise SpecsError(f"dataset {name!r}: toy:N needs a problem count, got {n!r}")
             graded += tpairs.toy_graded_rows(int(n), seed=0, separator=script.step_separator)
             continue
-        rows = tdata.read_rows(tdata.resolve_data_path(name), name)
+        rows = tdata.load_rows(name)
         fmt = script.dataset_format
         if fmt == "auto":
             first = rows[0] if rows else {}

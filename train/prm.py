@@ -88,7 +88,7 @@ def load_rows(spec: str, fmt: str) -> list[dict]:
                 raise SpecsError(f"dataset {name!r}: toy:N needs a row count, got {n!r}")
             rows += prm_data.from_toy_math(prm_data.toy_stepwise_rows(int(n), seed=0), name)
         else:
-            rows += prm_data.adapt(tdata.read_rows(tdata.resolve_data_path(name), name), fmt, name)
+            rows += prm_data.adapt(tdata.load_rows(name), fmt, name)
     if not rows:
         raise SpecsError(f"dataset_name {spec!r} names no data")
     return rows

