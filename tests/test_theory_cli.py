@@ -194,6 +194,7 @@ def test_bad_tree_files_are_rejected_with_one_line_and_nothing_written(tmp_path,
     "args,needle",
     [
         (["variants=specs,best"], "unknown variant 'best'"),
+        (["variants=specs,argmax,specs"], "variants names 'specs' twice"),
         (["n=0,4"], "n must be"),
         (["bogus=1"], "unknown config key 'bogus'"),
         (["empirical_variant=poisson"], "fixed n"),

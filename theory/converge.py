@@ -136,6 +136,9 @@ class ConvergeConfig:
             raise ValueError(f"n must be a non-empty list of integers >= 1, got {self.n}")
         if not self.variants:
             raise ValueError("variants must name at least one variant")
+        twice = sorted({v for v in self.variants if self.variants.count(v) > 1})
+        if twice:
+            raise ValueError(f"variants names {twice[0]!r} twice (an old name counts as its new one)")
         for v in self.variants:
             if v not in VARIANTS:
                 raise ValueError(f"unknown variant {v!r}; known: {', '.join(VARIANTS)}")

@@ -4,18 +4,12 @@ where a preset exists, and a setting has the name it has in :class:`specs_rl.set
 The names used before stay accepted as aliases: each use prints one line on stderr naming what replaced it, and the
 results carry the new name.
 
-============================  ==========================================================================================
-old name                      new name
-============================  ==========================================================================================
-variant ``exact``             ``specs`` (the exact form at the theorem's settings: the law of the ``specs`` preset)
-variant ``no_target``,        ``specs_no_target`` (reward-only score)
-``reward_only``
-variant ``code``, ``mean``    ``specs_paper_form`` (the per-token mean score of ``specs_paper`` at temperature ``T``,
-                              draft mode throughout, no rejection; ``specs_paper`` is the whole authors' method)
-``gsi_threshold``             ``tau_reject`` (GSI's threshold is ``tau_reject`` in its preset)
-``code_temperature``,         ``temperature`` (the selection temperature of the variants that do not pin one)
-``mean_temperature``
-============================  ==========================================================================================
+- variants ``exact`` -> ``specs``: the exact form at the theorem's settings (the law of the ``specs`` preset);
+- variants ``no_target`` (converge), ``reward_only`` (real) -> ``specs_no_target``: the reward-only score;
+- variants ``code`` (converge), ``mean`` (real) -> ``specs_paper_form``: the per-token mean score of ``specs_paper``
+  at the selection temperature, draft mode throughout, no rejection (``specs_paper`` is the authors' whole method);
+- ``gsi_threshold`` -> ``tau_reject``: GSI's threshold is ``tau_reject`` in its preset;
+- ``code_temperature``, ``mean_temperature`` -> ``temperature``: the search's selection temperature.
 """
 
 from __future__ import annotations
