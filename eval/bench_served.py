@@ -112,9 +112,9 @@ def world(cfg: BenchServedConfig) -> tuple[Any, HFConfig, list[Any]]:
 def _search(parts: Any, problems: list[Any], config: Any, seed: int) -> list[Any]:
     from specs_rl.search import run_search
 
-    return run_search(
-        problems, config, parts, torch.Generator().manual_seed(problem_seed(seed, problems[0].id))
-    )
+    # one generator per problem: a problem draws the same steps in a throughput batch as alone
+    generators = [torch.Generator().manual_seed(problem_seed(seed, p.id)) for p in problems]
+    return run_search(problems, config, parts, generators)
 
 
 def bench_latency(

@@ -3,6 +3,10 @@
 Every backend (the exact tabular one, the Hugging Face one, a served one) implements these; the search
 strategies in :mod:`specs_rl.search` see nothing else. The backend contract suite in ``tests/`` checks any
 implementation against the same assertions.
+
+Randomness is passed in, one ``torch.Generator`` per problem (:data:`Generators`): a search hands each prefix the
+generator of its problem, and a part draws a prefix's randomness from that generator alone, so a problem's draws
+depend on its generator and never on the other problems of the batch.
 """
 
 from __future__ import annotations
@@ -19,6 +23,49 @@ from specs_rl.types import Candidate, Problem, SearchResult, Trace
 
 R = TypeVar("R")
 
+Generators = torch.Generator | Sequence[torch.Generator]
+"""One generator per item (problem or prefix), aligned with the items; a single generator is shared by all."""
+
+
+def generator_list(generators: Generators, count: int) -> list[torch.Generator]:
+    """One generator per item: ``generators`` itself when it is a sequence of ``count`` generators, or a single
+    generator repeated ``count`` times (shared: then the items' draws depend on one another, as one stream)."""
+    if isinstance(generators, torch.Generator):
+        return [generators] * count
+    gens = list(generators)
+    if len(gens) != count:
+        raise ValueError(f"expected one generator per item ({count} items), got {len(gens)} generators")
+    for g in gens:
+        if not isinstance(g, torch.Generator):
+            raise TypeError(f"expected torch.Generator, got {type(g).__name__}")
+    return gens
+
+
+def prefix_seeds(generators: Generators, keys: Sequence[Any]) -> list[tuple[int, int]]:
+    """``(call seed, occurrence)`` of each prefix of one sampling call, for backends that seed per prefix.
+
+    Each distinct generator (by identity) draws one 62-bit call seed, at its first prefix, and its prefixes share
+    it; ``occurrence`` counts the earlier prefixes of the call with the same generator and the same ``key`` (the
+    prefix's token ids), so identical prefixes of one problem get different streams. A prefix's pair depends only
+    on its generator's state and on the prefixes that share its generator, never on the others.
+
+    >>> g = torch.Generator().manual_seed(0)
+    >>> (a, i), (b, j) = prefix_seeds(g, [(1, 2), (1, 2)])
+    >>> a == b, (i, j)
+    (True, (0, 1))
+    """
+    gens = generator_list(generators, len(keys))
+    drawn: dict[int, int] = {}
+    seen: dict[tuple[int, Any], int] = {}
+    out = []
+    for g, key in zip(gens, keys):
+        if id(g) not in drawn:
+            drawn[id(g)] = int(torch.randint(0, 2**62, (1,), generator=g))
+        occ = seen.get((id(g), key), 0)
+        seen[(id(g), key)] = occ + 1
+        out.append((drawn[id(g)], occ))
+    return out
+
 
 @runtime_checkable
 class StepSampler(Protocol):
@@ -28,14 +75,15 @@ class StepSampler(Protocol):
         self,
         prefixes: Sequence[Trace],
         n: int,
-        generator: torch.Generator,
+        generators: Generators,
         *,
         to_end: bool = False,
     ) -> list[list[Candidate]]:
         """Return ``n`` sampled steps for every prefix, ``out[i][j]`` the j-th step after ``prefixes[i]``.
 
         Each candidate carries its per-token log-probs under this model. ``to_end=True`` asks for the rest of the
-        response in one candidate (used for the last allowed step).
+        response in one candidate (used for the last allowed step). ``generators``: one per prefix (the prefix's
+        problem's; see :func:`generator_list`); a prefix's steps are drawn from its own generator only.
         """
         ...
 

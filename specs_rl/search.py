@@ -1,10 +1,16 @@
 """Search strategies as plain functions with one argument shape:
 
-    strategy(problems, config, parts, generator) -> list[SearchResult]
+    strategy(problems, config, parts, generators) -> list[SearchResult]
 
 All are batched over prompts: the problems advance in lockstep, one step per iteration, and every model call
 covers the whole batch. Each problem is charged the full time of every batched call it took part in (run with
 ``batch_size: 1`` for the paper's one-problem-at-a-time latency). ``STRATEGIES`` maps method names to functions.
+
+Randomness: ``generators`` holds one ``torch.Generator`` per problem, aligned with ``problems``. Every draw made
+for a problem (its prefixes' samples, its selection, its random mode switch) comes from its own generator, and only
+the draws it would make if searched alone, so a problem's result depends on its generator and not on the batch it
+shares (``batch_size: 3`` writes what ``batch_size: 1`` writes, latency aside). A single generator is also
+accepted and shared by every problem (one stream: then the results depend on the batch).
 """
 
 from __future__ import annotations
@@ -16,7 +22,7 @@ from dataclasses import dataclass, field
 
 import torch
 
-from specs_rl.interfaces import SearchParts, StepSampler
+from specs_rl.interfaces import Generators, SearchParts, StepSampler, generator_list
 from specs_rl.settings import METHODS, SearchConfig
 from specs_rl.types import Candidate, Ledger, Mode, Problem, SearchResult, StepRecord, Trace
 from specs_rl.verify import acceptance_test, keep_mask, next_mode, select, select_then_test, soft_scores
@@ -31,6 +37,7 @@ class _State:
 
     trace: Trace
     mode: Mode
+    generator: torch.Generator  # the problem's own
     ledger: Ledger = field(default_factory=Ledger)
     records: list[StepRecord] = field(default_factory=list)
     start: float = 0.0
@@ -101,13 +108,13 @@ def _target_step(
     config: SearchConfig,
     parts: SearchParts,
     states: Sequence[_State],
-    generator: torch.Generator,
     last: bool,
     deferred: Sequence[bool],
 ) -> None:
     """Target mode for a batch of problems: n target samples, PRM scores, keep the best (or sample softmax(β r))."""
     prefixes = [s.trace for s in states]
-    cands, dt_g = _timed(parts, parts.target.propose, prefixes, config.n, generator, to_end=last)
+    gens = [s.generator for s in states]
+    cands, dt_g = _timed(parts, parts.target.propose, prefixes, config.n, gens, to_end=last)
     rewards, dt_r = _timed(parts, parts.prm.score, prefixes, cands)
     for st, cs, rs, was_deferred in zip(states, cands, rewards, deferred):
         st.ledger.charge("target_generate", dt_g)
@@ -117,7 +124,7 @@ def _target_step(
         if config.target_select == "argmax":
             idx = int(torch.argmax(r))
         else:
-            idx = select(config.beta * r, generator, temperature=1.0)
+            idx = select(config.beta * r, st.generator, temperature=1.0)
         st.trace = st.trace.extend(cs[idx])
         st.records.append(
             StepRecord(
@@ -139,7 +146,7 @@ def _target_step(
 
 
 def specs(
-    problems: Sequence[Problem], config: SearchConfig, parts: SearchParts, generator: torch.Generator
+    problems: Sequence[Problem], config: SearchConfig, parts: SearchParts, generators: Generators
 ) -> list[SearchResult]:
     """SPECS (ALGORITHM.md §3): draft n steps, score them with one target pass and the PRM, keep one by soft
     verification, defer to the target when every draft is rejected, switch back when the target's best reward
@@ -153,7 +160,8 @@ def specs(
     """
     config.validate()
     start = Mode(config.start_mode)
-    states = [_State(Trace(p), start, start=parts.clock.now()) for p in problems]
+    gens = generator_list(generators, len(problems))
+    states = [_State(Trace(p), start, g, start=parts.clock.now()) for p, g in zip(problems, gens)]
     id_order = {id(s): k for k, s in enumerate(states)}
     for step in range(config.max_steps):
         active = [s for s in states if not s.trace.finished]
@@ -162,7 +170,7 @@ def specs(
         last = step == config.max_steps - 1
         if config.random_switch is not None:
             for s in active:
-                u = float(torch.rand((), generator=generator, dtype=torch.float64))
+                u = float(torch.rand((), generator=s.generator, dtype=torch.float64))
                 s.mode = Mode.TARGET if u < config.random_switch else Mode.DRAFT
         in_draft = [s for s in active if s.mode == Mode.DRAFT]
         to_target = [s for s in active if s.mode == Mode.TARGET]
@@ -172,24 +180,26 @@ def specs(
             to_target += in_draft
             deferred += [True] * len(in_draft)
         elif in_draft:
-            for s in _draft_step(config, parts, in_draft, generator, last):
+            for s in _draft_step(config, parts, in_draft, last):
                 to_target.append(s)
                 deferred.append(True)
         if to_target:
-            # Problem order, not mode order: the random stream is consumed the same way whatever the modes.
+            # Problem order, not mode order (a generator shared by the problems is consumed the same way whatever
+            # the modes).
             order = sorted(range(len(to_target)), key=lambda k: id_order[id(to_target[k])])
             to_target, deferred = [to_target[k] for k in order], [deferred[k] for k in order]
-            _target_step(config, parts, to_target, generator, last, deferred)
+            _target_step(config, parts, to_target, last, deferred)
     return _finish(states, problems, "specs", parts)
 
 
 def _draft_step(
-    config: SearchConfig, parts: SearchParts, states: Sequence[_State], generator: torch.Generator, last: bool
+    config: SearchConfig, parts: SearchParts, states: Sequence[_State], last: bool
 ) -> list[_State]:
     """Draft mode for a batch; returns the states whose step is deferred: every draft dropped (``filter``) or the
     chosen draft failed its test (``select_test``)."""
     prefixes = [s.trace for s in states]
-    cands, dt_d = _timed(parts, parts.drafter.propose, prefixes, config.n, generator, to_end=last)
+    gens = [s.generator for s in states]
+    cands, dt_d = _timed(parts, parts.drafter.propose, prefixes, config.n, gens, to_end=last)
     need_target = config.score_form != "reward_only"
     target_lp, rewards, dt_t, dt_r, dt_v = _score_and_reward(
         parts, prefixes, cands, need_target, config.concurrent_scoring
@@ -213,12 +223,12 @@ def _draft_step(
         scores = soft_scores(lt, ld, r, config.beta, form=config.score_form, target_len=tl, draft_len=dl)
         if config.acceptance == "filter":
             keep = keep_mask(scores, config.tau_reject)  # [n]
-            idx = select(scores, generator, keep, config.temperature) if bool(keep.any()) else None
+            idx = select(scores, st.generator, keep, config.temperature) if bool(keep.any()) else None
         else:
             passes = acceptance_test(
                 scores, r, on=config.accept_test, tau_reject=config.tau_reject, rsd_delta=config.rsd_delta
             )  # [n]
-            idx = select_then_test(scores, passes, generator, config.temperature)
+            idx = select_then_test(scores, passes, st.generator, config.temperature)
         if idx is None:
             deferred.append(st)
             continue
@@ -244,19 +254,21 @@ def _draft_step(
 
 
 def rsd(
-    problems: Sequence[Problem], config: SearchConfig, parts: SearchParts, generator: torch.Generator
+    problems: Sequence[Problem], config: SearchConfig, parts: SearchParts, generators: Generators
 ) -> list[SearchResult]:
     """Reward-guided speculative decoding (Liao et al. 2025): the draft writes one step; it is kept if its reward is
     at least ``rsd_delta``, otherwise the target writes the step (one sample)."""
     config.validate()
-    states = [_State(Trace(p), Mode.DRAFT, start=parts.clock.now()) for p in problems]
+    gens = generator_list(generators, len(problems))
+    states = [_State(Trace(p), Mode.DRAFT, g, start=parts.clock.now()) for p, g in zip(problems, gens)]
     for step in range(config.max_steps):
         active = [s for s in states if not s.trace.finished]
         if not active:
             break
         last = step == config.max_steps - 1
         prefixes = [s.trace for s in active]
-        cands, dt_d = _timed(parts, parts.drafter.propose, prefixes, 1, generator, to_end=last)
+        gens = [s.generator for s in active]
+        cands, dt_d = _timed(parts, parts.drafter.propose, prefixes, 1, gens, to_end=last)
         rewards, dt_r = _timed(parts, parts.prm.score, prefixes, cands)
         rejected = []
         for st, cs, rs in zip(active, cands, rewards):
@@ -271,7 +283,8 @@ def rsd(
         if rejected:
             # The target rewrites the step and RSD keeps it unread: no PRM pass is run (or charged) for it.
             prefixes = [s.trace for s in rejected]
-            cands, dt_g = _timed(parts, parts.target.propose, prefixes, 1, generator, to_end=last)
+            gens = [s.generator for s in rejected]
+            cands, dt_g = _timed(parts, parts.target.propose, prefixes, 1, gens, to_end=last)
             for st, cs in zip(rejected, cands):
                 st.ledger.charge("target_generate", dt_g)
                 _charge_tokens(st.ledger, "target", cs)
@@ -282,12 +295,13 @@ def rsd(
 
 def _sample_only(which: str, method: str):
     def strategy(
-        problems: Sequence[Problem], config: SearchConfig, parts: SearchParts, generator: torch.Generator
+        problems: Sequence[Problem], config: SearchConfig, parts: SearchParts, generators: Generators
     ) -> list[SearchResult]:
         config.validate()
         mode = Mode(which)
         model = _sample(parts, which)
-        states = [_State(Trace(p), mode, start=parts.clock.now()) for p in problems]
+        gens = generator_list(generators, len(problems))
+        states = [_State(Trace(p), mode, g, start=parts.clock.now()) for p, g in zip(problems, gens)]
         for step in range(config.max_steps):
             active = [s for s in states if not s.trace.finished]
             if not active:
@@ -297,7 +311,7 @@ def _sample_only(which: str, method: str):
                 model.propose,
                 [s.trace for s in active],
                 1,
-                generator,
+                [s.generator for s in active],
                 to_end=step == config.max_steps - 1,
             )
             for st, cs in zip(active, cands):
@@ -331,7 +345,7 @@ def _tree_search(
     problems: Sequence[Problem],
     config: SearchConfig,
     parts: SearchParts,
-    generator: torch.Generator,
+    generators: Generators,
     *,
     compete: bool,
     method: str,
@@ -349,6 +363,7 @@ def _tree_search(
     K, M = config.n // config.beam_width, config.beam_width  # noqa: N806
     model = _sample(parts, config.sampler)
     mode = Mode(config.sampler)
+    gens = generator_list(generators, len(problems))
     t0 = parts.clock.now()
     active: list[list[_Beam]] = [[_Beam(Trace(p), [], []) for _ in range(K)] for p in problems]
     done: list[list[_Beam]] = [[] for _ in problems]
@@ -361,7 +376,7 @@ def _tree_search(
             break
         last = step == config.max_steps - 1
         prefixes = [b.trace for _, b in flat]
-        cands, dt_g = _timed(parts, model.propose, prefixes, M, generator, to_end=last)
+        cands, dt_g = _timed(parts, model.propose, prefixes, M, [gens[i] for i, _ in flat], to_end=last)
         rewards, dt_r = _timed(parts, parts.prm.score, prefixes, cands)
         pools: dict[int, list[tuple[float, int, _Beam, list[Candidate], list[float]]]] = defaultdict(list)
         for (i, beam), cs, rs in zip(flat, cands, rewards):
@@ -411,18 +426,18 @@ def _tree_search(
 
 
 def beam_search(
-    problems: Sequence[Problem], config: SearchConfig, parts: SearchParts, generator: torch.Generator
+    problems: Sequence[Problem], config: SearchConfig, parts: SearchParts, generators: Generators
 ) -> list[SearchResult]:
     """Beam search with a PRM (search-and-learn): ``n`` candidates per step, the best ``n // beam_width`` survive.
     ``beam_width = n`` is the paper's single-survivor form. ``sampler`` picks BS(B) (target) or BS(S) (draft)."""
-    return _tree_search(problems, config, parts, generator, compete=True, method="beam_search")
+    return _tree_search(problems, config, parts, generators, compete=True, method="beam_search")
 
 
 def dvts(
-    problems: Sequence[Problem], config: SearchConfig, parts: SearchParts, generator: torch.Generator
+    problems: Sequence[Problem], config: SearchConfig, parts: SearchParts, generators: Generators
 ) -> list[SearchResult]:
     """Diverse verifier tree search: ``n // beam_width`` independent subtrees, each greedy on the PRM."""
-    return _tree_search(problems, config, parts, generator, compete=False, method="dvts")
+    return _tree_search(problems, config, parts, generators, compete=False, method="dvts")
 
 
 # ------------------------------------------------------------------------------------------------------------------
@@ -430,7 +445,7 @@ def dvts(
 
 
 def best_of_n(
-    problems: Sequence[Problem], config: SearchConfig, parts: SearchParts, generator: torch.Generator
+    problems: Sequence[Problem], config: SearchConfig, parts: SearchParts, generators: Generators
 ) -> list[SearchResult]:
     """``n`` whole responses from ``sampler``; each response's score aggregates its step rewards (``aggregate``);
     the answer is the top-scored response (naive), the answer with the largest summed score (weighted), or the
@@ -438,6 +453,7 @@ def best_of_n(
     config.validate()
     model = _sample(parts, config.sampler)
     mode = Mode(config.sampler)
+    gens = generator_list(generators, len(problems))
     t0 = parts.clock.now()
     traces = [[Trace(p) for _ in range(config.n)] for p in problems]
     step_rewards = [[[] for _ in range(config.n)] for _ in problems]
@@ -452,7 +468,7 @@ def best_of_n(
             model.propose,
             [traces[i][j] for i, j in flat],
             1,
-            generator,
+            [gens[i] for i, _ in flat],
             to_end=step == config.max_steps - 1,
         )
         # Only finished responses need a score under 'last'; min/prod need every step.
@@ -511,7 +527,7 @@ def best_of_n(
 
 
 STRATEGIES: dict[
-    str, Callable[[Sequence[Problem], SearchConfig, SearchParts, torch.Generator], list[SearchResult]]
+    str, Callable[[Sequence[Problem], SearchConfig, SearchParts, Generators], list[SearchResult]]
 ] = {
     "specs": specs,
     "beam_search": beam_search,
@@ -527,8 +543,9 @@ __all__ = ["METHODS", "STRATEGIES", "SearchConfig", "run_search", *STRATEGIES]
 
 
 def run_search(
-    problems: Sequence[Problem], config: SearchConfig, parts: SearchParts, generator: torch.Generator
+    problems: Sequence[Problem], config: SearchConfig, parts: SearchParts, generators: Generators
 ) -> list[SearchResult]:
-    """Dispatch on ``config.method``."""
+    """Dispatch on ``config.method``. ``generators``: one per problem, aligned with ``problems`` (a problem's draws
+    come from its own generator only), or one generator shared by all."""
     config.validate()
-    return STRATEGIES[config.method](problems, config, parts, generator)
+    return STRATEGIES[config.method](problems, config, parts, generators)

@@ -16,7 +16,7 @@ import numpy as np
 import torch
 
 import specs_rl
-from specs_rl.interfaces import SearchParts, SimClock, Task
+from specs_rl.interfaces import Generators, SearchParts, SimClock, Task, generator_list
 from specs_rl.tree import TabularTree, TreeConfig, TreeError, load_tree, random_tree
 from specs_rl.types import Candidate, Problem, SearchResult, Trace
 
@@ -134,11 +134,12 @@ class _Sampler:
     which: str  # "draft" | "target"
 
     def propose(
-        self, prefixes: Sequence[Trace], n: int, generator: torch.Generator, *, to_end: bool = False
+        self, prefixes: Sequence[Trace], n: int, generators: Generators, *, to_end: bool = False
     ) -> list[list[Candidate]]:
         out: list[list[Candidate]] = []
         longest = 0
-        for trace in prefixes:
+        # each prefix draws from its own generator (its problem's), so its draws are its problem's alone
+        for trace, generator in zip(prefixes, generator_list(generators, len(prefixes))):
             tree = self.backend.tree(trace)
             start = trace.token_ids
             if len(start) >= tree.horizon:

@@ -11,10 +11,11 @@ log-probabilities under the distribution actually sampled from, ``log softmax(lo
 nucleus and renormalized (0 at T = 0, a point mass): that is the proposal ``π_d`` soft verification divides by.
 The scorer returns the target's untempered ``log softmax(logits)`` over the same range.
 
-Randomness. Each call draws one 63-bit seed from the passed generator; candidate ``j`` of a prefix gets its own
-stream seeded by ``hash(call seed, token ids of the prefix, j, occurrence of the prefix in the call)`` and draws one
-uniform per token (inverse-CDF sampling). So a prefix's candidates depend only on the generator's state and on the
-prefix itself, never on the other prefixes of the batch: a batched call and single-prefix calls made with
+Randomness. Each call draws one 62-bit seed from each prefix's generator (one draw per distinct generator, shared by
+its prefixes: :func:`specs_rl.interfaces.prefix_seeds`); candidate ``j`` of a prefix gets its own stream seeded by
+``hash(call seed, token ids of the prefix, j, occurrence of the prefix among its generator's prefixes)`` and draws
+one uniform per token (inverse-CDF sampling). So a prefix's candidates depend only on its generator's state and on
+the prefix itself, never on the other prefixes of the batch: a batched call and single-prefix calls made with
 generators in the same state agree token for token (up to floating-point ties at a CDF boundary).
 """
 
@@ -33,6 +34,7 @@ from specs_rl.errors import SpecsError
 from specs_rl.hf.cascade import make_suffix_cache
 from specs_rl.hf.engine import LRU, CachedStack, State, row_state
 from specs_rl.hf.text import StepStop, TokenText
+from specs_rl.interfaces import Generators, prefix_seeds
 from specs_rl.prompts import generator_prompt_ids
 from specs_rl.types import Candidate, Problem, Trace
 
@@ -234,20 +236,20 @@ class HFSampler:
         self.ignore_eos = ignore_eos
 
     def propose(
-        self, prefixes: Sequence[Trace], n: int, generator: torch.Generator, *, to_end: bool = False
+        self, prefixes: Sequence[Trace], n: int, generators: Generators, *, to_end: bool = False
     ) -> list[list[Candidate]]:
         if n < 1:
             raise ValueError(f"n must be >= 1, got {n}")
         if not prefixes:
             return []
-        call_seed = int(torch.randint(0, 2**62, (1,), generator=generator))
         lm = self.lm
         if lm.text is not self.stop.text:
             self.stop = StepStop(self.stop.delimiter, lm.text)
         with torch.inference_mode(), lm.stack.lock:
             keys = [lm.key(t) for t in prefixes]
+            seeds = prefix_seeds(generators, [ids for _, ids in keys])  # (call seed, occurrence) per prefix
             states = lm.states(keys)
-            rows = self._generate(keys, states, n, call_seed, to_end)
+            rows = self._generate(keys, states, n, seeds, to_end)
             pkeys = [pids for pids, _ in keys]
             made = [(pkeys[r // n], row.state) for r, row in enumerate(rows) if row.state is not None]
             lm.stack.retain([*zip(pkeys, states), *made])
@@ -261,7 +263,7 @@ class HFSampler:
         keys: Sequence[tuple[tuple[int, ...], tuple[int, ...]]],
         states: Sequence[State],
         n: int,
-        call_seed: int,
+        seeds: Sequence[tuple[int, int]],
         to_end: bool,
     ) -> list[_Row]:
         """``n`` rows per prefix (``keys[i]``, cached as ``states[i]``), each sampled to the end of its step.
@@ -272,10 +274,7 @@ class HFSampler:
         lm, stack = self.lm, self.lm.stack
         dev = stack.device
         rows: list[_Row] = []
-        seen: dict[tuple[int, ...], int] = {}
-        for (pids, ids), st in zip(keys, states):
-            occ = seen.get(ids, 0)
-            seen[ids] = occ + 1
+        for (pids, ids), st, (call_seed, occ) in zip(keys, states, seeds):
             left = max(min(self.max_tokens - (len(ids) - len(pids)), lm.max_positions - len(ids)), 1)
             step = left if to_end else min(left, self.max_step_tokens)
             for j in range(n):

@@ -48,14 +48,15 @@ def search_task(
 ) -> list[dict[str, Any]]:
     """Search every problem not in ``skip`` in batches; grade each result and hand its record to ``on_result``.
 
-    Each batch gets its own ``torch.Generator`` seeded by :func:`problem_seed` of its first problem, so with
-    ``batch_size=1`` every problem's result is independent of the others (resume and shards reproduce it)."""
+    Each problem gets its own ``torch.Generator`` seeded by :func:`problem_seed` (run seed, problem id), and draws
+    only from it, so a problem's result is independent of the others at any ``batch_size`` (resume, shards and
+    rebatching reproduce it; latencies aside)."""
     todo = [p for p in task.problems if p.id not in skip]
     out = []
     for start in range(0, len(todo), batch_size):
         batch = todo[start : start + batch_size]
-        generator = torch.Generator().manual_seed(problem_seed(seed, batch[0].id))
-        for res in run_search(batch, config, task.parts, generator):
+        generators = [torch.Generator().manual_seed(problem_seed(seed, p.id)) for p in batch]
+        for res in run_search(batch, config, task.parts, generators):
             rec = result_record(res, task.grade(res), grader=dict(task.grader), **(extra or {}))
             out.append(rec)
             if on_result is not None:

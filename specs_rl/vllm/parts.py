@@ -19,10 +19,11 @@ they are 0, as in the HF backend. ``finished``: end-of-sequence, ``to_end``, or 
 (``max_tokens``, or the server's context ``max_model_len`` less one position, kept free so the scorer can read the
 step), as :class:`~specs_rl.hf.lm.HFSampler` says.
 
-**Seeds**: each call draws one integer from the search's generator (as the HF backend does); the request of a prefix
-carries ``seed = hash(call seed, prefix ids, occurrence of the prefix in the call)``, and vLLM gives choice ``j`` the
-seed ``seed + j``. A prefix's steps therefore depend only on the generator's state and the prefix, never on the
-other problems in flight.
+**Seeds**: each call draws one integer from each prefix's generator (one per distinct generator, as the HF backend
+does: :func:`specs_rl.interfaces.prefix_seeds`); the request of a prefix carries ``seed = hash(call seed, prefix ids,
+occurrence of the prefix among its generator's prefixes)``, and vLLM gives choice ``j`` the seed ``seed + j``. A
+prefix's steps therefore depend only on its generator's state and the prefix, never on the other problems in
+flight.
 
 **Scoring** (:class:`VLLMScorer`): one request per prefix holding all its distinct candidates as token-id prompts
 (``prefix + candidate``) with ``prompt_logprobs``; only the candidate's positions are read. Prompt log-probs are the
@@ -50,9 +51,7 @@ from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
-import torch
-
-from specs_rl.interfaces import WallClock
+from specs_rl.interfaces import Generators, WallClock, prefix_seeds
 from specs_rl.prm_format import PrmFormat, encode_steps, prefix_min_rewards, strip_step
 from specs_rl.prompts import generator_prompt_ids, prm_prompt_text
 from specs_rl.types import Candidate, Problem, Trace
@@ -175,20 +174,17 @@ class VLLMSampler:
         self.stats: dict[str, Any] = {"calls": 0, "call_s": 0.0}
 
     def propose(
-        self, prefixes: Sequence[Trace], n: int, generator: torch.Generator, *, to_end: bool = False
+        self, prefixes: Sequence[Trace], n: int, generators: Generators, *, to_end: bool = False
     ) -> list[list[Candidate]]:
         if n < 1:
             raise ValueError(f"n must be >= 1, got {n}")
         if not prefixes:
             return []
-        call_seed = int(torch.randint(0, 2**62, (1,), generator=generator))
         with CallTimer(self.stats):
-            seen: dict[tuple[int, ...], int] = {}
+            keys = [self.fmt.ids(trace) for trace in prefixes]
+            seeds = prefix_seeds(generators, [ids for _, ids in keys])  # (call seed, occurrence) per prefix
             jobs = []
-            for trace in prefixes:
-                pids, ids = self.fmt.ids(trace)
-                occ = seen.get(ids, 0)
-                seen[ids] = occ + 1
+            for (pids, ids), (call_seed, occ) in zip(keys, seeds):
                 left = min(self.max_tokens - (len(ids) - len(pids)), self.max_model_len - 1 - len(ids))
                 hard = max(left, 1)
                 limit = hard if to_end else min(hard, self.max_step_tokens)
