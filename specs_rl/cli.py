@@ -33,6 +33,10 @@ COMMANDS: dict[str, tuple[str, str]] = {
         "eval.bench_loop",
         "benchmark the inference loop (overhead, growth with prefix length); backend=vllm: the served backend",
     ),
+    "prm score": (
+        "eval.prm_score",
+        "a PRM's reward for every step of JSONL solutions (the kind it was read as and the text on stderr)",
+    ),
     "serve": ("eval.serve", "start the vLLM servers a run config needs, print their URLs, stop them on exit"),
     "theory converge": ("theory.converge", "exact convergence of SPECS to the KL-regularized optimum"),
     "theory real": ("theory.real_task", "the convergence check with real models"),

@@ -436,6 +436,68 @@ def _mode_dp(
 
 
 # ------------------------------------------------------------------------------------------------------------------
+# One draft step, tested alone: RSD and SpecReason
+
+
+def _tested_draft_dp(tree: TabularTree, passes: list[np.ndarray]) -> SpecsLaw:
+    """The law of "the draft writes one step ``y``, kept iff ``passes[h][s∘y]``, else the target writes the step":
+
+        q(y | s) = π_d(y|s) 1[pass(s∘y)] + P_d(fail | s) π_t(y|s),   P_d(fail | s) = Σ_z π_d(z|s) 1[not pass(s∘z)]
+
+    ``passes[h]`` ``[K**(h+1)]`` (index ``h`` for prefixes of length ``h + 1``). ``defer_rate`` =
+    ``target_fraction`` = E[target-written steps] / H."""
+    K, H = tree.K, tree.horizon  # noqa: N806
+    log_q, deferred = np.zeros(1), 0.0  # [K**h]
+    for h in range(H):
+        log_pt, log_pd = _log(tree.target[h]), _log(tree.draft[h])  # [K**h, K]
+        ok = passes[h].reshape(K**h, K)  # [K**h, K]
+        with np.errstate(divide="ignore"):
+            fail = logsumexp(np.where(ok, NEG_INF, log_pd), axis=1)  # [K**h] log P_d(fail | s)
+        step = np.logaddexp(np.where(ok, log_pd, NEG_INF), fail[:, None] + log_pt)  # [K**h, K]
+        deferred += float(np.exp(logsumexp(log_q + fail)))
+        log_q = (log_q[:, None] + step).reshape(-1)
+    return SpecsLaw(log_q, deferred / H, deferred / H)
+
+
+def rsd_log_law(
+    tree: TabularTree, config: SearchConfig, *, prm: str = "idealized", prm_beta: float | None = None
+) -> SpecsLaw:
+    """Exact law of :func:`specs_rl.search.rsd`: the draft's step is kept iff its reward ``r(s∘y) >= rsd_delta``
+    (:func:`_tested_draft_dp`). The PRM is the backend's, ``tree.prm_levels(prm, prm_beta or config.beta)``."""
+    _check_law_config(tree, config)
+    levels = tree.prm_levels(prm, config.beta if prm_beta is None else prm_beta)
+    return _tested_draft_dp(tree, [r >= config.rsd_delta for r in levels])
+
+
+def specreason_log_law(
+    tree: TabularTree,
+    config: SearchConfig,
+    *,
+    judge_levels: list[np.ndarray] | None = None,
+    prm: str = "idealized",
+    prm_beta: float | None = None,
+) -> SpecsLaw:
+    """Exact law of :func:`specs_rl.search.specreason` (SpecReason, Pan et al. 2025): per step, the draft's step
+    ``y`` is kept with the probability its judge passes it, ``1[J(s∘y) >= judge_threshold]`` for a judge whose
+    score ``J`` is a function of the prefix and step, else the target's step:
+
+        q(y | s) = π_d(y|s) 1[J(s∘y) >= t] + P_d(J < t | s) π_t(y|s)
+
+    ``J`` is ``judge_levels`` when given (the tabular backend's ``judge_levels``), else the judge ``config.judge``
+    names: ``target`` -> :meth:`TabularTree.judge_levels` (``9 · E_{π_t}[R | s∘y]``), ``prm`` -> ``9 · r(s∘y)``
+    with the backend's PRM (:class:`specs_rl.interfaces.PrmJudge`). ``t = 0`` keeps every draft step (the draft's
+    law); ``t > 9`` none (the target's law)."""
+    _check_law_config(tree, config)
+    if judge_levels is None:
+        if config.judge == "prm":
+            prm_levels = tree.prm_levels(prm, config.beta if prm_beta is None else prm_beta)
+            judge_levels = [9.0 * r for r in prm_levels]  # the PRM judge's scale, as PrmJudge computes it
+        else:
+            judge_levels = tree.judge_levels()
+    return _tested_draft_dp(tree, [j >= config.judge_threshold for j in judge_levels])
+
+
+# ------------------------------------------------------------------------------------------------------------------
 # n -> ∞: the limit laws
 
 

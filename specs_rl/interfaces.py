@@ -114,6 +114,36 @@ class RewardModel(Protocol):
 
 
 @runtime_checkable
+class StepJudge(Protocol):
+    """A judge of written steps (SpecReason, Pan et al. 2025): a score in [0, 9] of a prefix extended by a step."""
+
+    def judge(
+        self, prefixes: Sequence[Trace], candidates: Sequence[Sequence[Candidate]]
+    ) -> list[list[float]]:
+        """The score of every candidate, ``out[i][j]`` for ``candidates[i][j]`` after ``prefixes[i]``: the
+        expected value of a 0-9 grade (the target judge: ``Σ_d d · p(d)`` over the digit tokens at the answer
+        position of its scoring prompt, renormalized over the digits)."""
+        ...
+
+
+JUDGE_SCALE = 9.0  # the top of SpecReason's 0-9 scale
+
+
+@dataclass
+class PrmJudge:
+    """``StepJudge`` from a process reward model, on any backend: ``score = 9 · r(s ∘ y)`` (``r`` in [0, 1]), so a
+    threshold ``t`` on the judge's scale is the reward threshold ``t / 9`` (chosen here: the PRM stands in for the
+    target's judgement where the target cannot follow a judging prompt, the toy world)."""
+
+    prm: RewardModel
+
+    def judge(
+        self, prefixes: Sequence[Trace], candidates: Sequence[Sequence[Candidate]]
+    ) -> list[list[float]]:
+        return [[JUDGE_SCALE * float(r) for r in row] for row in self.prm.score(prefixes, candidates)]
+
+
+@runtime_checkable
 class Clock(Protocol):
     """Where stage latencies come from: wall time (synchronized on CUDA) or a simulated cost model."""
 
@@ -185,7 +215,8 @@ class SearchParts:
     """Everything a search strategy needs from the outside world.
 
     ``answer_of`` maps a finished trace to its final answer (the boxed expression for math; the sequence itself for a
-    tabular task), used for voting and grading.
+    tabular task), used for voting and grading. ``judge`` is the target reading a scoring prompt (``specreason``
+    with ``judge: target``), on the backends that implement one.
     """
 
     drafter: StepSampler
@@ -194,6 +225,8 @@ class SearchParts:
     prm: RewardModel
     clock: Clock
     answer_of: Callable[[Trace], str] = _identity_answer
+    # the target judge (SpecReason's judge: target); None where the backend has none
+    judge: StepJudge | None = None
 
 
 @dataclass

@@ -69,6 +69,14 @@ GSI: dict[str, Any] = {
 RSD_BON: dict[str, Any] = {**GSI, "score_form": "reward_only", "accept_test": "reward"}
 
 
+# specreason: SpecReason (Pan et al. 2025, "SpecReason: Fast and Accurate Inference-Time Compute via Speculative
+# Reasoning"; code ruipeterpan/specreason, spec_reason.py): the draft writes one step (n = 1), a judge scores it 0-9
+# and it is kept at or above the threshold, else the target writes the step. Pinned: the strategy. Own: judge
+# (target: the target reads the paper's scoring prompt, get_score, expected digit as in process_logprobs'
+# "average"; prm: 9 x the PRM's reward, for the toy world) and judge_threshold (the paper's 7.0).
+SPECREASON: dict[str, Any] = {"method": "specreason"}
+
+
 def _ablation(base: dict[str, Any], **changes: Any) -> dict[str, Any]:
     """An ablation of ``base`` (ALGORITHM.md §4): the base's pinned values with one thing changed."""
     return {**base, **changes}
@@ -85,6 +93,7 @@ METHOD_PRESETS: dict[str, dict[str, Any]] = {
     "dvts": {"method": "dvts", "sampler": "target"},
     "best_of_n": {"method": "best_of_n", "sampler": "target", "bon_vote": "weighted"},
     "rsd": {"method": "rsd"},
+    "specreason": SPECREASON,
     "target_only": {"method": "target_only"},
     "draft_only": {"method": "draft_only"},
     # ablations of the exact form, and of the authors' form (the paper's ablations, configs/eval/*_qwen25.yaml)
@@ -107,7 +116,7 @@ MATCHED_FRACTION: dict[str, str] = {
 
 
 # Strategies that draw one sample per step: n changes nothing, so a grid runs them once per seed.
-N_FREE_STRATEGIES = ("target_only", "draft_only", "rsd")
+N_FREE_STRATEGIES = ("target_only", "draft_only", "rsd", "specreason")
 
 
 def uses_n(name: str) -> bool:

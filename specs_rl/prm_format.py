@@ -38,18 +38,22 @@ STEP_REWARDS = ("separator", "prefix_min")
 class PrmFormat:
     """How a PRM checkpoint reads steps.
 
-    ``kind``: ``token_classification`` (scores at separators) or ``sequence_classification`` (one score at the last
-    token). ``positive_label``: the class index meaning "this step is correct" (its softmax probability is the
+    ``kind``: ``token_classification`` (scores at separators), ``sequence_classification`` (one score at the last
+    token), or one of the published PRM kinds of :mod:`specs_rl.prm_kinds` (``qwen_prm``, ``skywork_prm``,
+    ``shepherd_prm``). ``positive_label``: the class index meaning "this step is correct" (its softmax probability is the
     reward); for a one-logit head the reward is ``sigmoid(logit)``. ``step_separator``: ``"\\n\\n"`` for the
     project's PRMs, ``"<extra_0>"`` for Qwen2.5-Math-PRM. ``step_reward``: ``separator`` (the probability at the
     step's last separator token) or ``prefix_min`` (the least over the response's tokens up to there; PRMs trained
-    with token labels).
+    with token labels). ``good_token`` / ``bad_token``: the tokens a ``shepherd_prm`` is read at (its
+    ``step_separator`` is its step tag).
     """
 
     kind: str = "token_classification"
     step_separator: str = "\n\n"
     positive_label: int = 1
     step_reward: str = "separator"
+    good_token: str = "+"
+    bad_token: str = "-"
 
     def __post_init__(self) -> None:
         if self.step_reward not in STEP_REWARDS:

@@ -22,7 +22,8 @@ from dataclasses import dataclass, field
 
 import torch
 
-from specs_rl.interfaces import Generators, SearchParts, StepSampler, generator_list
+from specs_rl.errors import SpecsError
+from specs_rl.interfaces import Generators, PrmJudge, SearchParts, StepJudge, StepSampler, generator_list
 from specs_rl.settings import METHODS, SearchConfig
 from specs_rl.types import Candidate, Ledger, Mode, Problem, SearchResult, StepRecord, Trace
 from specs_rl.verify import acceptance_test, keep_mask, next_mode, select, select_then_test, soft_scores
@@ -293,6 +294,68 @@ def rsd(
     return _finish(states, problems, "rsd", parts)
 
 
+def judge_of(config: SearchConfig, parts: SearchParts) -> StepJudge:
+    """SpecReason's judge: the backend's target judge (``judge: target``) or the PRM on the 0-9 scale (``prm``)."""
+    if config.judge == "prm":
+        return PrmJudge(parts.prm)
+    if parts.judge is None:
+        raise SpecsError("judge: target needs a backend with a target judge (tabular, hf); use judge: prm")
+    return parts.judge
+
+
+def specreason(
+    problems: Sequence[Problem], config: SearchConfig, parts: SearchParts, generators: Generators
+) -> list[SearchResult]:
+    """SpecReason (Pan et al. 2025; code ruipeterpan/specreason, ``spec_reason.py``, main loop and ``get_score``):
+    the draft writes one step; a judge scores it 0-9 (:func:`judge_of`); the step is kept iff its score is
+    ``>= judge_threshold`` (paper: 7), otherwise the target writes the step (one sample), unread by the judge.
+
+    Per step: ``q(y | s) = π_d(y|s) 1[J(s∘y) >= t] + P_d(J < t | s) π_t(y|s)`` for a deterministic judge score
+    ``J`` (:func:`specs_rl.exact.specreason_log_law`). A function of its own rather than an option of :func:`rsd`:
+    the test reads a judge part (the target's scoring prompt) on its own 0-9 scale, and the ledger charges it to
+    ``judge``; with ``judge: prm`` it is RSD at ``rsd_delta = judge_threshold / 9`` (same law, same draws)."""
+    config.validate()
+    judge = judge_of(config, parts)
+    gens = generator_list(generators, len(problems))
+    states = [_State(Trace(p), Mode.DRAFT, g, start=parts.clock.now()) for p, g in zip(problems, gens)]
+    for step in range(config.max_steps):
+        active = [s for s in states if not s.trace.finished]
+        if not active:
+            break
+        last = step == config.max_steps - 1
+        prefixes = [s.trace for s in active]
+        gens = [s.generator for s in active]
+        cands, dt_d = _timed(parts, parts.drafter.propose, prefixes, 1, gens, to_end=last)
+        scores, dt_j = _timed(parts, judge.judge, prefixes, cands)
+        rejected = []
+        for st, cs, js in zip(active, cands, scores):
+            st.ledger.charge("draft", dt_d)
+            st.ledger.charge("judge", dt_j)
+            _charge_tokens(st.ledger, "draft", cs)
+            st.ledger.count("judge", sum(c.num_tokens for c in cs))
+            if js[0] >= config.judge_threshold:
+                st.trace = st.trace.extend(cs[0])
+                st.records.append(
+                    StepRecord(
+                        cs[0].text, Mode.DRAFT, False, 1, list(js), [], 0, {"draft": dt_d, "judge": dt_j}
+                    )
+                )
+            else:
+                rejected.append(st)
+        if rejected:
+            prefixes = [s.trace for s in rejected]
+            gens = [s.generator for s in rejected]
+            cands, dt_g = _timed(parts, parts.target.propose, prefixes, 1, gens, to_end=last)
+            for st, cs in zip(rejected, cands):
+                st.ledger.charge("target_generate", dt_g)
+                _charge_tokens(st.ledger, "target", cs)
+                st.trace = st.trace.extend(cs[0])
+                st.records.append(
+                    StepRecord(cs[0].text, Mode.TARGET, True, 1, [], [], 0, {"target_generate": dt_g})
+                )
+    return _finish(states, problems, "specreason", parts)
+
+
 def _sample_only(which: str, method: str):
     def strategy(
         problems: Sequence[Problem], config: SearchConfig, parts: SearchParts, generators: Generators
@@ -534,6 +597,7 @@ STRATEGIES: dict[
     "best_of_n": best_of_n,
     "dvts": dvts,
     "rsd": rsd,
+    "specreason": specreason,
     "target_only": target_only,
     "draft_only": draft_only,
 }

@@ -8,7 +8,8 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass, field
 
-METHODS = ("specs", "beam_search", "best_of_n", "dvts", "rsd", "target_only", "draft_only")
+METHODS = ("specs", "beam_search", "best_of_n", "dvts", "rsd", "specreason", "target_only", "draft_only")
+JUDGES = ("target", "prm")
 ACCEPTANCES = ("filter", "select_test")
 ACCEPT_TESTS = ("score", "reward")
 
@@ -106,6 +107,22 @@ class SearchConfig:
             "to best-of-n, accept_test=reward)"
         },
     )
+    judge: str = field(
+        default="target",
+        metadata={
+            "help": "specreason: who scores the draft's step 0-9: target (the target reads the scoring prompt; "
+            "score = expected digit at the answer position: SpecReason, Pan et al. 2025) | prm (9 x the PRM's "
+            "reward, for worlds where the target cannot follow a judging prompt; chosen here)"
+        },
+    )
+    judge_threshold: float = field(
+        default=7.0,
+        metadata={
+            "help": "specreason: keep the draft's step iff its judge score (0-9) is >= this, else the target "
+            "writes the step (SpecReason code, spec_reason.py --score_threshold: 7.0); 0 keeps every step, "
+            "above 9 none"
+        },
+    )
     concurrent_scoring: bool = field(
         default=False,
         metadata={"help": "run target scoring and PRM scoring in two threads, as the authors' code does"},
@@ -140,7 +157,9 @@ class SearchConfig:
             raise ValueError(f"random_switch must be in [0, 1], got {self.random_switch}")
         if self.method in ("beam_search", "dvts") and (self.beam_width < 1 or self.n % self.beam_width):
             raise ValueError(f"beam_width must divide n (n={self.n}, beam_width={self.beam_width})")
-        for name in ("tau_reject", "tau_switch", "rsd_delta"):
+        if self.judge not in JUDGES:
+            raise ValueError(f"judge must be one of {JUDGES}, got {self.judge!r}")
+        for name in ("tau_reject", "tau_switch", "rsd_delta", "judge_threshold"):
             if math.isnan(getattr(self, name)):
                 raise ValueError(f"{name} must be a number, not nan")
         if self.acceptance == "filter" and self.accept_test != "score":

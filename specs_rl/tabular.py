@@ -82,7 +82,9 @@ class TabularBackend:
     """Draft, target, scorer and PRM over one or more tabular trees, with a simulated clock.
 
     ``trees`` maps a tree name to a tree; a problem uses ``problem.meta["tree"]`` (default: its id, then the only
-    tree). ``prm`` is ``idealized`` (the exact soft value V at ``beta``), ``table`` or ``outcome``.
+    tree). ``prm`` is ``idealized`` (the exact soft value V at ``beta``), ``table`` or ``outcome``. ``judge_levels``
+    is the target judge's table (SpecReason): per tree, the expected 0-9 score of every non-empty prefix, index
+    ``h-1`` for length ``h``; by default :meth:`TabularTree.judge_levels` (9 x the expected reward under the target).
     """
 
     trees: Mapping[str, TabularTree]
@@ -90,11 +92,14 @@ class TabularBackend:
     prm: str = "idealized"
     cost: CostModel = field(default_factory=CostModel)
     clock: SimClock = field(default_factory=SimClock)
+    judge_levels: Mapping[str, list[np.ndarray]] | None = None
 
     def __post_init__(self) -> None:
         if not self.trees:
             raise TreeError("a tabular backend needs at least one tree")
         self._prm = {name: t.prm_levels(self.prm, self.beta) for name, t in self.trees.items()}
+        given = dict(self.judge_levels or {})
+        self._judge = {name: given.get(name) or t.judge_levels() for name, t in self.trees.items()}
 
     def tree_name(self, trace: Trace) -> str:
         name = trace.problem.meta.get("tree", trace.problem.id)
@@ -118,6 +123,7 @@ class TabularBackend:
             prm=_Prm(self),
             clock=self.clock,
             answer_of=answer_of,
+            judge=_Judge(self),
         )
 
     def true_reward(self, problem_tree: str, answer: str) -> float:
@@ -226,6 +232,30 @@ class _Prm:
             batch += len(cands)
             out.append(row)
         self.backend.clock.advance(self.backend.cost.cost("reward", longest, batch))
+        return out
+
+
+@dataclass
+class _Judge:
+    """The target judge: a table lookup, charged as one target scoring pass over the judged steps."""
+
+    backend: TabularBackend
+
+    def judge(
+        self, prefixes: Sequence[Trace], candidates: Sequence[Sequence[Candidate]]
+    ) -> list[list[float]]:
+        out, longest, batch = [], 0, 0
+        for trace, cands in zip(prefixes, candidates):
+            name = self.backend.tree_name(trace)
+            tree, levels = self.backend.trees[name], self.backend._judge[name]
+            row = []
+            for c in cands:
+                sym = (*trace.token_ids, *c.token_ids)
+                row.append(float(levels[len(sym) - 1][tree.index(sym)]))
+                longest = max(longest, c.num_tokens)
+            batch += len(cands)
+            out.append(row)
+        self.backend.clock.advance(self.backend.cost.cost("score", longest, batch))
         return out
 
 

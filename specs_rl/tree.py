@@ -103,6 +103,14 @@ class TabularTree:
             return self.soft_values(0.0)[1:]
         raise ValueError(f"prm must be one of idealized, table, outcome; got {prm!r}")
 
+    def judge_levels(self) -> list[np.ndarray]:
+        """The tabular target judge (SpecReason's ``judge: target``): the expected 0-9 score of every non-empty
+        prefix, index ``h-1`` for length ``h`` (``[K**h]``), ``9 · E_{π_t}[R | s∘y]``: the target grades a step by
+        the expected reward of its own continuation from it (chosen here: the judge a target that knows its world
+        exactly would give). A deterministic expected score per (prefix, step), so the exact law keeps a draft
+        step ``y`` with probability ``1[score(s∘y) >= threshold]`` (:func:`specs_rl.exact.specreason_log_law`)."""
+        return [9.0 * v for v in self.soft_values(0.0)[1:]]
+
     # -- (de)serialization ----------------------------------------------------------------------------------
     def to_json(self) -> dict[str, Any]:
         def rows(levels: list[np.ndarray]) -> dict[str, list[float]]:

@@ -30,9 +30,10 @@ def test_search_writes_results_summary_and_config(tmp_path):
             "target_generate",
             "reward",
             "verify",
+            "judge",
             "total",
         }
-        assert set(r["tokens"]) == {"draft", "target_generate", "target_score"}
+        assert set(r["tokens"]) == {"draft", "target_generate", "target_score", "judge"}
         assert (
             r["latency_s"]["total"] > 0 and r["tokens"]["target_generate"] + r["tokens"]["target_score"] > 0
         )

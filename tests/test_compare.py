@@ -628,13 +628,13 @@ def test_the_peers_config_plans_the_head_to_head_and_runs_on_a_tiny_world(tmp_pa
     cfg = load_config(run.CompareConfig, PEERS)
     assert (cfg.data.dataset, cfg.data.split, cfg.n_grid, len(cfg.seeds)) == ("toymath", "test", [4, 8], 3)
     assert set(cfg.methods) == {
-        *("specs", "specs_paper", "gsi", "rsd", "rsd_bon"),
+        *("specs", "specs_paper", "gsi", "rsd", "rsd_bon", "specreason"),
         *("beam_search_target", "beam_search_draft", "best_of_n", "target_only"),
     }
     runs = run.plan_runs(cfg)
-    assert len(runs) == (7 * 2 + 2) * 3  # rsd and target_only do not depend on n
+    assert len(runs) == (7 * 2 + 3) * 3  # rsd, specreason and target_only do not depend on n
     # every method that has thresholds or a beta runs at its own settings, nothing of them is shared
-    assert set(cfg.method_settings) == {"specs", "specs_paper", "gsi", "rsd", "rsd_bon"}
+    assert set(cfg.method_settings) == {"specs", "specs_paper", "gsi", "rsd", "rsd_bon", "specreason"}
     assert not given_keys(cfg) & {
         "beta",
         "temperature",
@@ -642,6 +642,8 @@ def test_the_peers_config_plans_the_head_to_head_and_runs_on_a_tiny_world(tmp_pa
         "tau_switch",
         "rsd_delta",
         "start_mode",
+        "judge",
+        "judge_threshold",
     }
     by = {r.method: r.config for r in runs if (r.n, r.seed) in ((4, 0), (None, 0))}
     assert (by["gsi"].acceptance, by["gsi"].tau_switch, by["gsi"].score_form) == (
@@ -651,12 +653,13 @@ def test_the_peers_config_plans_the_head_to_head_and_runs_on_a_tiny_world(tmp_pa
     )
     assert (by["specs_paper"].score_form, by["specs_paper"].start_mode) == ("mean", "target")
     assert (by["rsd_bon"].accept_test, by["specs"].acceptance) == ("reward", "filter")
+    assert (by["specreason"].method, by["specreason"].judge) == ("specreason", "prm")
 
     out = tmp_path / "peers"
     tiny = ["backend=tabular", "tabular.problems=3", "seeds=[0]", *QUIET, f"out={out}"]
     assert compare.main(["--config", PEERS, *tiny]) == 0
     records = [json.loads(x) for x in _lines(out / "results.jsonl")]
-    assert len(records) == (7 * 2 + 2) * 3
+    assert len(records) == (7 * 2 + 3) * 3
     for r in records:
         assert r.get("settings", {}) == cfg.method_settings.get(r["method"], {})
     assert {r["strategy"] for r in records if r["method"] in ("gsi", "rsd_bon", "specs_paper")} == {"specs"}

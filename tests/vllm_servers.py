@@ -93,6 +93,11 @@ def make_tiny_prm(out: Path, seed: int = 0) -> Path:
     }
     (out / "config.json").write_text(json.dumps(config, indent=1))
     tok.save_pretrained(out)
+    # read the project's way (steps + "\n\n", the plain prompt): the architecture alone would make it a qwen_prm,
+    # whose chat format the toy tokenizer (no chat template) cannot write
+    from specs_rl.prm_format import PrmFormat
+
+    PrmFormat(kind="token_classification").save(out)
     return out
 
 

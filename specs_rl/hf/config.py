@@ -18,6 +18,7 @@ import math
 from dataclasses import dataclass, field
 
 from specs_rl.prm_format import STEP_REWARDS
+from specs_rl.prm_kinds import CLASSIFIER_KINDS, KINDS
 
 DEVICES = ("auto", "cpu", "cuda", "mps")
 DTYPES = ("auto", "float32", "bfloat16", "float16")
@@ -133,7 +134,7 @@ class ModelSpec:
             self.tiny.validate(f"{key}.tiny")
 
 
-PRM_KINDS = ("auto", "token_classification", "sequence_classification")
+PRM_KINDS = ("auto", *KINDS)
 AGGREGATES = ("last", "min", "prod")
 
 
@@ -151,16 +152,37 @@ class PrmSpec:
     )
     kind: str = field(
         default="auto",
-        metadata={"help": f"one of {PRM_KINDS}; auto = prm_config.json, else token_classification"},
+        metadata={
+            "help": f"one of {PRM_KINDS}; auto = prm_config.json, else config.json's architectures "
+            "(Qwen2ForProcessRewardModel = qwen_prm, Qwen2ForPrmModel = skywork_prm, *ForCausalLM = shepherd_prm, "
+            "*ForTokenClassification / *ForSequenceClassification), else token_classification"
+        },
     )
     step_separator: str | None = field(
         default=None,
         metadata={
-            "help": "text placed after each step; null = prm_config.json, else '\\n\\n' (Qwen2.5-Math-PRM: '<extra_0>')"
+            "help": "text placed after each step; null = prm_config.json, else the kind's ('\\n\\n'; qwen_prm: "
+            "'<extra_0>'; skywork_prm: '\\n'; shepherd_prm: its step_tag)"
         },
     )
+    step_tag: str | None = field(
+        default=None,
+        metadata={
+            "help": "shepherd_prm: the tag after each step, read there; null = 'ки' (Math-Shepherd's card)"
+        },
+    )
+    good_token: str | None = field(
+        default=None,
+        metadata={"help": "shepherd_prm: the token meaning 'step correct'; null = '+' (its card)"},
+    )
+    bad_token: str | None = field(
+        default=None, metadata={"help": "shepherd_prm: the token meaning 'step wrong'; null = '-' (its card)"}
+    )
     positive_label: int | None = field(
-        default=None, metadata={"help": "class meaning 'step is correct'; null = prm_config.json, else 1"}
+        default=None,
+        metadata={
+            "help": "class meaning 'step is correct'; null = prm_config.json, else 1 (shepherd_prm: 0 = good)"
+        },
     )
     step_reward: str | None = field(
         default=None,
@@ -181,14 +203,18 @@ class PrmSpec:
     )
     chat: bool = field(
         default=False,
-        metadata={"help": "wrap the prompt in the PRM tokenizer's chat template (Qwen2.5-Math-PRM: true)"},
+        metadata={"help": "wrap the prompt in the PRM tokenizer's chat template (kind qwen_prm always does)"},
     )
     system_prompt: str | None = field(
-        default=None, metadata={"help": "system message when chat is true (null: none)"}
+        default=None,
+        metadata={"help": "system message when chat is true (null: none; qwen_prm: its model card's)"},
     )
     revision: str | None = field(default=None, metadata={"help": "hub revision (null: default branch)"})
     trust_remote_code: bool = field(
-        default=False, metadata={"help": "allow model code from the hub repo (Qwen2.5-Math-PRM needs it)"}
+        default=False,
+        metadata={
+            "help": "allow model code from the hub repo (classifier kinds only; the PRM kinds load natively)"
+        },
     )
     device: str = field(
         default="auto", metadata={"help": f"one of {DEVICES}; auto as for the generators (chosen here)"}
@@ -206,6 +232,14 @@ class PrmSpec:
             raise ValueError(f"{key}.kind must be one of {PRM_KINDS}, got {self.kind!r}")
         if self.step_separator is not None and not self.step_separator:
             raise ValueError(f"{key}.step_separator must be non-empty or null")
+        for name in ("step_tag", "good_token", "bad_token"):
+            value = getattr(self, name)
+            if value is not None and not value.strip():
+                raise ValueError(f"{key}.{name} must be a non-blank string or null, got {value!r}")
+            if value is not None and self.kind not in ("auto", "shepherd_prm"):
+                raise ValueError(f"{key}.{name} is read by kind shepherd_prm only (kind is {self.kind})")
+        if self.name.startswith("tiny") and self.kind not in ("auto", *CLASSIFIER_KINDS):
+            raise ValueError(f"{key}.kind {self.kind!r}: tiny PRMs are one of {CLASSIFIER_KINDS}")
         if self.positive_label is not None and self.positive_label < 0:
             raise ValueError(f"{key}.positive_label must be >= 0, got {self.positive_label}")
         if self.step_reward is not None and self.step_reward not in STEP_REWARDS:
@@ -259,6 +293,19 @@ class HFConfig:
         default=None,
         metadata={
             "help": "system message in the chat template (authors' code: the paper's instruction; null: none)"
+        },
+    )
+    judge_prompt: str | None = field(
+        default=None,
+        metadata={
+            "help": "specreason, judge: target: the instruction the target reads after the step (null: the "
+            "paper's, ruipeterpan/specreason spec_reason.py get_score)"
+        },
+    )
+    judge_answer_prefix: str = field(
+        default="I think the quality score is: ",
+        metadata={
+            "help": "specreason, judge: target: the start of the judge's answer, before the digit (paper)"
         },
     )
     cache_prompts: int = field(

@@ -7,7 +7,6 @@ failure inside transformers is reported the same way, with its first line.
 from __future__ import annotations
 
 import functools
-import os
 from pathlib import Path
 from typing import Any
 
@@ -89,7 +88,12 @@ def check_sources(specs: dict[str, ModelSpec | PrmSpec]) -> None:
     """Cheap checks of every source before any model is loaded."""
     for key, spec in specs.items():
         if not spec.name.startswith("tiny"):
-            split_source(spec.name, getattr(spec, "gguf_file", None), key)
+            source, _ = split_source(spec.name, getattr(spec, "gguf_file", None), key)
+            # a local PRM's weight names are checked here too: a read of its safetensors headers
+            if isinstance(spec, PrmSpec) and Path(source).is_dir():
+                from specs_rl.hf.prm_arch import check_checkpoint
+
+                check_checkpoint(spec, source, key)
 
 
 def _wrap_load_error(key: str, name: str, e: Exception) -> SpecsError:
@@ -135,58 +139,26 @@ def load_causal_lm(spec: ModelSpec, key: str) -> tuple[torch.nn.Module, Any]:
 
 
 def load_reward_model(spec: PrmSpec, key: str = "hf.prm") -> tuple[torch.nn.Module, Any, PrmFormat]:
-    """``(model, tokenizer, format)``: the format merges ``prm_config.json`` (if any) with the spec's overrides."""
+    """``(model, tokenizer, format)``: the format merges ``prm_config.json`` (if any), the checkpoint's kind
+    (:mod:`specs_rl.prm_kinds`) and the spec's overrides; the weights load natively by name
+    (:func:`specs_rl.hf.prm_arch.load_native_prm`)."""
     device = resolve_device(spec.device)
     dtype = resolve_dtype(spec.dtype, device)
-    saved = None
     if not spec.name.startswith("tiny"):
+        from specs_rl.hf.prm_arch import load_native_prm
+
         source, _ = split_source(spec.name, None, key)
-        if os.path.isdir(source):
-            saved = PrmFormat.load(source)
-    base = saved or PrmFormat()
-    kind = spec.kind if spec.kind != "auto" else base.kind
-    fmt = PrmFormat(
-        kind=kind,
-        step_separator=spec.step_separator if spec.step_separator is not None else base.step_separator,
-        positive_label=spec.positive_label if spec.positive_label is not None else base.positive_label,
-        step_reward=spec.step_reward if spec.step_reward is not None else base.step_reward,
-    )
-    if spec.name.startswith("tiny"):
-        from specs_rl.tiny import tiny_seq_classifier, tiny_token_classifier
+        return load_native_prm(spec, source, device, dtype, key)
+    from specs_rl.prm_kinds import resolve_format
+    from specs_rl.tiny import tiny_seq_classifier, tiny_token_classifier
 
-        tok = tiny_tokenizer(spec.tiny.tokenizer_vocab)
-        build = tiny_seq_classifier if kind == "sequence_classification" else tiny_token_classifier
-        model = build(tok, _tiny_arch(spec.name), seed=spec.tiny.seed, **_tiny_kwargs(spec.tiny))
-        return model.to(device=device, dtype=dtype).eval(), tok, fmt
-    from transformers import (
-        AutoModel,
-        AutoModelForSequenceClassification,
-        AutoModelForTokenClassification,
-        AutoTokenizer,
+    fmt = resolve_format(
+        kind=spec.kind,
+        step_separator=spec.step_separator,
+        positive_label=spec.positive_label,
+        step_reward=spec.step_reward,
     )
-
-    kw: dict[str, Any] = {"trust_remote_code": spec.trust_remote_code}
-    if spec.revision is not None:
-        kw["revision"] = spec.revision
-    auto = (
-        AutoModelForSequenceClassification
-        if kind == "sequence_classification"
-        else AutoModelForTokenClassification
-    )
-    model_kw = dict(kw, dtype=dtype)
-    if device.type == "cuda":
-        model_kw["device_map"] = str(device)
-    try:
-        tok = AutoTokenizer.from_pretrained(source, **kw)
-        try:
-            model = auto.from_pretrained(source, **model_kw)
-        except ValueError:
-            if not spec.trust_remote_code:
-                raise
-            # Remote-code PRMs (Qwen2.5-Math-PRM) register only AutoModel in their auto_map.
-            model = AutoModel.from_pretrained(source, **model_kw)
-    except (OSError, ValueError, ImportError, RuntimeError, KeyError) as e:
-        raise _wrap_load_error(key, spec.name, e) from None
-    if device.type != "cuda":
-        model = model.to(device=device, dtype=dtype)
-    return model.eval(), tok, fmt
+    tok = tiny_tokenizer(spec.tiny.tokenizer_vocab)
+    build = tiny_seq_classifier if fmt.kind == "sequence_classification" else tiny_token_classifier
+    model = build(tok, _tiny_arch(spec.name), seed=spec.tiny.seed, **_tiny_kwargs(spec.tiny))
+    return model.to(device=device, dtype=dtype).eval(), tok, fmt

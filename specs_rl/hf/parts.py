@@ -8,6 +8,7 @@ from typing import Any
 from specs_rl.errors import SpecsError
 from specs_rl.grading import extract_boxed
 from specs_rl.hf.config import HFConfig, ModelSpec, PrmSpec, TinySpec
+from specs_rl.hf.judge import DEFAULT_JUDGE_PROMPT, HFJudge
 from specs_rl.hf.lm import HFLM, HFSampler, HFScorer
 from specs_rl.hf.models import check_sources, load_causal_lm, load_reward_model
 from specs_rl.hf.prm import HFRewardModel
@@ -109,6 +110,13 @@ def build_parts(cfg: HFConfig, clock: Clock | None = None) -> SearchParts:
         prm=prm,
         clock=clock or WallClock(),
         answer_of=boxed_answer,
+        judge=HFJudge(
+            lm_t,
+            prompt=cfg.judge_prompt or DEFAULT_JUDGE_PROMPT,
+            answer_prefix=cfg.judge_answer_prefix,
+            chat_template=cfg.chat_template,
+            system_prompt=cfg.system_prompt,
+        ),
     )
 
 

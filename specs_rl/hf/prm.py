@@ -13,11 +13,12 @@ prefix_min``) is read as the least of those probabilities over every response to
 
     r_k = min(r_{k-1}, min_{start_k <= t <= end_k} p_t),    r_{-1} = 1.
 
-The conventions covered:
+The conventions covered (the kinds of :mod:`specs_rl.prm_kinds`, which also write each kind's text):
 
 - the project's PRMs (``prm_config.json`` next to the checkpoint: separator ``"\\n\\n"``, positive label 1);
-- Qwen2.5-Math-PRM: separator ``"<extra_0>"``, chat-formatted prompt (``chat: true`` with its system prompt), 2
-  classes, positive label 1, loaded with ``trust_remote_code``;
+- ``qwen_prm`` (Qwen2.5-Math-PRM): separator ``"<extra_0>"``, its chat format, 2 classes, positive label 1;
+- ``skywork_prm`` (Skywork-o1-Open-PRM): one value per token, ``sigmoid`` at each ``"\\n"`` step token;
+- ``shepherd_prm`` (Math-Shepherd style): a causal LM's ``[good, bad]`` logits at each step tag, label 0 = good;
 - sequence-classification reward models (1 logit).
 
 Because the encoding of ``prefix ∘ step`` extends the encoding of ``prefix`` token for token and the models are
@@ -35,8 +36,8 @@ from typing import Any
 import torch
 
 from specs_rl.hf.engine import LRU, CachedStack, State, row_state
-from specs_rl.prm_format import PrmFormat, encode_steps, prefix_min_rewards, strip_step
-from specs_rl.prompts import prm_prompt_text
+from specs_rl.prm_format import PrmFormat, prefix_min_rewards
+from specs_rl.prm_kinds import StepText, prompt_ids, step_ids
 from specs_rl.types import Candidate, Problem, Trace
 
 
@@ -72,44 +73,35 @@ class HFRewardModel:
         self.fmt = fmt or PrmFormat()
         self.aggregate = aggregate
         self.prompt_field = prompt_field
-        if chat and not getattr(tokenizer, "chat_template", None):
-            raise ValueError("the PRM's tokenizer has no chat template, so chat: true cannot be applied")
+        self.text = StepText(self.fmt, chat=chat, system_prompt=system_prompt, prompt_field=prompt_field)
+        self.text.check(tokenizer)
         self.chat = chat
         self.system_prompt = system_prompt
         self.stack = CachedStack(model, cache_prompts=cache_prompts)
         self.head = _head(model)
         self.sep = self.fmt.step_separator
-        self.sep_ids = tuple(tokenizer(self.sep, add_special_tokens=False)["input_ids"])
-        if not self.sep_ids:
-            raise ValueError(f"the step separator {self.sep!r} encodes to no tokens")
         self._prompts = LRU(1024)
         self._steps = LRU(8192)
 
     # -- the encoding ---------------------------------------------------------------------------------------------
     def prompt_text(self, problem: Problem) -> str:
-        return prm_prompt_text(
-            self.tokenizer,
-            problem,
-            prompt_field=self.prompt_field,
-            chat=self.chat,
-            system_prompt=self.system_prompt,
-        )
+        return self.text.prompt_text(self.tokenizer, problem)
 
     def prompt_ids(self, problem: Problem) -> tuple[int, ...]:
         key = (problem.prompt, problem.meta.get("problem"))
         hit = self._prompts.get(key)
         if hit is None:
-            ids, _ = encode_steps(self.tokenizer, self.prompt_text(problem), [], self.sep)
-            hit = self._prompts.put(key, tuple(ids))
+            hit = self._prompts.put(key, prompt_ids(self.text, self.tokenizer, problem))
         return hit
 
-    def step_ids(self, text: str) -> tuple[int, ...]:
-        """``encode(strip(step)) + encode(separator)``, as :func:`encode_steps` appends a step (trailing whitespace is
-        also dropped before a non-whitespace separator)."""
-        hit = self._steps.get(text)
+    def step_ids(self, text: str, first: bool = False) -> tuple[int, ...]:
+        """A step's ids as its kind writes it (:func:`specs_rl.prm_kinds.step_ids`; for the classifier kinds
+        ``encode(strip(step)) + encode(separator)``, as :func:`specs_rl.prm_format.encode_steps` appends a step);
+        ``first``: the response's first step (a shepherd_prm writes it after a space, later ones after a newline)."""
+        key = (text, first and self.fmt.kind == "shepherd_prm")
+        hit = self._steps.get(key)
         if hit is None:
-            ids = self.tokenizer(strip_step(text, self.sep), add_special_tokens=False)["input_ids"]
-            hit = self._steps.put(text, tuple(ids) + self.sep_ids)
+            hit = self._steps.put(key, step_ids(self.text, self.tokenizer, text, first))
         return hit
 
     def encode(self, trace: Trace) -> tuple[tuple[int, ...], tuple[int, ...], list[int]]:
@@ -117,8 +109,8 @@ class HFRewardModel:
         pids = self.prompt_ids(trace.problem)
         ids = list(pids)
         ends = []
-        for s in trace.steps:
-            ids.extend(self.step_ids(s.text))
+        for k, s in enumerate(trace.steps):
+            ids.extend(self.step_ids(s.text, k == 0))
             ends.append(len(ids) - 1)
         return pids, tuple(ids), ends
 
@@ -147,7 +139,7 @@ class HFRewardModel:
             for (st, _, _), rewards in zip(made, self._step_rewards(made, enc)):
                 st.rewards = rewards
             rows = [
-                (i, j, self.step_ids(c.text), c.finished)
+                (i, j, self.step_ids(c.text, not prefixes[i].steps), c.finished)
                 for i, cs in enumerate(candidates)
                 for j, c in enumerate(cs)
             ]
@@ -173,6 +165,16 @@ class HFRewardModel:
                     kept.append((enc[i][0], st))
             self.stack.retain(kept)
         return out
+
+    def step_rewards(self, trace: Trace) -> list[float]:
+        """The reward of every step of ``trace`` (``specs-rl prm score``), through the same cached states."""
+        with torch.inference_mode(), self.stack.lock:
+            enc = [self.encode(trace)]
+            states, made = self.stack.catch_up([(p, ids) for p, ids, _ in enc], lambda st, exact: True)
+            for (st, _, _), rewards in zip(made, self._step_rewards(made, enc)):
+                st.rewards = rewards
+            self.stack.retain([(enc[0][0], states[0])])
+            return [float(r) for r in states[0].rewards]
 
     def _step_rewards(
         self,

@@ -72,7 +72,12 @@ def _ratio(row: dict[str, Any]) -> str:
     return f"{pooled:.2f}x"
 
 
-TOKEN_HEADS = {"draft": "tok draft", "target_generate": "tok tgt gen", "target_score": "tok tgt score"}
+TOKEN_HEADS = {
+    "draft": "tok draft",
+    "target_generate": "tok tgt gen",
+    "target_score": "tok tgt score",
+    "judge": "tok judge",
+}
 
 
 def format_table(rows: Sequence[dict[str, Any]], aggregate: bool = False) -> str:
@@ -228,7 +233,7 @@ def wandb_metrics(rows: Sequence[dict[str, Any]], aggregate: Sequence[dict[str, 
 
 PROBLEM_COLUMNS = (
     "method", "n", "seed", "id", "correct", "answer", "latency_s", "draft_step_fraction", "deferrals",
-    "tokens_draft", "tokens_target_generate", "tokens_target_score", "final_score",
+    *(f"tokens_{k}" for k in TOKEN_KINDS), "final_score",
 )  # fmt: skip
 
 

@@ -52,8 +52,9 @@ from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
 from specs_rl.interfaces import Generators, WallClock, prefix_seeds
-from specs_rl.prm_format import PrmFormat, encode_steps, prefix_min_rewards, strip_step
-from specs_rl.prompts import generator_prompt_ids, prm_prompt_text
+from specs_rl.prm_format import PrmFormat, prefix_min_rewards
+from specs_rl.prm_kinds import StepText, prompt_ids, step_ids
+from specs_rl.prompts import generator_prompt_ids
 from specs_rl.types import Candidate, Problem, Trace
 from specs_rl.vllm.client import BusyMeter, Endpoint, ServedClient, ServerError
 
@@ -329,10 +330,12 @@ class VLLMRewardModel:
     ) -> None:
         if aggregate not in ("last", "min", "prod"):
             raise ValueError(f"aggregate must be one of last, min, prod; got {aggregate!r}")
-        if fmt.kind != "token_classification":
-            raise ValueError(f"a served PRM must be a token-classification PRM, got kind {fmt.kind!r}")
-        if chat and not getattr(tokenizer, "chat_template", None):
-            raise ValueError("the PRM's tokenizer has no chat template, so chat: true cannot be applied")
+        if fmt.kind not in ("token_classification", "qwen_prm"):
+            raise ValueError(
+                f"a served PRM must be a token-classification PRM or kind qwen_prm, got kind {fmt.kind!r}"
+            )
+        self.text = StepText(fmt, chat=chat, system_prompt=system_prompt, prompt_field=prompt_field)
+        self.text.check(tokenizer)
         self.client = client
         self.ep = ep
         self.tokenizer = tokenizer
@@ -343,8 +346,6 @@ class VLLMRewardModel:
         self.system_prompt = system_prompt
         self.sep = fmt.step_separator
         self.sep_ids = tuple(tokenizer(self.sep, add_special_tokens=False)["input_ids"])
-        if not self.sep_ids:
-            raise ValueError(f"the step separator {self.sep!r} encodes to no tokens")
         self.pooling = resolve_pooling(pooling, fmt, self.sep_ids)
         self.step_tag_id = self.sep_ids[-1]
         self.stats: dict[str, Any] = {"calls": 0, "call_s": 0.0}
@@ -353,27 +354,20 @@ class VLLMRewardModel:
 
     # -- the encoding (as HFRewardModel) -------------------------------------------------------------------------
     def prompt_text(self, problem: Problem) -> str:
-        return prm_prompt_text(
-            self.tokenizer,
-            problem,
-            prompt_field=self.prompt_field,
-            chat=self.chat,
-            system_prompt=self.system_prompt,
-        )
+        return self.text.prompt_text(self.tokenizer, problem)
 
     def prompt_ids(self, problem: Problem) -> tuple[int, ...]:
         key = (problem.prompt, problem.meta.get("problem"))
         hit = self._prompts.get(key)
         if hit is None:
-            ids, _ = encode_steps(self.tokenizer, self.prompt_text(problem), [], self.sep)
-            hit = self._prompts[key] = tuple(ids)
+            hit = self._prompts[key] = prompt_ids(self.text, self.tokenizer, problem)
         return hit
 
-    def step_ids(self, text: str) -> tuple[int, ...]:
+    def step_ids(self, text: str, first: bool = False) -> tuple[int, ...]:
+        """As :meth:`specs_rl.hf.prm.HFRewardModel.step_ids` (the kind's text, :mod:`specs_rl.prm_kinds`)."""
         hit = self._steps.get(text)
         if hit is None:
-            ids = self.tokenizer(strip_step(text, self.sep), add_special_tokens=False)["input_ids"]
-            hit = self._steps[text] = tuple(ids) + self.sep_ids
+            hit = self._steps[text] = step_ids(self.text, self.tokenizer, text, first)
         if len(self._steps) > 16384:
             self._steps.clear()
         return hit
@@ -427,6 +421,23 @@ class VLLMRewardModel:
                 steps = [p[e] for e in ends]
             got[text] = min(max(self._agg(steps), 0.0), 1.0)
         return [got[c.text] for c in cands]
+
+    def step_rewards(self, trace: Trace) -> list[float]:
+        """The reward of every step of ``trace`` (``specs-rl prm score``), from one pooling request."""
+        ids, ends, plen = self.encode(trace)
+        data = self.client.request(
+            self.ep, "POST", "/pooling", {"model": self.ep.model, "input": [list(ids)]}
+        )
+        rows = data.get("data") if isinstance(data, dict) else None
+        if not isinstance(rows, list) or len(rows) != 1:
+            got = len(rows) if isinstance(rows, list) else "no"
+            raise ServerError(
+                f"{self.ep.part}: the server at {self.ep.url} returned {got} pooling results, expected 1"
+            )
+        p = self._probabilities(0, ids, rows[0])
+        if self.fmt.step_reward == "prefix_min":
+            return prefix_min_rewards([p[i] for i in range(len(ids))], plen, ends)
+        return [p[e] for e in ends]
 
     def _probabilities(self, k: int, ids: Sequence[int], row: Any) -> dict[int, float]:
         """``{position: p(positive label)}`` at the positions the server pooled."""

@@ -65,6 +65,10 @@ def prm_backend(vc: VLLMConfig, hf: HFConfig) -> str:
         return "vllm"
     if hf.prm.name.startswith("tiny"):
         return "hf"
+    if hf.prm.kind not in ("auto", "qwen_prm"):
+        return (
+            "hf"  # vLLM serves Qwen2ForProcessRewardModel; the other kinds run in-process beside the servers
+        )
     archs = _config_architectures(hf.prm.name, hf.prm)
     return "vllm" if any(a.endswith("ForProcessRewardModel") for a in archs) else "hf"
 
@@ -116,16 +120,25 @@ def _eos_ids(tokenizer: Any, spec: ModelSpec) -> frozenset[int]:
 
 
 def _prm_format(spec: PrmSpec) -> PrmFormat:
-    """The PRM's reading: ``prm_config.json`` next to a local checkpoint, overridden by ``hf.prm`` (as
-    :func:`specs_rl.hf.models.load_reward_model` resolves it)."""
+    """The PRM's reading: its kind (``prm_config.json``, else config.json's architectures) and fields, overridden by
+    ``hf.prm`` (:func:`specs_rl.prm_kinds.resolve_format`, as the in-process loader resolves it)."""
+    from specs_rl.prm_kinds import resolve_format
+
     saved = PrmFormat.load(spec.name) if Path(spec.name).expanduser().is_dir() else None
-    base = saved or PrmFormat()
-    return PrmFormat(
-        kind=spec.kind if spec.kind != "auto" else base.kind,
-        step_separator=spec.step_separator if spec.step_separator is not None else base.step_separator,
-        positive_label=spec.positive_label if spec.positive_label is not None else base.positive_label,
-        step_reward=spec.step_reward if spec.step_reward is not None else base.step_reward,
-    )
+    try:
+        return resolve_format(
+            kind=spec.kind,
+            saved=saved,
+            architectures=_config_architectures(spec.name, spec),
+            step_separator=spec.step_separator,
+            step_tag=spec.step_tag,
+            positive_label=spec.positive_label,
+            step_reward=spec.step_reward,
+            good_token=spec.good_token,
+            bad_token=spec.bad_token,
+        )
+    except ValueError as e:
+        raise SpecsError(f"hf.prm: {e}") from None
 
 
 def served_name(vc: VLLMConfig, hf: HFConfig, part: str) -> str:
@@ -198,8 +211,10 @@ def build_parts(
     vc: VLLMConfig, hf: HFConfig, *, probe: Problem | None = None
 ) -> tuple[SearchParts, ServedParts]:
     """The search parts of ``backend: vllm`` and what serves them; see the module docstring for the checks."""
+    from specs_rl.hf.judge import DEFAULT_JUDGE_PROMPT
     from specs_rl.hf.parts import boxed_answer, same_tokenizer
     from specs_rl.vllm.client import Endpoint, ServedClient
+    from specs_rl.vllm.judge import VLLMJudge
     from specs_rl.vllm.parts import (
         MeteredRewardModel,
         PooledWallClock,
@@ -320,6 +335,15 @@ def build_parts(
         prm=prm,
         clock=PooledWallClock(),
         answer_of=boxed_answer,
+        judge=VLLMJudge(
+            client,
+            endpoints["target"],
+            toks["target"],
+            prompt=hf.judge_prompt or DEFAULT_JUDGE_PROMPT,
+            answer_prefix=hf.judge_answer_prefix,
+            chat_template=hf.chat_template,
+            system_prompt=hf.system_prompt,
+        ),
     )
     return parts, ServedParts(client, endpoints, servers, prm_kind)
 
