@@ -1,4 +1,4 @@
-"""``specs-rl bench``: how much of the inference loop is model work, and how step cost grows with the prefix.
+"""``specs-rl bench`` (``backend: hf``, the default; :mod:`eval.bench` dispatches): how much of the inference loop is model work, and how step cost grows with the prefix.
 
     specs-rl bench out=runs/bench                      # CPU figures (a few minutes on 2 cores)
     specs-rl bench out=runs/bench repeats=1 quick=true # a smoke run in seconds
@@ -37,7 +37,7 @@ from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import torch
 
@@ -63,6 +63,12 @@ def _spec(hidden: int, layers: int, heads: int, kv: int, seed: int, inter: int |
 
 @dataclass
 class BenchConfig:
+    backend: Literal["hf"] = field(
+        default="hf",
+        metadata={
+            "help": "hf: this benchmark (in-process models); vllm: eval/bench_served.py (its own keys)"
+        },
+    )
     out: str = field(default="runs/bench", metadata={"help": "directory for bench.json"})
     n: int = field(default=8, metadata={"help": "candidates per step (issue: 8)"})
     repeats: int = field(default=3, metadata={"help": "repeats of each measurement; figures are medians"})
@@ -426,12 +432,7 @@ def table(report: dict[str, Any]) -> str:
 
 @entry_point
 def main(argv: Sequence[str] | None = None) -> int:
-    argv = list(sys.argv[1:] if argv is None else argv)
-    if "backend=vllm" in argv:  # the served backend's benchmark: eval/bench_served.py
-        from eval import bench_served
-
-        return bench_served.main([a for a in argv if a != "backend=vllm"])
-    cfg = config_from_argv(BenchConfig, argv, "specs-rl bench")
+    cfg = config_from_argv(BenchConfig, sys.argv[1:] if argv is None else argv, "specs-rl bench")
     if cfg.quick:
         cfg = _quick(cfg)
     out = Path(cfg.out)

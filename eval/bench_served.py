@@ -34,7 +34,7 @@ import time
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import torch
 
@@ -49,6 +49,9 @@ REPO = Path(__file__).resolve().parents[1]
 
 @dataclass
 class BenchServedConfig:
+    backend: Literal["vllm"] = field(
+        default="vllm", metadata={"help": "vllm: this benchmark; hf: eval/bench_loop.py (its own keys)"}
+    )
     out: str = field(default="runs/bench-vllm", metadata={"help": "directory for bench.json"})
     config: str = field(
         default=str(REPO / "configs" / "demo" / "toymath.yaml"),
@@ -93,17 +96,13 @@ class BenchServedConfig:
 def world(cfg: BenchServedConfig) -> tuple[Any, HFConfig, list[Any]]:
     """The measured search settings (the config's SPECS settings at ``n``), its ``hf:`` section (for the demo config:
     paths at the package's assets, as ``specs-rl demo`` sets them) and enough of its problems."""
-    from eval.demo import TOYMATH_CONFIG, demo_argv
-    from specs_rl.config import split_argv
+    from eval.demo import TOYMATH_CONFIG, demo_config
     from specs_rl.datasets import load_problems
     from specs_rl.run import CompareConfig
-    from specs_rl.settings import SearchConfig
 
     demo = Path(cfg.config).resolve() == TOYMATH_CONFIG.resolve()
-    path, overrides, _ = split_argv(demo_argv([]) if demo else ["--config", cfg.config])
-    run = load_config(CompareConfig, path, overrides)
-    search = SearchConfig(**{f.name: getattr(run, f.name) for f in dataclasses.fields(SearchConfig)})
-    search = dataclasses.replace(search, method="specs", n=cfg.n)
+    run = (demo_config([]) if demo else load_config(CompareConfig, cfg.config)).run
+    search = dataclasses.replace(run.search, strategy="specs", n=cfg.n)
     need = max(cfg.problems + cfg.warmup, cfg.throughput_problems)
     toy = dataclasses.replace(run.data.toymath, problems=max(need, run.data.toymath.problems))
     return search, run.hf, load_problems(dataclasses.replace(run.data, limit=need, toymath=toy))
@@ -267,7 +266,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         "servers": "started by the bench" if served.servers else "given by url",
         "settings": to_dict(cfg) | {"search": to_dict(search)},
         "machine": machine(),
-        "command": "specs-rl bench backend=vllm " + " ".join(sys.argv[1:] if argv is None else argv),
+        "command": "specs-rl bench " + " ".join(sys.argv[1:] if argv is None else argv),
     }
     out.mkdir(parents=True, exist_ok=True)
     (out / "bench.json").write_text(json.dumps(report, indent=2))

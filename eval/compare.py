@@ -46,9 +46,9 @@ from specs_rl.run import (
 
 def title(cfg: CompareConfig, task: Task) -> str:
     """The plot's title: the task and the slice of its data."""
-    if cfg.backend == "tabular":
+    if cfg.run.backend == "tabular":
         return f"tabular ({len(task.problems)} problems)"
-    data = cfg.data
+    data = cfg.run.data
     end = "" if data.limit is None else data.start + data.limit
     part = f" {data.start}:{end}" if data.start or data.limit else ""
     return f"{data.dataset}{part}" + (f" shard {data.shard}" if data.shard else "")
@@ -57,23 +57,28 @@ def title(cfg: CompareConfig, task: Task) -> str:
 @entry_point
 def main(argv: Sequence[str] | None = None) -> int:
     cfg = config_from_argv(CompareConfig, sys.argv[1:] if argv is None else argv, "specs-rl compare")
+    return run(cfg)
+
+
+def run(cfg: CompareConfig) -> int:
+    """Run a parsed compare config (``specs-rl compare``, ``specs-rl demo``): plan, build, search, report."""
     runs = plan_runs(cfg)  # every (method, n, seed) validated before anything is loaded or written
-    check_extras(cfg)
+    check_extras(cfg.report)
+    out_dir = cfg.run.out
     check_run_dir(
-        cfg.out, cfg, ignore=PRESENTATION_KEYS
+        out_dir, cfg, ignore=PRESENTATION_KEYS
     )  # another config's directory: refused before loading
-    task = build_task(cfg)  # data and models, once (sharded by data.shard)
-    out = prepare_run_dir(cfg.out, cfg, ignore=PRESENTATION_KEYS)
+    task = build_task(cfg.run)  # data and models, once (sharded by data.shard)
+    out = prepare_run_dir(out_dir, cfg, ignore=PRESENTATION_KEYS)
     records = run_grid(
         task,
         runs,
         out / "results.jsonl",
-        batch_size=cfg.batch_size,
-        progress=cfg.progress,
-        warmup=0
-        if isinstance(task.parts.clock, SimClock)
-        else cfg.warmup,  # a simulated clock needs no warm-up
-        order=cfg.order,
+        batch_size=cfg.run.batch_size,
+        progress=cfg.report.progress,
+        # a simulated clock needs no warm-up
+        warmup=0 if isinstance(task.parts.clock, SimClock) else cfg.grid.warmup,
+        order=cfg.grid.order,
     )
     expected = len(runs) * len(task.problems)
     write_report(
@@ -89,7 +94,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             "records": len(records),
             "expected_records": expected,
             "complete": len(records) >= expected,
-            "shard": cfg.data.shard,
+            "shard": cfg.run.data.shard,
         },
     )
     return 0

@@ -27,7 +27,7 @@ from pathlib import Path
 
 from eval import compare
 from specs_rl.cli import entry_point
-from specs_rl.config import config_from_argv
+from specs_rl.config import describe, full_key, load_config, parse_overrides, split_argv
 from specs_rl.errors import SpecsError
 from specs_rl.run import CompareConfig
 from specs_rl.run.summary import REPEAT_RATIO
@@ -52,17 +52,18 @@ def toymath_assets() -> Path | None:
     return None
 
 
-def demo_argv(argv: Sequence[str]) -> list[str]:
-    """The compare command line of the demo: ``world=`` resolved into ``--config``, and the toy world's model
-    paths pointed at the package's assets (unless the user set them)."""
-    argv = list(argv)
-    worlds = [a.split("=", 1)[1] for a in argv if a.startswith("world=")]
-    argv = [a for a in argv if not a.startswith("world=")]
-    world = worlds[-1] if worlds else "auto"
+def demo_source(argv: Sequence[str]) -> tuple[str, list[str]]:
+    """The config file and the overrides of the demo's command line: ``world=`` picks the file (unless ``--config``
+    is given) and is not passed on; the toy world's model paths point at the package's assets (unless the user set
+    them)."""
+    path, overrides, _ = split_argv(argv)
+    given = parse_overrides(overrides)
+    world = given.pop("world", "auto")
     if world not in WORLDS:
         raise SpecsError(f"world must be one of {', '.join(WORLDS)}, got {world!r}")
-    if any(a == "--config" or a.startswith("--config=") for a in argv):
-        return argv
+    overrides = [o for o in overrides if o.partition("=")[0].strip() != "world"]
+    if path is not None:
+        return path, overrides
     assets = toymath_assets()
     if world == "toymath" and assets is None:
         raise SpecsError(
@@ -70,26 +71,41 @@ def demo_argv(argv: Sequence[str]) -> list[str]:
             "`python -m train.toyworld --config configs/train/toyworld.yaml` (about an hour on 2 CPU cores)"
         )
     if world == "tabular" or assets is None:
-        return ["--config", str(DEFAULT_CONFIG), *argv]
+        return str(DEFAULT_CONFIG), overrides
+    named = given.get("hf") if isinstance(given.get("hf"), dict) else {}
     paths = [
         f"hf.{r}.name={assets / r}"
         for r in TOYMATH_ROLES
-        if not any(a.startswith(f"hf.{r}.name=") for a in argv)
+        if not (isinstance(named.get(r), dict) and "name" in named[r])
     ]
-    served = "backend=vllm" in argv and not any(a.startswith("out=") for a in argv)
-    return ["--config", str(TOYMATH_CONFIG), *paths, *(["out=runs/demo-vllm"] if served else []), *argv]
+    return str(TOYMATH_CONFIG), [*paths, *overrides]
+
+
+def demo_config(argv: Sequence[str]) -> CompareConfig:
+    """The demo's compare config, parsed once (:func:`demo_source`); a run of the toy world on the vLLM backend
+    writes to ``runs/demo-vllm`` unless the command line gives ``out``."""
+    if split_argv(argv)[2]:
+        print("usage: specs-rl demo [world=auto|toymath|tabular] [--config PATH] [key=value ...]\n\nkeys:")
+        print("  world (str, default 'auto'): auto | toymath | tabular: the demo config to run")
+        print("\n".join(describe(CompareConfig)))
+        raise SystemExit(0)
+    path, overrides = demo_source(argv)
+    cfg = load_config(CompareConfig, path, overrides)
+    out_given = any(full_key(CompareConfig, o.partition("=")[0].strip()) == "run.out" for o in overrides)
+    if cfg.run.backend == "vllm" and not out_given and path == str(TOYMATH_CONFIG):
+        cfg.run.out = "runs/demo-vllm"
+    return cfg
 
 
 @entry_point
 def main(argv: Sequence[str] | None = None) -> int:
-    argv = demo_argv(sys.argv[1:] if argv is None else argv)
-    cfg = config_from_argv(CompareConfig, argv, "specs-rl demo")
-    rc = compare.main(argv)
+    cfg = demo_config(sys.argv[1:] if argv is None else argv)
+    rc = compare.run(cfg)
     if rc:
         return rc
-    aggregate = json.loads((Path(cfg.out) / "summary.json").read_text())["aggregate"]
+    aggregate = json.loads((Path(cfg.run.out) / "summary.json").read_text())["aggregate"]
     rows = {(r["method"], r["n"]): r for r in aggregate}
-    for n in cfg.n_grid:
+    for n in cfg.grid.n_grid:
         line = headline(rows.get(("specs", n)), rows.get(("beam_search_target", n)))
         if line:
             print(f"SPECS / beam search (target), n={n}: {line}")

@@ -37,12 +37,16 @@ from specs_rl.run import (
     plan_runs,
     prepare_run_dir,
     read_results,
+    stamp_identity,
     write_report,
 )
 from specs_rl.run.records import record_key
 
 OPTIONS = ("out", "wandb", "project", "wandb_dir", "plot")
 USAGE = "usage: specs-rl merge DIR [DIR ...] out=DIR [wandb=true|false] [project=NAME] [wandb_dir=DIR] [plot=true|false]"
+
+
+SHARD = "data.shard"  # the one key merged directories may differ in, as config.json spells it
 
 
 @dataclass
@@ -56,7 +60,7 @@ class Source:
 
     @property
     def shard(self) -> str | None:
-        return self.identity.get("data.shard")
+        return self.identity.get(SHARD)
 
 
 def read_source(d: Path) -> Source:
@@ -70,7 +74,10 @@ def read_source(d: Path) -> Source:
         ident = json.loads((d / "config.json").read_text())
     except json.JSONDecodeError:
         raise SpecsError(f"{d / 'config.json'} is corrupt") from None
-    if not isinstance(ident, dict) or not any(k == "methods" or k.startswith("methods") for k in ident):
+    if not isinstance(ident, dict):
+        raise SpecsError(f"{d / 'config.json'} is corrupt")
+    ident = stamp_identity(CompareConfig, ident)  # a stamp written before configs were composed compares too
+    if not any(k == "methods" or k.startswith("methods") for k in ident):
         raise SpecsError(f"{d} is not a specs-rl compare directory (its config has no methods)")
     if (d / "summary.json").is_file():
         try:
@@ -86,7 +93,7 @@ def read_source(d: Path) -> Source:
 
 
 def _without_shard(identity: dict[str, Any]) -> dict[str, Any]:
-    return {k: v for k, v in identity.items() if k != "data.shard"}
+    return {k: v for k, v in identity.items() if k != SHARD}
 
 
 def _parse_argv(argv: Sequence[str]) -> tuple[list[Path], dict[str, str]]:
@@ -225,7 +232,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         grader,
         order=order,
         job_type="merge",
-        title=f"{cfg.data.dataset if cfg.backend != 'tabular' else 'tabular'} (merged {len(dirs)} runs)",
+        title=f"{cfg.run.data.dataset if cfg.run.backend != 'tabular' else 'tabular'} (merged {len(dirs)} runs)",
         extra={
             "merged_from": [str(d) for d in dirs],
             "shards": [s.shard for s in sources],

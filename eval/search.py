@@ -1,8 +1,11 @@
-"""``specs-rl search``: one search method over one task.
+"""``specs-rl search``: one method (a preset of :mod:`specs_rl.methods`) over one task.
 
     specs-rl search --config configs/search/tabular.yaml n=8 beta=2.0 out=runs/tab
+    specs-rl search --config configs/search/tabular.yaml method=beam_search_target out=runs/tab-bs
 
-Writes into ``out``: ``results.jsonl`` (one record per problem, appended and fsynced as each finishes; a rerun of
+``method`` is a preset, applied as ``specs-rl compare`` applies it: its pinned settings (strategy, score form, ...)
+over the run's; a run key set to another value than the preset pins is refused, and so is a strategy name
+(``beam_search``), with the presets that run it. Writes into ``out``: ``results.jsonl`` (one record per problem, appended and fsynced as each finishes; a rerun of
 the same command resumes), ``summary.json`` and the resolved ``config.yaml``.
 """
 
@@ -16,7 +19,7 @@ from specs_rl.cli import entry_point
 from specs_rl.config import config_from_argv
 from specs_rl.run import (
     ResultsWriter,
-    RunConfig,
+    SearchRunConfig,
     build_task,
     check_run_dir,
     prepare_run_dir,
@@ -28,21 +31,23 @@ from specs_rl.run import (
 
 @entry_point
 def main(argv: Sequence[str] | None = None) -> int:
-    cfg = config_from_argv(RunConfig, sys.argv[1:] if argv is None else argv, "specs-rl search")
-    check_run_dir(cfg.out, cfg)  # a directory of another config is refused before any model loads
-    task = build_task(cfg)  # loads data / models: every input error surfaces before a file is written
-    out = prepare_run_dir(cfg.out, cfg)
+    cfg = config_from_argv(SearchRunConfig, sys.argv[1:] if argv is None else argv, "specs-rl search")
+    run = cfg.run
+    search = cfg.search_config()  # the method preset applied to the run's settings
+    check_run_dir(run.out, cfg)  # a directory of another config is refused before any model loads
+    task = build_task(run)  # loads data / models: every input error surfaces before a file is written
+    out = prepare_run_dir(run.out, cfg)
     with ResultsWriter(out / "results.jsonl") as writer:
         search_task(
             task,
-            cfg,
+            search,
             cfg.seed,
-            batch_size=cfg.batch_size,
+            batch_size=run.batch_size,
             skip={r["id"] for r in writer.records},
             on_result=writer.write,
-            extra={"n": cfg.n, "seed": cfg.seed},
+            extra={"method": cfg.method, "strategy": search.strategy, "n": search.n, "seed": cfg.seed},
         )
-        summary = {"method": cfg.method, "n": cfg.n, "seed": cfg.seed, "task": task.name}
+        summary = {"method": cfg.method, "n": search.n, "seed": cfg.seed, "task": task.name}
         summary.update(summarize(writer.records))
     write_json(out / "summary.json", summary)
     print(json.dumps(summary, indent=2))

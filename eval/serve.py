@@ -4,7 +4,8 @@ them on exit (Ctrl-C, SIGTERM, or one of them dying).
     specs-rl serve --config configs/demo/toymath.yaml                        # this CPU: draft and target
     specs-rl demo backend=vllm vllm.draft.url=http://127.0.0.1:PORT vllm.target.url=http://127.0.0.1:PORT2
 
-It reads any run config (``search``, ``compare``, ``demo``; the ``backend`` key is ignored): the models are the
+It reads the run of any recipe's config (``search``, ``compare``, ``demo``, ``tune``: their other keys are skipped,
+and the ``backend`` key is ignored): the models are the
 ``hf:`` section, the servers' settings the ``vllm:`` section (``dtype``, ``max_model_len``,
 ``gpu_memory_utilization``, ``tensor_parallel_size``, ``devices``, ``extra_args``; ``vllm.python`` is the vLLM
 install). A part whose ``vllm.<part>.url`` is set is served at that URL's port (its host must be this machine);
@@ -23,21 +24,36 @@ from dataclasses import dataclass, field
 from urllib.parse import urlparse
 
 from specs_rl.cli import entry_point
-from specs_rl.config import config_from_argv
+from specs_rl.config import PART, describe, load_config, split_argv, top_keys
 from specs_rl.errors import SpecsError
-from specs_rl.run import CompareConfig
+from specs_rl.run import CompareConfig, RunConfig, SearchRunConfig
 
 LOCAL_HOSTS = ("127.0.0.1", "localhost", "0.0.0.0", "::1")
 
 
 @dataclass
-class ServeConfig(CompareConfig):
-    """A run config (the models: ``hf:``; the servers: ``vllm:``) plus which parts to serve."""
+class ServeConfig:
+    """A run (the models: ``hf:``; the servers: ``vllm:``) plus which parts to serve."""
 
+    run: RunConfig = field(default_factory=RunConfig, metadata={"help": "the run to serve", **PART})
     parts: list[str] = field(
         default_factory=list,
         metadata={"help": "parts to serve, from draft, target, prm; empty = every part the config serves"},
     )
+
+
+def serve_config(argv: Sequence[str]) -> ServeConfig:
+    """The command line's config: the file's keys of other recipes (``methods``, ``seed``, ``tune``, ...) are
+    skipped; any other unknown key is refused."""
+    from specs_rl.run.tune import TuneConfig
+
+    path, overrides, wants_help = split_argv(argv)
+    if wants_help:
+        print("usage: specs-rl serve [--config PATH] [key=value ...]\n\nkeys:")
+        print("\n".join(describe(ServeConfig)))
+        raise SystemExit(0)
+    others = top_keys(SearchRunConfig) | top_keys(CompareConfig) | top_keys(TuneConfig)
+    return load_config(ServeConfig, path, overrides, other_keys=others)
 
 
 @entry_point
@@ -54,8 +70,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         start_servers,
     )
 
-    cfg = config_from_argv(ServeConfig, sys.argv[1:] if argv is None else argv, "specs-rl serve")
-    vc, hf = cfg.vllm, cfg.hf
+    cfg = serve_config(sys.argv[1:] if argv is None else argv)
+    vc, hf = cfg.run.vllm, cfg.run.hf
     try:
         vc.validate()
         hf.validate()

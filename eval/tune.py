@@ -45,21 +45,12 @@ from specs_rl.interfaces import SimClock
 from specs_rl.methods import uses_n
 from specs_rl.run import check_extras, check_run_dir, prepare_run_dir, read_results, run_grid, write_json
 from specs_rl.run.report import log_wandb
-from specs_rl.run.study import (
-    check_optuna,
-    check_storage,
-    collect_trials,
-    open_studies,
-    run_trials,
-    storage_url,
-    study_names,
-)
 from specs_rl.run.summary import aggregate_rows, summary_rows
-from specs_rl.run.trials import TaskCache, TrialRunner, run_result
 from specs_rl.run.tune import (
     TUNE_PRESENTATION_KEYS,
     TuneConfig,
     check_rungs,
+    check_test_ids,
     choose,
     format_front,
     front,
@@ -70,6 +61,16 @@ from specs_rl.run.tune import (
     rule_text,
     trial_run,
 )
+from specs_rl.run.tune.study import (
+    check_optuna,
+    check_storage,
+    collect_trials,
+    open_studies,
+    run_trials,
+    storage_url,
+    study_names,
+)
+from specs_rl.run.tune.trials import TaskCache, TrialRunner, run_result
 
 NO_CHOICE = 3  # exit status: the study ran, but no completed trial of the first method meets the rule
 
@@ -80,13 +81,18 @@ def main(argv: Sequence[str] | None = None) -> int:
     # spaces, rule, reference, the test re-run's config: all checked before anything is loaded or written
     plan = plan_study(cfg)
     check_optuna()
-    check_extras(cfg)
-    check_run_dir(cfg.out, cfg, ignore=TUNE_PRESENTATION_KEYS)  # another config's directory: refused first
+    check_extras(cfg.report)
+    check_run_dir(
+        cfg.run.out, cfg, ignore=TUNE_PRESENTATION_KEYS
+    )  # another config's directory: refused first
     check_storage(cfg, plan)  # a shared database: reachable, and no study there of another config
     tasks = TaskCache(cfg, cfg.tune.task_cache, cfg.warmup)  # the tune problems and models, built once
     problems = len(tasks.base.problems)
     check_rungs(cfg, problems)
-    out = prepare_run_dir(cfg.out, cfg, ignore=TUNE_PRESENTATION_KEYS)
+    check_test_ids(
+        cfg, [p.id for p in tasks.base.problems]
+    )  # the held-out set shares no problem: before any trial
+    out = prepare_run_dir(cfg.run.out, cfg, ignore=TUNE_PRESENTATION_KEYS)
     simulated = isinstance(tasks.base.parts.clock, SimClock)
     started = time.monotonic()
 
@@ -99,7 +105,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             tasks.base,
             fixed,
             out / "baselines" / "results.jsonl",
-            progress=cfg.progress,
+            progress=cfg.report.progress,
             warmup=0 if simulated else cfg.warmup,
         )
     ids = {p.id for p in tasks.base.problems}
@@ -116,7 +122,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         paired=cfg.tune.paired and not simulated,  # a simulated clock has no load to pair against
         reference_latency=reference["latency_s"] if reference else None,
     )
-    status = run_trials(cfg, plan, studies, runner, progress=cfg.progress)
+    status = run_trials(cfg, plan, studies, runner, progress=cfg.report.progress)
     trials = collect_trials(studies)
     tune_s = time.monotonic() - started
 
@@ -192,7 +198,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     }
     write_json(out / "tune.json", summary)
     title = f"tune: {tasks.base.name}, {problems} problems"
-    if cfg.plot:
+    if cfg.report.plot:
         summary["plot"] = plot_front(completed, out / "front.png", chosen=picked, marks=marks, title=title)
     rows = []
     for space in plan.spaces:
@@ -213,7 +219,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(line)
     timed_out = ", timed out" if status["timed_out"] else ""
     print(f"study: {summary['study']['storage']} ({status['spent_s']:.0f} s of trials{timed_out})")
-    if cfg.wandb:
+    if cfg.report.wandb:
         records = list(base_records)
         for t in completed:  # the trial's own records (not the reference's beside them when paired)
             path = runner.records_path(t["method"], t["root"])
@@ -229,7 +235,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         for p in test_points:
             choice_summary.update({f"test/{p['label']}/{k}": p[k] for k in ("accuracy", "latency_s")})
         run_rows = summary_rows(records)
-        plot = out / "front.png" if cfg.plot else None
+        plot = out / "front.png" if cfg.report.plot else None
         summary["wandb"] = log_wandb(
             cfg, records, run_rows, aggregate_rows(records, run_rows), plot, job_type="tune", tables=tables,
             summary=choice_summary,
@@ -289,7 +295,7 @@ def _test_points(
         ref = plan.reference
         ref_row = row(ref.method, ref.n) if ref is not None and ref.method in fixed else None
         for m in entry["tuned"]:
-            n = chosen[m][0].get("n", cfg.n) if uses_n(m) else None
+            n = chosen[m][0].get("n", cfg.run.search.n) if uses_n(m) else None
             r = row(m, n)
             if r is not None:
                 p = {"method": m, "kind": "chosen", "label": f"{_label(m, n)} chosen", "accuracy": r["accuracy"],

@@ -30,7 +30,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
         "tune methods' settings on a tune split (Optuna), choose one by a fixed rule, re-test it on held-out data",
     ),
     "bench": (
-        "eval.bench_loop",
+        "eval.bench",
         "benchmark the inference loop (overhead, growth with prefix length); backend=vllm: the served backend",
     ),
     "prm score": (

@@ -33,12 +33,17 @@ C = TypeVar("C", bound=SearchConfig)
 # filter-then-select (drop drafts scoring <= tau_reject, select among the rest by softmax(score), defer when none
 # survives). Its n -> inf law is the tilted target pi* (theory/README.md §3). Own: beta, tau_reject, tau_switch,
 # start_mode, target_select.
-SPECS: dict[str, Any] = {"method": "specs", "score_form": "exact", "temperature": 1.0, "acceptance": "filter"}
+SPECS: dict[str, Any] = {
+    "strategy": "specs",
+    "score_form": "exact",
+    "temperature": 1.0,
+    "acceptance": "filter",
+}
 # specs_paper: the authors' code (ALGORITHM.md §3 [code], §6): per-token mean of the log ratio + beta r, selection
 # temperature T (their recipes: 0.2-0.3), start in target mode, the target keeps its best-reward step, back to the
 # draft above tau_switch (0.7). Own: beta (1 or 10), temperature, tau_reject (5-7), tau_switch (0.7).
 SPECS_PAPER: dict[str, Any] = {
-    "method": "specs",
+    "strategy": "specs",
     "score_form": "mean",
     "start_mode": "target",
     "target_select": "argmax",
@@ -54,7 +59,7 @@ SPECS_PAPER: dict[str, Any] = {
 # threshold default and whether its tested score is divided by beta (a rescaled threshold, so only the tuned value
 # would differ). Own: beta, tau_reject.
 GSI: dict[str, Any] = {
-    "method": "specs",
+    "strategy": "specs",
     "score_form": "exact",
     "temperature": 1.0,
     "acceptance": "select_test",
@@ -74,7 +79,7 @@ RSD_BON: dict[str, Any] = {**GSI, "score_form": "reward_only", "accept_test": "r
 # and it is kept at or above the threshold, else the target writes the step. Pinned: the strategy. Own: judge
 # (target: the target reads the paper's scoring prompt, get_score, expected digit as in process_logprobs'
 # "average"; prm: 9 x the PRM's reward, for the toy world) and judge_threshold (the paper's 7.0).
-SPECREASON: dict[str, Any] = {"method": "specreason"}
+SPECREASON: dict[str, Any] = {"strategy": "specreason"}
 
 
 def _ablation(base: dict[str, Any], **changes: Any) -> dict[str, Any]:
@@ -88,14 +93,14 @@ METHOD_PRESETS: dict[str, dict[str, Any]] = {
     "specs_paper": SPECS_PAPER,
     "gsi": GSI,
     "rsd_bon": RSD_BON,
-    "beam_search_target": {"method": "beam_search", "sampler": "target", "beam_width": None},
-    "beam_search_draft": {"method": "beam_search", "sampler": "draft", "beam_width": None},
-    "dvts": {"method": "dvts", "sampler": "target"},
-    "best_of_n": {"method": "best_of_n", "sampler": "target", "bon_vote": "weighted"},
-    "rsd": {"method": "rsd"},
+    "beam_search_target": {"strategy": "beam_search", "sampler": "target", "beam_width": None},
+    "beam_search_draft": {"strategy": "beam_search", "sampler": "draft", "beam_width": None},
+    "dvts": {"strategy": "dvts", "sampler": "target"},
+    "best_of_n": {"strategy": "best_of_n", "sampler": "target", "bon_vote": "weighted"},
+    "rsd": {"strategy": "rsd"},
     "specreason": SPECREASON,
-    "target_only": {"method": "target_only"},
-    "draft_only": {"method": "draft_only"},
+    "target_only": {"strategy": "target_only"},
+    "draft_only": {"strategy": "draft_only"},
     # ablations of the exact form, and of the authors' form (the paper's ablations, configs/eval/*_qwen25.yaml)
     "specs_no_target": _ablation(SPECS, score_form="reward_only"),
     "specs_no_deferral": _ablation(SPECS, tau_reject=-math.inf),
@@ -121,7 +126,7 @@ N_FREE_STRATEGIES = ("target_only", "draft_only", "rsd", "specreason")
 
 def uses_n(name: str) -> bool:
     """Whether the preset's result depends on ``n``."""
-    return METHOD_PRESETS[name]["method"] not in N_FREE_STRATEGIES
+    return METHOD_PRESETS[name]["strategy"] not in N_FREE_STRATEGIES
 
 
 def pinned_value(name: str, key: str, n: int) -> Any:
@@ -160,7 +165,7 @@ def preset(base: C, name: str, own: Mapping[str, Any] | None = None) -> C:
     for key in own:
         if key in pinned:
             raise SpecsError(f"method {name} pins {key}={pinned[key]!r}; remove {key} from its own settings")
-        if key in ("n", "method"):
+        if key in ("n", "strategy"):
             raise SpecsError(f"method {name}: {key} is not a per-method setting (n comes from n_grid)")
     values = {**own, **pinned}
     if "beam_width" in values and values["beam_width"] is None:
@@ -171,3 +176,22 @@ def preset(base: C, name: str, own: Mapping[str, Any] | None = None) -> C:
     except ValueError as e:
         raise SpecsError(f"method {name}: {e}") from None
     return cfg
+
+
+def presets_of_strategy(strategy: str) -> list[str]:
+    """The presets that pin ``strategy`` (``beam_search`` -> ``beam_search_target``, ``beam_search_draft``)."""
+    return [name for name, pinned in METHOD_PRESETS.items() if pinned["strategy"] == strategy]
+
+
+def check_method(name: str, where: str = "method") -> None:
+    """``name`` is a method preset, else a one-line :class:`SpecsError`: a strategy name (``beam_search``, what
+    ``method`` meant in configs before presets) names the presets that run it."""
+    if name in METHOD_PRESETS:
+        return
+    meant = presets_of_strategy(name)
+    if meant:
+        raise SpecsError(
+            f"{where}={name!r} is a search strategy, not a method preset; {where} names a preset: "
+            f"{' or '.join(meant)} (see specs_rl/methods.py)"
+        )
+    raise SpecsError(f"unknown {where} {name!r}; known: {', '.join(METHOD_PRESETS)}")

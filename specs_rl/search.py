@@ -61,6 +61,7 @@ def _gen_stage(which: str) -> str:
 
 def _charge_tokens(ledger: Ledger, which: str, cands: Sequence[Candidate]) -> None:
     ledger.count(_gen_stage(which), sum(c.num_tokens for c in cands))
+    ledger.count_speculation(cands)  # proposed / accepted draft tokens of speculative target steps
 
 
 def _score_and_reward(parts: SearchParts, prefixes, cands, need_target: bool, concurrent: bool):
@@ -609,7 +610,7 @@ __all__ = ["METHODS", "STRATEGIES", "SearchConfig", "run_search", *STRATEGIES]
 def run_search(
     problems: Sequence[Problem], config: SearchConfig, parts: SearchParts, generators: Generators
 ) -> list[SearchResult]:
-    """Dispatch on ``config.method``. ``generators``: one per problem, aligned with ``problems`` (a problem's draws
-    come from its own generator only), or one generator shared by all."""
+    """Dispatch on ``config.strategy``. ``generators``: one per problem, aligned with ``problems`` (a problem's
+    draws come from its own generator only), or one generator shared by all."""
     config.validate()
-    return STRATEGIES[config.method](problems, config, parts, generators)
+    return STRATEGIES[config.strategy](problems, config, parts, generators)

@@ -8,7 +8,19 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass, field
 
-METHODS = ("specs", "beam_search", "best_of_n", "dvts", "rsd", "specreason", "target_only", "draft_only")
+STRATEGY_NAMES = (
+    "specs",
+    "beam_search",
+    "best_of_n",
+    "dvts",
+    "rsd",
+    "specreason",
+    "target_only",
+    "draft_only",
+)
+METHODS = (
+    STRATEGY_NAMES  # the old name of the strategies' tuple; a "method" is now a preset (specs_rl.methods)
+)
 JUDGES = ("target", "prm")
 ACCEPTANCES = ("filter", "select_test")
 ACCEPT_TESTS = ("score", "reward")
@@ -18,7 +30,12 @@ ACCEPT_TESTS = ("score", "reward")
 class SearchConfig:
     """Algorithm settings shared by every strategy (names follow ALGORITHM.md; sources in each help text)."""
 
-    method: str = field(default="specs", metadata={"help": f"one of {METHODS}"})
+    strategy: str = field(
+        default="specs",
+        metadata={
+            "help": f"the search strategy, one of {STRATEGY_NAMES} (a method preset, specs_rl.methods, pins it)"
+        },
+    )
     n: int = field(
         default=4, metadata={"help": "candidates per step (paper: 'beam width'); paper uses 4, 8, 16"}
     )
@@ -130,8 +147,8 @@ class SearchConfig:
 
     def validate(self) -> None:
         """Raise ValueError naming the first invalid setting."""
-        if self.method not in METHODS:
-            raise ValueError(f"method must be one of {METHODS}, got {self.method!r}")
+        if self.strategy not in STRATEGY_NAMES:
+            raise ValueError(f"strategy must be one of {STRATEGY_NAMES}, got {self.strategy!r}")
         if self.n < 1:
             raise ValueError(f"n must be >= 1, got {self.n}")
         if self.beta < 0:
@@ -155,7 +172,7 @@ class SearchConfig:
                 raise ValueError(f"{name} must be one of {allowed}, got {getattr(self, name)!r}")
         if self.random_switch is not None and not 0.0 <= self.random_switch <= 1.0:
             raise ValueError(f"random_switch must be in [0, 1], got {self.random_switch}")
-        if self.method in ("beam_search", "dvts") and (self.beam_width < 1 or self.n % self.beam_width):
+        if self.strategy in ("beam_search", "dvts") and (self.beam_width < 1 or self.n % self.beam_width):
             raise ValueError(f"beam_width must divide n (n={self.n}, beam_width={self.beam_width})")
         if self.judge not in JUDGES:
             raise ValueError(f"judge must be one of {JUDGES}, got {self.judge!r}")

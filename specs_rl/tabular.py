@@ -283,9 +283,9 @@ TABULAR_GRADER = {"name": "tabular-true-reward>=0.5", "version": specs_rl.__vers
 
 
 def build_task(cfg: Any) -> Task:
-    """Problems over random trees (or one tree file) from ``cfg.tabular``, the PRM at ``cfg.beta``; correct means
-    the true reward is at least 0.5. ``cfg`` is a run config (:class:`specs_rl.run.RunConfig` or any config with
-    the backend sections)."""
+    """Problems over random trees (or one tree file) from ``cfg.tabular``, the PRM at ``cfg.search.beta``; correct
+    means the true reward is at least 0.5. ``cfg`` is a run config (:class:`specs_rl.run.RunConfig` or any config
+    with the backend sections and a ``search``)."""
     tab: TabularTaskConfig = cfg.tabular
     tab.validate()
     if tab.tree is not None:
@@ -294,7 +294,7 @@ def build_task(cfg: Any) -> Task:
     else:
         trees = {str(i): tab.build(i) for i in range(tab.problems)}
         problems = [Problem(id=str(i), prompt="", meta={"tree": str(i)}) for i in range(tab.problems)]
-    backend = TabularBackend(trees, beta=cfg.beta, prm=tab.prm, cost=tab.cost)
+    backend = TabularBackend(trees, beta=cfg.search.beta, prm=tab.prm, cost=tab.cost)
 
     def grade(result: SearchResult) -> dict[str, Any]:
         reward = backend.true_reward(result.problem.meta["tree"], result.answer)

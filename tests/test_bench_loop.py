@@ -60,3 +60,22 @@ def test_gpu_section_code_runs_with_tiny_shapes_on_the_cpu():
         assert r["specs_draft_step_s"] > 0 and r["target_beam_step_s"] > 0
         assert r["speedup"] == pytest.approx(r["target_beam_step_s"] / r["specs_draft_step_s"])
         assert all(len(v) == 2 for v in r["raw"].values())
+
+
+def test_bench_dispatches_on_the_parsed_backend(tmp_path, capsys):
+    """``specs-rl bench`` picks its benchmark from the parsed config (file or command line, any spelling), not by
+    looking for the text ``backend=vllm`` in the raw arguments."""
+    from eval import bench
+
+    assert bench.main([f"out={tmp_path}", "backend=vllm", "repeats=0"]) == 2
+    assert "repeats must be >= 1" in capsys.readouterr().err
+    path = tmp_path / "b.yaml"
+    path.write_text("backend: vllm\nin_flight: []\n")
+    assert bench.main(["--config", str(path), f"out={tmp_path}"]) == 2
+    assert "in_flight must be a non-empty list" in capsys.readouterr().err
+    assert bench.main(["--backend", "vllm", f"out={tmp_path}", "problems=0"]) == 2
+    assert "problems must be >= 1" in capsys.readouterr().err
+    assert bench.main(["backend=cuda"]) == 2
+    assert "backend must be one of hf, vllm" in capsys.readouterr().err
+    assert bench.main([f"out={tmp_path}", "repeats=0"]) == 2  # the in-process benchmark (backend: hf)
+    assert "repeats must be >= 1" in capsys.readouterr().err

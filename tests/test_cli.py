@@ -11,7 +11,7 @@ import pytest
 from eval import demo, search
 from specs_rl import cli
 from specs_rl.config import ConfigError, load_config
-from specs_rl.run import RunConfig, read_results
+from specs_rl.run import SearchRunConfig, read_results
 from tests.conftest import REPO
 
 TABULAR = str(REPO / "configs" / "search" / "tabular.yaml")
@@ -33,7 +33,15 @@ def test_search_writes_results_summary_and_config(tmp_path):
             "judge",
             "total",
         }
-        assert set(r["tokens"]) == {"draft", "target_generate", "target_score", "judge"}
+        assert set(r["tokens"]) == {
+            "draft",
+            "target_generate",
+            "target_score",
+            "judge",
+            "target_proposed",
+            "target_accepted",
+            "target_rounds",
+        }
         assert (
             r["latency_s"]["total"] > 0 and r["tokens"]["target_generate"] + r["tokens"]["target_score"] > 0
         )
@@ -42,8 +50,8 @@ def test_search_writes_results_summary_and_config(tmp_path):
     summary = json.loads((out / "summary.json").read_text())
     assert summary["problems"] == 6 and summary["accuracy"] == sum(r["correct"] for r in recs) / 6
     assert 0 <= summary["draft_step_fraction"] <= 1 and "reward_mean" in summary
-    resolved = load_config(RunConfig, out / "config.yaml")
-    assert resolved.n == 4 and resolved.beta == 2.0 and resolved.tabular.problems == 6
+    resolved = load_config(SearchRunConfig, out / "config.yaml").run
+    assert resolved.search.n == 4 and resolved.search.beta == 2.0 and resolved.tabular.problems == 6
     # the same command again resumes: nothing recomputed, nothing duplicated
     assert search.main(["--config", TABULAR, "n=4", "beta=2.0", f"out={out}", "tabular.problems=6"]) == 0
     assert len(read_results(out / "results.jsonl")) == 6
@@ -58,7 +66,15 @@ def test_search_writes_results_summary_and_config(tmp_path):
         (["beta=-1"], "beta must be >= 0"),
         (["tabular.K=x"], "tabular.K must be an integer"),
         (["tabular.colour=1"], "unknown config key 'tabular.colour'"),
-        (["method=magic"], "method must be one of"),
+        (["method=magic"], "unknown method 'magic'"),
+        (["method=beam_search"], "method='beam_search' is a search strategy, not a method preset"),
+        (["bta=2"], "unknown config key 'bta'; did you mean 'beta'?"),
+        (
+            ["tabular.conentration=2"],
+            "unknown config key 'tabular.conentration'; did you mean 'tabular.concentration'?",
+        ),
+        (["beta=2", "search.beta=3"], "beta is given twice: as beta and as search.beta"),
+        (["score_form=mean"], "method specs pins score_form='exact'"),
         (["K=1"], "a random tree needs K >= 2"),
         (["K=4", "tabular.K=5"], "K is given twice: as K and as tabular.K"),
         (["tabular.cost.target_token_s=0"], "tabular.cost.target_token_s must be a finite number > 0"),
@@ -153,10 +169,11 @@ def test_demo_prints_the_comparison_and_writes_summary_rows(tmp_path, capsys):
 
 
 def test_config_overrides_parse_infinities_and_lists():
-    cfg = load_config(RunConfig, TABULAR, ["tau_reject=-inf", "tau_switch=inf", "random_switch=null"])
+    cfg = load_config(SearchRunConfig, TABULAR, ["tau_reject=-inf", "tau_switch=inf", "random_switch=null"])
+    cfg = cfg.run.search
     assert cfg.tau_reject == float("-inf") and cfg.tau_switch == float("inf") and cfg.random_switch is None
     with pytest.raises(ConfigError, match="must look like key=value"):
-        load_config(RunConfig, TABULAR, ["n"])
+        load_config(SearchRunConfig, TABULAR, ["n"])
 
 
 def test_launcher_dispatch_and_usage(capsys):
@@ -191,9 +208,12 @@ def test_the_tree_keys_may_be_given_flat_in_every_recipe(tmp_path):
     from theory.converge import ConvergeConfig
     from theory.real_task import RealConfig
 
-    for cls in (RunConfig, ConvergeConfig, RealConfig):
+    def tab(cfg):
+        return cfg.run.tabular if isinstance(cfg, SearchRunConfig) else cfg.tabular
+
+    for cls in (SearchRunConfig, ConvergeConfig, RealConfig):
         cfg = load_config(cls, None, ["K=6", "H=2", "tree_seed=7", "concentration=2.0", "seed=3"])
-        assert (cfg.tabular.K, cfg.tabular.H, cfg.tabular.tree_seed, cfg.tabular.concentration) == (
+        assert (tab(cfg).K, tab(cfg).H, tab(cfg).tree_seed, tab(cfg).concentration) == (
             6,
             2,
             7,
@@ -203,7 +223,7 @@ def test_the_tree_keys_may_be_given_flat_in_every_recipe(tmp_path):
         same = load_config(
             cls, None, ["tabular.K=6", "tabular.H=2", "tabular.tree_seed=7", "tabular.concentration=2"]
         )
-        assert same.tabular.build(0).target[1].tolist() == cfg.tabular.build(0).target[1].tolist()
+        assert tab(same).build(0).target[1].tolist() == tab(cfg).build(0).target[1].tolist()
     out = tmp_path / "flat"
     assert search.main(["--config", TABULAR, "K=3", "H=2", "tabular.problems=2", f"out={out}"]) == 0
     assert all(len(r["answer"].split(".")) == 2 for r in read_results(out / "results.jsonl"))

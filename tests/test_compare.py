@@ -27,7 +27,6 @@ from specs_rl.tracking import find_offline_runs, read_offline_run
 
 from .conftest import DATA, REPO
 
-
 TINY = str(REPO / "configs" / "eval" / "tiny.yaml")  # tiny random HF models on 5 MATH-500 problems
 TAB = str(
     REPO / "configs" / "eval" / "tabular.yaml"
@@ -104,7 +103,7 @@ def test_end_to_end_on_tabular_worlds(tmp_path, monkeypatch, capsys):
     out = tmp_path / "run"
     assert compare.main(["--config", TAB, f"out={out}", *SMALL]) == 0
     cfg = _tab_cfg()
-    problems = cfg.tabular.problems
+    problems = cfg.run.tabular.problems
     runs = run.plan_runs(cfg)
     # 4 methods x 2 n + target_only, draft_only once (they ignore n), x 2 seeds
     assert len(runs) == (4 * 2 + 2) * 2
@@ -149,7 +148,7 @@ def test_end_to_end_on_tabular_worlds(tmp_path, monkeypatch, capsys):
         and "over seeds (the repeats):" in printed
         and "vs BS(target)" in printed
     )
-    assert all(m in printed for m in cfg.methods)
+    assert all(m in printed for m in cfg.grid.methods)
 
     # the plot: a real PNG with one point per method and n (n-free methods once)
     w, h = _png_size(out / "accuracy_latency.png")
@@ -172,7 +171,7 @@ def test_end_to_end_on_tabular_worlds(tmp_path, monkeypatch, capsys):
     assert wb["summary"]["specs/n4/seed43/accuracy"] == pytest.approx(
         next(r["accuracy"] for r in summary["rows"] if (r["method"], r["n"], r["seed"]) == ("specs", 4, 43))
     )
-    assert wb["config"]["methods"] == cfg.methods and wb["config"]["n_grid"] == [2, 4]
+    assert wb["config"]["grid"]["methods"] == cfg.grid.methods and wb["config"]["grid"]["n_grid"] == [2, 4]
     (hist,) = wb["history"]
     assert hist["problems_table/nrows"] == 160 and hist["summary_table/nrows"] == 10
     assert hist["accuracy_latency/_type"] == "image-file"
@@ -368,7 +367,7 @@ def test_plan_runs_per_method_n_seed():
         ("rsd", None, 2),
     ]
     bs = [r.config for r in runs if r.method == "beam_search_target"]
-    assert [(c.method, c.sampler, c.n, c.beam_width) for c in bs[::2]] == [
+    assert [(c.strategy, c.sampler, c.n, c.beam_width) for c in bs[::2]] == [
         ("beam_search", "target", 2, 2),  # one surviving beam: beam_width = n
         ("beam_search", "target", 4, 4),
     ]
@@ -416,10 +415,10 @@ def test_problem_order_interleaves_runs_and_gives_the_same_records(tmp_path):
 
 def test_warm_up_searches_each_method_once_unrecorded(count_searches):
     cfg = _tab_cfg("tabular.problems=3")
-    task = run.build_task(cfg)
+    task = run.build_task(cfg.run)
     runs = run.plan_runs(cfg)
     run.warm_up(task, runs, 2)
-    assert count_searches == ["0", "1"] * len(cfg.methods)  # the first 2 problems, once per method
+    assert count_searches == ["0", "1"] * len(cfg.grid.methods)  # the first 2 problems, once per method
     count_searches.clear()
     run.warm_up(task, runs, 0)
     assert count_searches == []
@@ -535,7 +534,7 @@ def test_the_tiny_config_as_written(tmp_path, monkeypatch):
     monkeypatch.setenv("WANDB_MODE", "offline")
     cfg = load_config(run.CompareConfig, TINY)
     assert compare.main(["--config", TINY, f"out={tmp_path / 'tiny'}"]) == 0
-    _tiny_hf_checks(tmp_path / "tiny", cfg.methods, cfg.seeds)
+    _tiny_hf_checks(tmp_path / "tiny", cfg.grid.methods, cfg.grid.seeds)
 
 
 @pytest.mark.parametrize("path", sorted((REPO / "configs" / "eval").glob("*.yaml")), ids=lambda p: p.name)
@@ -544,9 +543,9 @@ def test_every_eval_config_loads_and_plans(path):
     assert text.startswith(f"# specs-rl compare --config configs/eval/{path.name}")
     cfg = load_config(run.CompareConfig, path)
     runs = run.plan_runs(cfg)  # every (method, n, seed) valid
-    assert len(runs) >= len(cfg.methods) * len(cfg.seeds)
+    assert len(runs) >= len(cfg.grid.methods) * len(cfg.grid.seeds)
     if path.name.endswith("_qwen25.yaml"):  # the paper's settings (ALGORITHM.md §6), run by the authors' form
-        assert cfg.n_grid == [4, 8, 16] and cfg.seeds == [42, 43, 45]
+        assert cfg.grid.n_grid == [4, 8, 16] and cfg.grid.seeds == [42, 43, 45]
         paper = {r.method: r.config for r in runs if (r.n, r.seed) == (4, 42)}
         spec = paper["specs_paper"]  # pinned: the authors' code form
         assert (spec.score_form, spec.start_mode, spec.target_select) == ("mean", "target", "argmax")
@@ -559,14 +558,21 @@ def test_every_eval_config_loads_and_plans(path):
             ("specs_paper_random_switch", {"random_switch": 0.5}),
         ):
             assert paper[name] == dataclasses.replace(spec, **change), name
-        assert "specs" not in cfg.methods  # this project's exact form is not the paper's
+        assert "specs" not in cfg.grid.methods  # this project's exact form is not the paper's
         assert paper["dvts"].beam_width == 4 and paper["beam_search_target"].beam_width == 4
-        assert 10 <= cfg.max_steps <= 30 and 512 <= cfg.hf.max_step_tokens <= 2048 and cfg.batch_size == 1
-        assert cfg.order == "problem" and "order: problem" in text  # comparable latency, said in the file
-        assert cfg.hf.draft.name == "Qwen/Qwen2.5-Math-1.5B-Instruct"
-        assert cfg.hf.target.name == "Qwen/Qwen2.5-Math-7B-Instruct"
         assert (
-            cfg.hf.system_prompt == "Please reason step by step, and put your final answer within \\boxed{}."
+            10 <= cfg.run.search.max_steps <= 30
+            and 512 <= cfg.run.hf.max_step_tokens <= 2048
+            and cfg.run.batch_size == 1
+        )
+        assert (
+            cfg.grid.order == "problem" and "order: problem" in text
+        )  # comparable latency, said in the file
+        assert cfg.run.hf.draft.name == "Qwen/Qwen2.5-Math-1.5B-Instruct"
+        assert cfg.run.hf.target.name == "Qwen/Qwen2.5-Math-7B-Instruct"
+        assert (
+            cfg.run.hf.system_prompt
+            == "Please reason step by step, and put your final answer within \\boxed{}."
         )
 
 
@@ -582,7 +588,10 @@ def test_each_method_may_run_at_its_own_settings(tmp_path, capsys):
     cfg = load_config(run.CompareConfig, TAB, [*base[2:], *own])
     runs = {r.method: r for r in run.plan_runs(cfg)}
     assert runs["specs"].config.target_select == "soft" and runs["rsd"].config.target_select == "argmax"
-    assert runs["rsd"].config.rsd_delta == 0.4 and runs["specs"].config.rsd_delta == cfg.rsd_delta == 0.7
+    assert (
+        runs["rsd"].config.rsd_delta == 0.4
+        and runs["specs"].config.rsd_delta == cfg.run.search.rsd_delta == 0.7
+    )
     records = [json.loads(x) for x in _lines(out / "results.jsonl")]
     from_file = {"tau_reject": -2.0, "tau_switch": 0.6, "start_mode": "target"}  # the config's own settings
     assert all(
@@ -592,7 +601,7 @@ def test_each_method_may_run_at_its_own_settings(tmp_path, capsys):
     )
     assert all(r["settings"] == {"rsd_delta": 0.4} for r in records if r["method"] == "rsd")
     # the file's settings of methods the command line left out (gsi, dvts, ...) are not used
-    assert {r["method"] for r in records} == {"specs", "rsd"} and "gsi" in cfg.method_settings
+    assert {r["method"] for r in records} == {"specs", "rsd"} and "gsi" in cfg.grid.method_settings
     for bad, message in (
         (["method_settings.specs.beta=5.0"], "beta is set for every method (beta=2.0) and for specs"),
         (["method_settings.dvtz.bon_vote=naive"], "method_settings.dvtz: dvtz is not a method preset"),
@@ -626,16 +635,21 @@ def test_the_peers_config_plans_the_head_to_head_and_runs_on_a_tiny_world(tmp_pa
     """configs/eval/peers_toymath.yaml as written plans the head-to-head (toy-math test split, n = 4 and 8, three
     seeds, every method at its own settings); the same config on a tabular world runs every method in seconds."""
     cfg = load_config(run.CompareConfig, PEERS)
-    assert (cfg.data.dataset, cfg.data.split, cfg.n_grid, len(cfg.seeds)) == ("toymath", "test", [4, 8], 3)
-    assert set(cfg.methods) == {
+    assert (cfg.run.data.dataset, cfg.run.data.split, cfg.grid.n_grid, len(cfg.grid.seeds)) == (
+        "toymath",
+        "test",
+        [4, 8],
+        3,
+    )
+    assert set(cfg.grid.methods) == {
         *("specs", "specs_paper", "gsi", "rsd", "rsd_bon", "specreason"),
         *("beam_search_target", "beam_search_draft", "best_of_n", "target_only"),
     }
     runs = run.plan_runs(cfg)
     assert len(runs) == (7 * 2 + 3) * 3  # rsd, specreason and target_only do not depend on n
     # every method that has thresholds or a beta runs at its own settings, nothing of them is shared
-    assert set(cfg.method_settings) == {"specs", "specs_paper", "gsi", "rsd", "rsd_bon", "specreason"}
-    assert not given_keys(cfg) & {
+    assert set(cfg.grid.method_settings) == {"specs", "specs_paper", "gsi", "rsd", "rsd_bon", "specreason"}
+    assert not given_keys(cfg, "run.search") & {
         "beta",
         "temperature",
         "tau_reject",
@@ -653,7 +667,7 @@ def test_the_peers_config_plans_the_head_to_head_and_runs_on_a_tiny_world(tmp_pa
     )
     assert (by["specs_paper"].score_form, by["specs_paper"].start_mode) == ("mean", "target")
     assert (by["rsd_bon"].accept_test, by["specs"].acceptance) == ("reward", "filter")
-    assert (by["specreason"].method, by["specreason"].judge) == ("specreason", "prm")
+    assert (by["specreason"].strategy, by["specreason"].judge) == ("specreason", "prm")
 
     out = tmp_path / "peers"
     tiny = ["backend=tabular", "tabular.problems=3", "seeds=[0]", *QUIET, f"out={out}"]
@@ -661,7 +675,7 @@ def test_the_peers_config_plans_the_head_to_head_and_runs_on_a_tiny_world(tmp_pa
     records = [json.loads(x) for x in _lines(out / "results.jsonl")]
     assert len(records) == (7 * 2 + 3) * 3
     for r in records:
-        assert r.get("settings", {}) == cfg.method_settings.get(r["method"], {})
+        assert r.get("settings", {}) == cfg.grid.method_settings.get(r["method"], {})
     assert {r["strategy"] for r in records if r["method"] in ("gsi", "rsd_bon", "specs_paper")} == {"specs"}
     summary = json.loads((out / "summary.json").read_text())
-    assert summary["complete"] and {a["method"] for a in summary["aggregate"]} == set(cfg.methods)
+    assert summary["complete"] and {a["method"] for a in summary["aggregate"]} == set(cfg.grid.methods)

@@ -127,7 +127,7 @@ def test_specs_and_beam_search_run_end_to_end(backend):
     parts, problems = backend
     for strategy, cfg in [
         (specs, SearchConfig(n=2, max_steps=3, tau_reject=-1.0, start_mode="draft")),
-        (beam_search, SearchConfig(method="beam_search", n=2, beam_width=1, max_steps=3)),
+        (beam_search, SearchConfig(strategy="beam_search", n=2, beam_width=1, max_steps=3)),
     ]:
         res = strategy(problems, cfg, parts, gen(0))
         assert [r.problem.id for r in res] == [p.id for p in problems]

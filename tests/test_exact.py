@@ -47,7 +47,7 @@ NEG = -math.inf
 
 
 def cfg(**kw) -> SearchConfig:
-    base = dict(method="specs", n=4, beta=2.0, start_mode="draft", tau_reject=-math.inf, max_steps=10)
+    base = dict(strategy="specs", n=4, beta=2.0, start_mode="draft", tau_reject=-math.inf, max_steps=10)
     base.update(kw)
     return SearchConfig(**base)
 

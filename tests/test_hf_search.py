@@ -11,11 +11,9 @@ import torch
 
 from specs_rl.config import load_config
 from specs_rl.hf import HFConfig, ModelSpec, PrmSpec, TinySpec, build_parts, tiny_parts
-from specs_rl.run import RunConfig
+from specs_rl.run import SearchRunConfig
 from specs_rl.search import SearchConfig, specs
 from specs_rl.types import STAGES, Problem
-
-from .conftest import DATA
 
 REPO = Path(__file__).resolve().parents[1]
 TINY = REPO / "configs" / "search" / "tiny_hf.yaml"  # its problems: the packaged MATH-500
@@ -47,17 +45,18 @@ def test_tiny_hf_config_runs_and_writes_per_stage_latency(tmp_path):
 @pytest.mark.parametrize("path", sorted((REPO / "configs" / "search").glob("*.yaml")), ids=lambda p: p.name)
 def test_search_configs_load_and_validate(path):
     assert path.read_text().startswith("# specs-rl search --config ")
-    cfg = load_config(RunConfig, path)
+    cfg = load_config(SearchRunConfig, path).run
     if cfg.backend == "hf":
         cfg.hf.validate()
 
 
 def test_paper_config_matches_the_paper_setting():
-    cfg = load_config(RunConfig, REPO / "configs" / "search" / "qwen25_math_math500.yaml")
+    cfg = load_config(SearchRunConfig, REPO / "configs" / "search" / "qwen25_math_math500.yaml").run
     assert cfg.hf.draft.name == "Qwen/Qwen2.5-Math-1.5B-Instruct"
     assert cfg.hf.target.name == "Qwen/Qwen2.5-Math-7B-Instruct"
     assert cfg.hf.prm.name.endswith("7B") and cfg.hf.prm.step_separator == "<extra_0>"
-    assert cfg.n == 4 and cfg.data.dataset == "math500" and cfg.batch_size == 1 and cfg.tau_switch == 0.7
+    assert cfg.search.n == 4 and cfg.data.dataset == "math500" and cfg.batch_size == 1
+    assert cfg.search.tau_switch == 0.7
     assert cfg.hf.system_prompt.endswith("\\boxed{}.") and cfg.hf.step_delimiter == "\n\n"
 
 

@@ -38,7 +38,7 @@ def test_the_three_forms_and_gsi_pin_what_makes_them_that_method():
         "reward",
     )
     assert (bon.start_mode, bon.target_select, bon.tau_switch) == ("draft", "soft", -math.inf)
-    assert all(c.method == "specs" and c.n == 16 for c in (spec, paper, gsi, bon))  # 16 drafts = 16 samples
+    assert all(c.strategy == "specs" and c.n == 16 for c in (spec, paper, gsi, bon))  # 16 drafts = 16 samples
     assert all(uses_n(name) for name in ("specs", "specs_paper", "gsi", "rsd_bon"))
 
 

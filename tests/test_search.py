@@ -30,8 +30,8 @@ def world(K=3, H=3, problems=40, seed=0, beta=2.0, same_draft=False, **kw):
     return [Problem(str(i), "", meta={"tree": str(i)}) for i in range(problems)], backend
 
 
-def run(strategy, problems, backend, seed=0, **cfg):
-    return strategy(problems, SearchConfig(**cfg), backend.parts(), torch.Generator().manual_seed(seed))
+def run(fn, problems, backend, seed=0, **cfg):
+    return fn(problems, SearchConfig(**cfg), backend.parts(), torch.Generator().manual_seed(seed))
 
 
 def texts(results):
@@ -42,7 +42,7 @@ def test_tau_reject_inf_starting_in_target_is_target_best_of_n_search():
     problems, backend = world()
     a = run(specs, problems, backend, n=4, beta=2.0, tau_reject=math.inf, start_mode="target", tau_switch=0.0)
     b = run(
-        beam_search, problems, backend, method="beam_search", n=4, beam_width=4, sampler="target", beta=2.0
+        beam_search, problems, backend, strategy="beam_search", n=4, beam_width=4, sampler="target", beta=2.0
     )
     assert texts(a) == texts(b)
     assert all(s.source == Mode.TARGET for r in a for s in r.steps)
@@ -270,17 +270,17 @@ def test_random_switching_hits_the_requested_target_fraction():
 
 def test_beam_search_keeps_the_best_beams_and_finishes():
     problems, backend = world(problems=20, H=4)
-    res = run(beam_search, problems, backend, method="beam_search", n=8, beam_width=2, beta=2.0)
+    res = run(beam_search, problems, backend, strategy="beam_search", n=8, beam_width=2, beta=2.0)
     for r in res:
         assert r.trace.finished and r.extra["completed"] >= 1
         assert r.final_reward == r.steps[-1].reward  # aggregate "last": the kept last step's reward
     # a single surviving beam (beam_width = n) keeps the best-rewarded candidate at every step
-    single = run(beam_search, problems, backend, method="beam_search", n=4, beam_width=4, beta=2.0)
+    single = run(beam_search, problems, backend, strategy="beam_search", n=4, beam_width=4, beta=2.0)
     for r in single:
         for s in r.steps:
             assert s.reward == max(s.rewards) and s.chosen == s.rewards.index(max(s.rewards))
     # a wider search finds higher-reward answers on average than target sampling
-    tgt = run(STRATEGIES["target_only"], problems, backend, method="target_only")
+    tgt = run(STRATEGIES["target_only"], problems, backend, strategy="target_only")
     true = lambda rs: np.mean([backend.true_reward(r.problem.id, r.answer) for r in rs])  # noqa: E731
     assert true(res) > true(tgt) + 0.1
 
@@ -326,11 +326,11 @@ def test_dvts_subtrees_each_keep_their_own_best_candidate():
     reward = {"a": 0.9, "b": 0.8, "c": 0.1, "d": 0.2}
     cfg = dict(n=4, beam_width=2, max_steps=3)
     world_ = Scripted(steps, reward, horizon=1)
-    (res,) = dvts([Problem("p", "")], SearchConfig(method="dvts", **cfg), world_.parts(), torch.Generator())
+    (res,) = dvts([Problem("p", "")], SearchConfig(strategy="dvts", **cfg), world_.parts(), torch.Generator())
     assert res.extra["answers"] == ["a", "d"] and res.answer == "a"
     world_ = Scripted(steps, reward, horizon=1)
     (res,) = beam_search(
-        [Problem("p", "")], SearchConfig(method="beam_search", **cfg), world_.parts(), torch.Generator()
+        [Problem("p", "")], SearchConfig(strategy="beam_search", **cfg), world_.parts(), torch.Generator()
     )
     assert res.extra["answers"] == ["a", "b"]
 
@@ -342,7 +342,7 @@ def test_beam_search_refills_to_n_beams_when_beams_finish(refill, expanded):
     steps = {"": ["a", "b", "c", "d"], "b": ["e", "f", "g", "h"]}
     reward = {"a": 0.9, "b": 0.8, "c": 0.1, "d": 0.2, "be": 0.3, "bf": 0.95, "bg": 0.4, "bh": 0.5}
     world_ = Scripted(steps, reward, horizon=2, ends={"a"})
-    cfg = SearchConfig(method="beam_search", n=4, beam_width=2, beam_refill=refill, max_steps=4)
+    cfg = SearchConfig(strategy="beam_search", n=4, beam_width=2, beam_refill=refill, max_steps=4)
     (res,) = beam_search([Problem("p", "")], cfg, world_.parts(), torch.Generator())
     assert sum(x.startswith("b") and len(x) == 2 for x in world_.proposed) == expanded
     # a, then the best two of b's 4 expansions (refill) or the best one of its 2
@@ -358,7 +358,7 @@ def test_rsd_runs_no_prm_pass_on_the_step_the_target_rewrote():
     }  # draft and target share the script: x is drafted, y rewritten
     world_ = Scripted({**steps, "": ["x", "y"]}, {"x": 0.1, "yz": 0.9, "yzw": 0.9}, horizon=3)
     (res,) = rsd(
-        [Problem("p", "")], SearchConfig(method="rsd", rsd_delta=0.7), world_.parts(), torch.Generator()
+        [Problem("p", "")], SearchConfig(strategy="rsd", rsd_delta=0.7), world_.parts(), torch.Generator()
     )
     assert res.answer == "yzw" and [s.source for s in res.steps] == [Mode.TARGET, Mode.DRAFT, Mode.DRAFT]
     assert "y" not in world_.scored and world_.scored == ["x", "yz", "yzw"]
@@ -368,7 +368,7 @@ def test_rsd_runs_no_prm_pass_on_the_step_the_target_rewrote():
 def test_max_steps_generates_the_last_step_to_the_end():
     problems, backend = world(problems=5, H=5)
     for name in STRATEGIES:
-        cfg = SearchConfig(method=name, n=4, beam_width=2, max_steps=2)
+        cfg = SearchConfig(strategy=name, n=4, beam_width=2, max_steps=2)
         res = run_search(problems, cfg, backend.parts(), torch.Generator().manual_seed(0))
         for r in res:
             assert r.trace.finished and len(r.answer.split(".")) == 5, name
@@ -378,7 +378,7 @@ def test_max_steps_generates_the_last_step_to_the_end():
 def test_best_of_n_votes():
     problems, backend = world(problems=15)
     for vote in ("naive", "weighted", "majority"):
-        res = run(best_of_n, problems, backend, method="best_of_n", n=6, bon_vote=vote)
+        res = run(best_of_n, problems, backend, strategy="best_of_n", n=6, bon_vote=vote)
         for r in res:
             answers, scores = r.extra["answers"], r.extra["scores"]
             if vote == "naive":
@@ -392,7 +392,7 @@ def test_best_of_n_votes():
 
 def test_rsd_accepts_drafts_above_delta_only():
     problems, backend = world(problems=30)
-    res = run(rsd, problems, backend, method="rsd", rsd_delta=0.6)
+    res = run(rsd, problems, backend, strategy="rsd", rsd_delta=0.6)
     kinds = set()
     for r in res:
         for s in r.steps:
@@ -407,8 +407,8 @@ def test_rsd_accepts_drafts_above_delta_only():
     [
         (dict(n=0), "n must be >= 1"),
         (dict(beta=-1.0), "beta must be >= 0"),
-        (dict(method="beam"), "method must be one of"),
-        (dict(method="beam_search", n=6, beam_width=4), "beam_width must divide n"),
+        (dict(strategy="beam"), "strategy must be one of"),
+        (dict(strategy="beam_search", n=6, beam_width=4), "beam_width must divide n"),
         (dict(score_form="sum"), "score_form must be one of"),
         (dict(random_switch=1.5), "random_switch"),
         (dict(acceptance="gsi"), "acceptance must be one of"),

@@ -63,12 +63,12 @@ def outcome(r: SearchResult) -> tuple:
 
 
 CONFIGS = {
-    "specs": dict(method="specs", n=3, tau_reject=-1.0, tau_switch=0.6, start_mode="draft"),
-    "specs_soft_target": dict(method="specs", n=3, tau_reject=-0.5, target_select="soft", temperature=0.3),
-    "specs_random_switch": dict(method="specs", n=3, tau_reject=-1.0, random_switch=0.4),
-    "specs_reject_all": dict(method="specs", n=2, tau_reject=math.inf, target_select="soft"),
+    "specs": dict(strategy="specs", n=3, tau_reject=-1.0, tau_switch=0.6, start_mode="draft"),
+    "specs_soft_target": dict(strategy="specs", n=3, tau_reject=-0.5, target_select="soft", temperature=0.3),
+    "specs_random_switch": dict(strategy="specs", n=3, tau_reject=-1.0, random_switch=0.4),
+    "specs_reject_all": dict(strategy="specs", n=2, tau_reject=math.inf, target_select="soft"),
     "gsi": dict(
-        method="specs",
+        strategy="specs",
         n=3,
         acceptance="select_test",
         tau_reject=-0.5,
@@ -76,12 +76,12 @@ CONFIGS = {
         start_mode="draft",
         tau_switch=-math.inf,
     ),
-    "rsd": dict(method="rsd", rsd_delta=0.6),
-    "beam_search": dict(method="beam_search", n=4, beam_width=2, sampler="draft"),
-    "dvts": dict(method="dvts", n=4, beam_width=2),
-    "best_of_n": dict(method="best_of_n", n=4, bon_vote="majority", aggregate="min"),
-    "target_only": dict(method="target_only"),
-    "draft_only": dict(method="draft_only"),
+    "rsd": dict(strategy="rsd", rsd_delta=0.6),
+    "beam_search": dict(strategy="beam_search", n=4, beam_width=2, sampler="draft"),
+    "dvts": dict(strategy="dvts", n=4, beam_width=2),
+    "best_of_n": dict(strategy="best_of_n", n=4, bon_vote="majority", aggregate="min"),
+    "target_only": dict(strategy="target_only"),
+    "draft_only": dict(strategy="draft_only"),
 }
 
 
@@ -90,7 +90,7 @@ def test_a_batched_search_equals_each_problem_searched_alone(name):
     """Each problem's result and the state its generator is left in are those of the problem searched alone: no
     draw is made on a problem's generator in a batch that it would not make alone (problems that finish early,
     deferrals, finished beams, votes, random switches)."""
-    assert set(STRATEGIES) >= {c["method"] for c in CONFIGS.values()}
+    assert set(STRATEGIES) >= {c["strategy"] for c in CONFIGS.values()}
     problems, backend = mixed_world()
     cfg = SearchConfig(beta=2.0, max_steps=5, **CONFIGS[name])
     batch_gens = gens(problems)
@@ -118,7 +118,7 @@ def test_generator_lists_must_match_the_items():
         generator_list([g, g], 3)
     problems, backend = mixed_world(3)
     with pytest.raises(ValueError, match="one generator per item"):
-        run_search(problems, SearchConfig(method="target_only"), backend.parts(), gens(problems[:2]))
+        run_search(problems, SearchConfig(strategy="target_only"), backend.parts(), gens(problems[:2]))
 
 
 def test_prefix_seeds_draw_once_per_generator_and_count_repeats_per_generator():
@@ -171,11 +171,11 @@ def test_hf_sampler_draws_each_prefix_from_its_own_generator(hf_parts):
 
 
 HF_CONFIGS = {
-    "specs": dict(method="specs", n=3, tau_reject=-6.0, tau_switch=0.5, concurrent_scoring=True),
-    "specs_random_switch": dict(method="specs", n=2, tau_reject=-6.0, random_switch=0.5),
-    "beam_search": dict(method="beam_search", n=4, beam_width=2),
-    "best_of_n": dict(method="best_of_n", n=3, bon_vote="majority"),
-    "rsd": dict(method="rsd", rsd_delta=0.5),
+    "specs": dict(strategy="specs", n=3, tau_reject=-6.0, tau_switch=0.5, concurrent_scoring=True),
+    "specs_random_switch": dict(strategy="specs", n=2, tau_reject=-6.0, random_switch=0.5),
+    "beam_search": dict(strategy="beam_search", n=4, beam_width=2),
+    "best_of_n": dict(strategy="best_of_n", n=3, bon_vote="majority"),
+    "rsd": dict(strategy="rsd", rsd_delta=0.5),
 }
 
 

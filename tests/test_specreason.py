@@ -29,7 +29,7 @@ def _tree() -> TabularTree:
 
 def cfg(tree: TabularTree, **kw) -> SearchConfig:
     base = dict(
-        method="specreason", n=1, beta=BETA, judge="target", judge_threshold=7.0, max_steps=tree.horizon
+        strategy="specreason", n=1, beta=BETA, judge="target", judge_threshold=7.0, max_steps=tree.horizon
     )
     base.update(kw)
     return SearchConfig(**base)
@@ -100,7 +100,7 @@ def test_threshold_zero_is_the_draft_and_above_nine_is_the_target():
         np.testing.assert_allclose(np.exp(top.log_q), np.exp(sequence_log_law(tree, tree.target)), atol=1e-14)
         assert top.defer_rate == pytest.approx(1.0)
     ours = _run(tree, cfg(tree, judge_threshold=0.0), 200, seed=5)
-    plain = _run(tree, cfg(tree, method="draft_only"), 200, seed=5, strategy=draft_only)
+    plain = _run(tree, cfg(tree, strategy="draft_only"), 200, seed=5, strategy=draft_only)
     assert [r.answer for r in ours] == [r.answer for r in plain]
     assert all(s.source == Mode.DRAFT for r in ours for s in r.steps)
     results = _run(tree, cfg(tree, judge_threshold=9.5), 3000, seed=2)
@@ -113,7 +113,7 @@ def test_prm_judge_is_rsd_at_threshold_over_nine():
     tree = _tree()
     t = _threshold_with_deferrals(tree, "prm")
     ours = cfg(tree, judge="prm", judge_threshold=t)
-    theirs = cfg(tree, method="rsd", rsd_delta=t / 9)
+    theirs = cfg(tree, strategy="rsd", rsd_delta=t / 9)
     np.testing.assert_allclose(
         specreason_log_law(tree, ours).log_q, rsd_log_law(tree, theirs).log_q, atol=1e-12
     )
@@ -191,12 +191,12 @@ def test_prm_judge_scales_the_reward_and_target_judge_is_refused_without_one():
 def test_preset_pins_the_strategy_and_owns_judge_and_threshold():
     base = SearchConfig(n=8)
     c = preset(base, "specreason", {"judge": "prm", "judge_threshold": 5.0})
-    assert (c.method, c.judge, c.judge_threshold) == ("specreason", "prm", 5.0)
+    assert (c.strategy, c.judge, c.judge_threshold) == ("specreason", "prm", 5.0)
     assert preset(base, "specreason").judge_threshold == 7.0  # the paper's default
-    assert METHOD_PRESETS["specreason"] == {"method": "specreason"}
+    assert METHOD_PRESETS["specreason"] == {"strategy": "specreason"}
     assert not uses_n("specreason")
-    with pytest.raises(SpecsError, match="pins method"):
-        preset(base, "specreason", {"method": "rsd"})
+    with pytest.raises(SpecsError, match="pins strategy"):
+        preset(base, "specreason", {"strategy": "rsd"})
 
 
 # ------------------------------------------------------------------------------------------------------------------
@@ -241,7 +241,7 @@ def test_hf_target_judge_is_one_forward_per_batch_and_matches_the_target_read_al
     t = float(np.median(np.array(batched)))
     results = specreason(
         problems,
-        SearchConfig(method="specreason", judge_threshold=t, max_steps=3),
+        SearchConfig(strategy="specreason", judge_threshold=t, max_steps=3),
         parts,
         torch.Generator().manual_seed(1),
     )
@@ -278,7 +278,7 @@ def test_vllm_target_judge_agrees_with_the_hf_judge():
         assert worst <= 1e-3
         assert all(0.0 <= x <= 9.0 for row in served for x in row)
         t = float(np.median(np.array(served)))
-        config = SearchConfig(method="specreason", judge_threshold=t, max_steps=8)
+        config = SearchConfig(strategy="specreason", judge_threshold=t, max_steps=8)
         for r in specreason(problems[:2], config, parts, torch.Generator().manual_seed(1)):
             assert r.trace.finished
             assert all(s.scores[0] >= t for s in r.steps if s.source == Mode.DRAFT)

@@ -133,17 +133,22 @@ def test_bad_config_fails_in_one_line_before_anything_is_written(tmp_path, capsy
 
 
 def test_demo_world_choice(tmp_path):
-    assert demo.demo_argv(["world=tabular", "out=x"])[:2] == ["--config", str(demo.DEFAULT_CONFIG)]
-    assert demo.demo_argv(["--config", "c.yaml", "world=toymath"]) == ["--config", "c.yaml"]
+    assert demo.demo_source(["world=tabular", "out=x"]) == (str(demo.DEFAULT_CONFIG), ["out=x"])
+    assert demo.demo_source(["--config", "c.yaml", "world=toymath"]) == ("c.yaml", [])
     with pytest.raises(Exception, match="world must be one of"):
-        demo.demo_argv(["world=mars"])
-    argv = demo.demo_argv([])
+        demo.demo_source(["world=mars"])
+    path, overrides = demo.demo_source([])
     if demo.toymath_assets() is None:
-        assert argv == ["--config", str(demo.DEFAULT_CONFIG)]
+        assert (path, overrides) == (str(demo.DEFAULT_CONFIG), [])
     else:
-        assert argv[1] == str(demo.TOYMATH_CONFIG)
-        assert {a.split("=")[0] for a in argv[2:]} == {"hf.draft.name", "hf.target.name", "hf.prm.name"}
-        assert demo.demo_argv(["hf.prm.name=/p"])[-1] == "hf.prm.name=/p"  # the user's choice is kept
+        assert path == str(demo.TOYMATH_CONFIG)
+        assert {a.split("=")[0] for a in overrides} == {"hf.draft.name", "hf.target.name", "hf.prm.name"}
+        assert demo.demo_source(["hf.prm.name=/p"])[1][-1] == "hf.prm.name=/p"  # the user's choice is kept
+        # parsed once: the config the demo runs, its backend read from the parsed config, not the raw argv
+        cfg = demo.demo_config(["backend=vllm"])
+        assert cfg.run.backend == "vllm" and cfg.run.out == "runs/demo-vllm"
+        assert demo.demo_config(["backend=vllm", "out=/tmp/x"]).run.out == "/tmp/x"
+        assert demo.demo_config(["--backend", "vllm"]).run.out == "runs/demo-vllm"
 
 
 def test_resized_copy_cuts_or_extends_the_target_for_the_prm(tmp_path):
@@ -326,7 +331,9 @@ def test_committed_models_search_through_the_hf_backend():
             max_tokens=160,
         )
     )
-    results = run_search(problems, SearchConfig(method="target_only", max_steps=8), parts, torch.Generator())
+    results = run_search(
+        problems, SearchConfig(strategy="target_only", max_steps=8), parts, torch.Generator()
+    )
     for p, r, ok in zip(problems, results, world["fixed_set"]["greedy_correct"]["target"]):
         assert r.trace.finished
         assert (

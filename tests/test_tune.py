@@ -22,13 +22,14 @@ pytest.importorskip("optuna")
 
 import eval.tune as tune_cmd  # noqa: E402
 import specs_rl.run.grid as grid  # noqa: E402
-from specs_rl.config import load_config  # noqa: E402
+from specs_rl.config import ConfigError, load_config  # noqa: E402
 from specs_rl.methods import METHOD_PRESETS  # noqa: E402
 from specs_rl.run import CompareConfig, plan_runs, read_results  # noqa: E402
-from specs_rl.run.trials import TaskCache, TrialRunner, beaten_by  # noqa: E402
 from specs_rl.run.tune import (  # noqa: E402
     ChoiceRule,
     TuneConfig,
+    check_test_ids,
+    check_test_set,
     choose,
     front,
     plan_study,
@@ -36,6 +37,7 @@ from specs_rl.run.tune import (  # noqa: E402
     trial_run,
     trial_seed,
 )
+from specs_rl.run.tune.trials import TaskCache, TrialRunner, beaten_by  # noqa: E402
 from specs_rl.tracking import find_offline_runs, read_offline_run  # noqa: E402
 
 from .conftest import REPO  # noqa: E402
@@ -67,7 +69,7 @@ def count_searches(monkeypatch):
     real = grid.run_search
 
     def counting(problems, config, parts, generator):
-        seen.extend((config.method, p.id) for p in problems)
+        seen.extend((config.strategy, p.id) for p in problems)
         return real(problems, config, parts, generator)
 
     monkeypatch.setattr(grid, "run_search", counting)
@@ -136,11 +138,11 @@ def test_tiny_tabular_study_end_to_end(fast_dir, monkeypatch, capsys):
     text = (out / "chosen.yaml").read_text()
     assert text.startswith(f"# specs-rl compare --config {out / 'chosen.yaml'}")
     ccfg = load_config(CompareConfig, out / "chosen.yaml")
-    assert ccfg.tabular.tree_seed == 1000 and ccfg.tabular.problems == 12 and ccfg.seeds == [0]
+    assert ccfg.run.tabular.tree_seed == 1000 and ccfg.run.tabular.problems == 12 and ccfg.grid.seeds == [0]
     own = {k: v for k, v in chosen["params"].items() if k != "n"}
-    assert ccfg.method_settings["specs"] == pytest.approx(own)
-    assert chosen["params"]["n"] in ccfg.n_grid and 4 in ccfg.n_grid  # the reference's n
-    assert {"specs", "beam_search_target", "target_only", "draft_only"} <= set(ccfg.methods)
+    assert ccfg.grid.method_settings["specs"] == pytest.approx(own)
+    assert chosen["params"]["n"] in ccfg.grid.n_grid and 4 in ccfg.grid.n_grid  # the reference's n
+    assert {"specs", "beam_search_target", "target_only", "draft_only"} <= set(ccfg.grid.methods)
     plan_runs(ccfg)
     # the test re-run: a fresh compare run in out/test, its figures in tune.json and printed
     agg = json.loads((out / "test" / "summary.json").read_text())["aggregate"]
@@ -175,8 +177,8 @@ def test_a_tuned_backend_key_builds_its_task_and_reaches_chosen_yaml(fast_dir):
     assert len(s["trials"]) == 4  # the grid of 2 x 2
     chosen = s["choices"]["specs"]["chosen"]
     ccfg = load_config(CompareConfig, out / "chosen.yaml")
-    assert ccfg.tabular.draft_noise == chosen["params"]["tabular.draft_noise"]
-    assert "draft_noise" not in ccfg.method_settings.get("specs", {})
+    assert ccfg.run.tabular.draft_noise == chosen["params"]["tabular.draft_noise"]
+    assert "draft_noise" not in ccfg.grid.method_settings.get("specs", {})
     # a draft twice as noisy is another world: the trials with it differ from those without
     by_noise = {}
     for t in s["trials"]:
@@ -240,9 +242,9 @@ def test_peer_presets_tuned_together_reach_chosen_yaml_as_method_settings(fast_d
     chosen = {m: c["chosen"] for m, c in s["choices"].items() if c["chosen"] is not None}
     assert "gsi" in chosen  # the first method: the test re-run ran
     ccfg = load_config(CompareConfig, out / "chosen.yaml")
-    assert set(ccfg.method_settings) == set(chosen) and ccfg.n_grid == [4]
+    assert set(ccfg.grid.method_settings) == set(chosen) and ccfg.grid.n_grid == [4]
     for m, c in chosen.items():
-        assert ccfg.method_settings[m] == pytest.approx(c["params"])
+        assert ccfg.grid.method_settings[m] == pytest.approx(c["params"])
     runs = {r.method: r.config for r in plan_runs(ccfg)}
     assert runs["specs_paper"].score_form == "mean" and runs["gsi"].start_mode == "draft"
     agg = json.loads((out / "test" / "summary.json").read_text())["aggregate"]
@@ -251,10 +253,10 @@ def test_peer_presets_tuned_together_reach_chosen_yaml_as_method_settings(fast_d
     peers = load_config(
         CompareConfig,
         REPO / "configs" / "eval" / "peers_toymath.yaml",
-        [f"method_settings={json.dumps(ccfg.method_settings)}"],
+        [f"method_settings={json.dumps(ccfg.grid.method_settings)}"],
     )
     planned = {r.method: r for r in plan_runs(peers)}
-    for m, own in ccfg.method_settings.items():
+    for m, own in ccfg.grid.method_settings.items():
         assert planned[m].settings == own
 
 
@@ -276,7 +278,7 @@ def test_methods_without_a_choice_are_named_in_chosen_yaml(fast_dir):
     closest = s["choices"]["gsi"]["closest"]["number"]
     assert f"# no gsi trial meets the rule; the closest is trial {closest}" in text.splitlines()[2]
     ccfg = load_config(CompareConfig, out / "chosen.yaml")
-    assert set(ccfg.method_settings) == {"rsd_bon"} and "gsi" not in ccfg.methods
+    assert set(ccfg.grid.method_settings) == {"rsd_bon"} and "gsi" not in ccfg.grid.methods
     assert not (out / "test").exists()
 
 
@@ -672,9 +674,9 @@ def test_the_peers_study_runs_on_the_tabular_backend(fast_dir):
     for m, (point,) in peers["start"].items():
         assert next(t for t in s["trials"] if t["method"] == m and t["number"] == 0)["params"] == point
     ccfg = load_config(CompareConfig, out / "chosen.yaml")
-    assert set(ccfg.method_settings) == set(peers["methods"]) and ccfg.n_grid == [4]
+    assert set(ccfg.grid.method_settings) == set(peers["methods"]) and ccfg.grid.n_grid == [4]
     assert (
-        ccfg.method_settings["specs"]["start_mode"] == "draft"
+        ccfg.grid.method_settings["specs"]["start_mode"] == "draft"
     )  # its fixed own setting travels with the choice
 
 
@@ -699,3 +701,40 @@ def test_workers_share_one_storage(fast_dir, capsys):
     assert not (fast_dir / "c").exists()  # refused before anything was written
     assert tune_cmd.main([*other, "tune.storage=postgresql://nobody@127.0.0.1:1/none"]) == 2
     assert "tune.storage: cannot open 127.0.0.1:1/none (" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize(
+    ("test_set", "message"),
+    [
+        (
+            "{tabular.tree_seed: 5}",
+            "tree seeds 5..11 are in both",
+        ),  # trees 5..16 against the tune trees 0..11
+        ("{tabular.problems: 3}", "tree seeds 0..2 are in both"),  # the first tune trees again
+        ("{K: 4}", "tree seeds 0..11 are in both"),  # a flat key: the same world, the same trees
+    ],
+)
+def test_a_test_set_that_overlaps_the_tune_problems_is_refused_before_any_trial(
+    tmp_path, capsys, test_set, message
+):
+    """Tuning never sees its test set: a tune.test.set that gives tune problems again is refused in one line,
+    before anything is loaded or written."""
+    out = tmp_path / "never"
+    args = ["--config", TUNE_TAB, f"out={out}", *SMALL, *QUIET, f"tune.test.set={test_set}"]
+    assert tune_cmd.main(args) == 2
+    err = capsys.readouterr().err
+    assert "overlaps the tune problems" in err and message in err and err.count("\n") == 1, err
+    assert not out.exists()
+
+
+def test_a_test_set_of_the_tune_split_is_refused_and_another_split_is_not():
+    base = ["backend=hf", "data.dataset=toymath", "data.split=tune", "data.limit=20", "hf.draft.name=d"]
+    base += ["hf.target.name=t", "hf.prm.name=p"]
+    with pytest.raises(ConfigError, match="the same toymath split 'tune' with overlapping slices"):
+        check_test_set(load_config(TuneConfig, TUNE_TAB, [*base, "tune.test.set={data.start: 10}"]))
+    check_test_set(load_config(TuneConfig, TUNE_TAB, [*base, "tune.test.set={data.start: 20}"]))  # disjoint
+    check_test_set(load_config(TuneConfig, TUNE_TAB, [*base, "tune.test.set={data.split: test}"]))
+    cfg = load_config(TuneConfig, TUNE_TAB, [*base, "tune.test.set={data.split: test}"])
+    with pytest.raises(ConfigError, match="problem ids toymath-test-0"):  # ids shared by the two sets
+        check_test_ids(cfg, ["toymath-test-0", "toymath-tune-1"])
+    check_test_ids(cfg, ["toymath-tune-0", "toymath-tune-1"])

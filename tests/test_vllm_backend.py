@@ -264,7 +264,7 @@ def test_bench_backend_vllm_writes_its_figures(tmp_path, capsys):
     backends, the throughput at each level in flight and the client's share, as medians and ranges."""
     import json
 
-    from eval import bench_loop
+    from eval import bench
 
     s = vs.servers()
     argv = [
@@ -280,7 +280,7 @@ def test_bench_backend_vllm_writes_its_figures(tmp_path, capsys):
         f"vllm.draft.model={vs.NAMES['draft']}",
         f"vllm.target.model={vs.NAMES['target']}",
     ]
-    assert bench_loop.main(argv) == 0
+    assert bench.main(argv) == 0
     report = json.loads((tmp_path / "bench.json").read_text())
     fig = report["figures"]
     assert set(fig["latency_s"]) == {"hf", "vllm"} and fig["latency_s"]["vllm"]["median"] > 0

@@ -418,10 +418,10 @@ def test_the_api_key_is_sent_but_never_written_to_the_run_directory(tmp_path, mo
 
 def test_an_api_key_in_the_config_is_refused():
     from specs_rl.config import ConfigError, load_config
-    from specs_rl.run import RunConfig
+    from specs_rl.run import SearchRunConfig
 
     with pytest.raises(ConfigError, match="SPECS_RL_VLLM_API_KEY"):
-        load_config(RunConfig, SEARCH_CONFIG, ["vllm.target.extra_args=[--api-key, abc]"])
+        load_config(SearchRunConfig, SEARCH_CONFIG, ["vllm.target.extra_args=[--api-key, abc]"])
 
 
 # -- a server killed mid-run ----------------------------------------------------------------------------------------------

@@ -169,7 +169,7 @@ def sample_answers(
         out.specs[name] = {}
         for n in n_grid:
             t0 = time.perf_counter()
-            config = dataclasses.replace(search, method="specs", n=int(n), beta=beta)
+            config = dataclasses.replace(search, strategy="specs", n=int(n), beta=beta)
             answers, defer = sample_specs(
                 parts, problem, config, samples, generator, batch=batch, desc=f"SPECS {name}"
             )

@@ -1,7 +1,7 @@
 """The Hugging Face backend: draft, target, scorer and PRM over transformers models.
 
     parts = build_parts(HFConfig(...))     # or tiny_parts(seed=0) for tests
-    results = run_search(problems, SearchConfig(method="specs"), parts, torch.Generator().manual_seed(0))
+    results = run_search(problems, SearchConfig(strategy="specs"), parts, torch.Generator().manual_seed(0))
 
 Pieces: :mod:`~specs_rl.hf.lm` (batched step sampling with string-level stops, one-pass target scoring),
 :mod:`~specs_rl.hf.prm` (rewards at step separators), :mod:`~specs_rl.hf.engine` (prefix-state cache),

@@ -120,12 +120,23 @@ class ModelSpec:
             "help": "never stop at end-of-sequence (benchmarks only: fixed-length steps) (chosen here)"
         },
     )
+    speculative_tokens: int = field(
+        default=0,
+        metadata={
+            "help": "target only: write its tokens by exact speculative sampling, the draft proposing this many "
+            "per round (lossless: the target's own law; needs a shared tokenizer); 0 = off (chosen here)"
+        },
+    )
     tiny: TinySpec = field(
         default_factory=TinySpec, metadata={"help": "shape of a tiny: model (ignored otherwise)"}
     )
 
     def validate(self, key: str) -> None:
         _validate_source(key, self.name, self.gguf_file, self.device, self.dtype)
+        if self.speculative_tokens < 0:
+            raise ValueError(
+                f"{key}.speculative_tokens must be >= 0 (0 = off), got {self.speculative_tokens}"
+            )
         if not (self.temperature >= 0 and math.isfinite(self.temperature)):
             raise ValueError(f"{key}.temperature must be a finite number >= 0, got {self.temperature}")
         if not 0.0 < self.top_p <= 1.0:
@@ -319,6 +330,11 @@ class HFConfig:
         """Raise ValueError naming the first invalid key (``hf.<key>``)."""
         self.draft.validate("hf.draft")
         self.target.validate("hf.target")
+        if self.draft.speculative_tokens:
+            raise ValueError(
+                "hf.draft.speculative_tokens must be 0: speculative decoding is a setting of the target "
+                "(hf.target.speculative_tokens)"
+            )
         self.prm.validate("hf.prm")
         if not self.step_delimiter:
             raise ValueError("hf.step_delimiter must be a non-empty string")

@@ -12,6 +12,7 @@ from specs_rl.hf.judge import DEFAULT_JUDGE_PROMPT, HFJudge
 from specs_rl.hf.lm import HFLM, HFSampler, HFScorer
 from specs_rl.hf.models import check_sources, load_causal_lm, load_reward_model
 from specs_rl.hf.prm import HFRewardModel
+from specs_rl.hf.speculative import SpeculativeSampler
 from specs_rl.interfaces import Clock, SearchParts, WallClock
 from specs_rl.types import Trace
 
@@ -87,6 +88,13 @@ def build_parts(cfg: HFConfig, clock: Clock | None = None) -> SearchParts:
             ignore_eos=cfg.target.ignore_eos,
             **step,
         )
+        if cfg.target.speculative_tokens:  # the target writes by speculative sampling with the draft
+            if not lm_t.native:
+                raise ValueError(
+                    "hf.target.speculative_tokens needs a draft and a target that share a tokenizer "
+                    f"({cfg.draft.name} and {cfg.target.name} do not)"
+                )
+            target = SpeculativeSampler(drafter, target, cfg.target.speculative_tokens)
     except ValueError as e:
         raise SpecsError(str(e)) from None
     p_model, p_tok, fmt = load_reward_model(cfg.prm)

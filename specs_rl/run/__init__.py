@@ -6,23 +6,22 @@ theory workbench). Backends register in :mod:`specs_rl.run.backends`.
 | module | what |
 |---|---|
 | ``backends`` | the backend registry, the run configs' backend sections, ``build_task`` |
-| ``config`` | ``RunConfig`` (``specs-rl search``) |
-| ``grid`` | ``search_task``, ``CompareConfig``, ``plan_runs``, ``run_grid`` (interleaved, resumable) |
+| ``config`` | ``RunConfig`` (what every recipe runs on), ``SearchRunConfig`` (``specs-rl search``) |
+| ``grid`` | ``search_task``, ``CompareConfig`` / ``GridConfig``, ``plan_runs``, ``run_grid`` (interleaved, resumable) |
 | ``records`` | ``results.jsonl`` records: write, read, resume; ``write_json`` |
 | ``summary`` | accuracy intervals, latency statistics, ratios over repeats |
 | ``report`` | the table, the plot, W&B |
 | ``rundir`` | the run directory's identity check |
-| ``tune`` | ``specs-rl tune``: ``TuneConfig``, the search space, the choice rules, the test re-run's configs |
-| ``trials`` | a tuning trial: tasks per backend value, rungs over growing problem prefixes, the stopping rule |
-| ``study`` | the Optuna study (imports optuna): the store, the trial loop, resume after a kill |
+| ``tune`` | ``specs-rl tune``, a package: ``config``, ``space``, ``trials``, ``study`` (optuna), ``choose``, ``retest``, ``report`` |
 """
 
 from specs_rl.run.backends import BACKENDS, Backend, build_task, with_backends
-from specs_rl.run.config import RunConfig
+from specs_rl.run.config import RunConfig, SearchRunConfig
 from specs_rl.run.grid import (
     ORDERS,
     PRESENTATION_KEYS,
     CompareConfig,
+    GridConfig,
     PlannedRun,
     plan_runs,
     run_grid,
@@ -38,7 +37,7 @@ from specs_rl.run.report import (
     plot_accuracy_latency,
     write_report,
 )
-from specs_rl.run.rundir import check_run_dir, config_diff, prepare_run_dir, run_identity
+from specs_rl.run.rundir import check_run_dir, config_diff, prepare_run_dir, run_identity, stamp_identity
 from specs_rl.run.summary import aggregate_rows, summarize, summary_rows, wilson_interval
 
 __all__ = [
@@ -47,10 +46,12 @@ __all__ = [
     "PRESENTATION_KEYS",
     "Backend",
     "CompareConfig",
+    "GridConfig",
     "PlannedRun",
     "ReportConfig",
     "ResultsWriter",
     "RunConfig",
+    "SearchRunConfig",
     "aggregate_rows",
     "build_task",
     "check_extras",
@@ -68,6 +69,7 @@ __all__ = [
     "run_grid",
     "run_identity",
     "search_task",
+    "stamp_identity",
     "summarize",
     "summary_rows",
     "warm_up",

@@ -1,10 +1,10 @@
-"""The backends a run can use, registered in one place, and the run configs' backend sections built from it.
+"""The backends a run can use, registered in one place: a backend's name maps to its config section and builder.
 
 A backend is a module with a config section (a dataclass with ``validate()``) and a function building a
-:class:`specs_rl.interfaces.Task` from a run config. Adding one is a new module plus one line in
-:data:`BACKENDS`; the run configs (``specs-rl search``, ``compare``, ``demo``, ``theory real``, ``tune``) get its
-section (``<name>:``), ``backend: <name>`` selects it, and nothing else changes. The builder is imported only when
-its backend runs, so a tabular run never imports transformers and the core never imports a served client.
+:class:`specs_rl.interfaces.Task` from a run config. Adding one is a new module, one line in :data:`BACKENDS` and
+its section field in :class:`specs_rl.run.config.RunConfig` (named as the backend; a test checks every registered
+backend has one); ``backend: <name>`` selects it. The builder is imported only when its backend runs, so a tabular
+run never imports transformers and the core never imports a served client.
 """
 
 from __future__ import annotations
@@ -51,6 +51,8 @@ C = TypeVar("C", bound=type)
 
 def with_backends(cls: C | None = None, *, defaults: dict[str, Callable[[], Any]] | None = None) -> Any:
     """Class decorator: ``cls`` plus one field per registered backend, named as the backend, holding its section.
+    Used by the theory workbench's config, which declares its own search keys; the run configs hold a
+    :class:`~specs_rl.run.config.RunConfig` instead.
 
     ``defaults`` gives a recipe its own default section (``{"tabular": lambda: TabularTaskConfig(H=3)}``)."""
 

@@ -18,7 +18,7 @@ from typing import Any
 
 import torch
 
-from specs_rl.config import ConfigError, given_keys, typed_fields
+from specs_rl.config import PART, ConfigError, given_keys, typed_fields
 from specs_rl.errors import SpecsError
 from specs_rl.interfaces import Task
 from specs_rl.methods import MATCHED_FRACTION, METHOD_PRESETS, preset, shared_clash, uses_n
@@ -65,15 +65,9 @@ def search_task(
 
 
 @dataclass
-class CompareConfig(ReportConfig, RunConfig):
-    """``specs-rl compare``: the task and algorithm settings of ``specs-rl search`` plus the grid to run.
+class GridConfig:
+    """The grid a compare run searches: methods x n x seeds, each method at its own settings."""
 
-    ``method``, ``n`` and ``seed`` are set per run from ``methods``, ``n_grid`` and ``seeds``."""
-
-    # set per run from methods / n_grid / seeds (declared again only to say so in --help)
-    method: str = field(default="specs", metadata={"help": "not used by compare: see methods"})
-    n: int = field(default=4, metadata={"help": "not used by compare: see n_grid"})
-    seed: int = field(default=0, metadata={"help": "not used by compare: see seeds"})
     methods: list[str] = field(
         default_factory=lambda: [
             "specs",
@@ -91,7 +85,6 @@ class CompareConfig(ReportConfig, RunConfig):
         default_factory=lambda: [42, 43, 45],
         metadata={"help": "seeds (authors: 42, 43, 45); they are also the latency repeats"},
     )
-    out: str = field(default="runs/compare", metadata={"help": "output directory"})
     warmup: int = field(
         default=1,
         metadata={
@@ -118,7 +111,6 @@ class CompareConfig(ReportConfig, RunConfig):
     )
 
     def validate(self) -> None:
-        super().validate()
         if self.order not in ORDERS:
             raise ValueError(f"order must be one of {', '.join(ORDERS)}, got {self.order!r}")
         for name, values in (("methods", self.methods), ("n_grid", self.n_grid), ("seeds", self.seeds)):
@@ -155,6 +147,28 @@ class CompareConfig(ReportConfig, RunConfig):
             raise ValueError(f"n_grid values must be >= 1, got {bad[0]}")
 
 
+@dataclass
+class CompareConfig:
+    """``specs-rl compare``: the task and shared settings (``run``), the grid of methods x n x seeds (``grid``) and
+    how it is shown (``report``). Every key of the three may be given at the top level (``beta``, ``K``,
+    ``methods``, ``wandb``, ...); ``n`` and ``seed`` are the grid's (``n_grid``, ``seeds``)."""
+
+    run: RunConfig = field(
+        default_factory=lambda: RunConfig(out="runs/compare"),
+        metadata={"help": "the task and the settings every method shares", **PART},
+    )
+    grid: GridConfig = field(default_factory=GridConfig, metadata={"help": "what is compared", **PART})
+    report: ReportConfig = field(default_factory=ReportConfig, metadata={"help": "how it is shown", **PART})
+
+    def validate(self) -> None:
+        self.run.validate()
+        self.grid.validate()
+        if "run.search.n" in given_keys(self):
+            raise ValueError(
+                f"n is not a compare key: every method runs at each n of n_grid (n_grid={self.grid.n_grid})"
+            )
+
+
 @dataclass(frozen=True)
 class PlannedRun:
     """One (method, n, seed) of the grid with its resolved search settings; ``n`` is None for n-free methods.
@@ -182,30 +196,31 @@ def plan_runs(cfg: CompareConfig) -> list[PlannedRun]:
     """Every (method, n, seed) with its validated settings, before anything is loaded (a bad combination, such as
     a beam width that does not divide n, a key set both for every method and in a method's own settings, or a
     shared key set to another value than a listed method pins, is a ConfigError here)."""
-    shared = given_keys(cfg)
-    search_fields = {f.name for f in dataclasses.fields(SearchConfig)} - {"n"}
-    shared_values = {k: getattr(cfg, k) for k in sorted(shared & search_fields)}
-    for name in cfg.methods:
-        clash = shared_clash(name, shared_values, cfg.n_grid)
+    shared = given_keys(cfg, "run.search") - {"n"}
+    search = cfg.run.search
+    grid = cfg.grid
+    shared_values = {k: getattr(search, k) for k in sorted(shared)}
+    for name in grid.methods:
+        clash = shared_clash(name, shared_values, grid.n_grid)
         if clash:
             raise ConfigError(clash)
-    for name, own in cfg.method_settings.items():
-        if name not in cfg.methods:
+    for name, own in grid.method_settings.items():
+        if name not in grid.methods:
             continue
         both = sorted(k for k in own if k in shared)
         if both:
             k = both[0]
             raise ConfigError(
-                f"{k} is set for every method ({k}={getattr(cfg, k)!r}) and for {name} "
+                f"{k} is set for every method ({k}={getattr(search, k)!r}) and for {name} "
                 f"(method_settings.{name}.{k}={own[k]!r}): set it in one place"
             )
     runs = []
-    for name in cfg.methods:
-        grid: list[int | None] = list(cfg.n_grid) if uses_n(name) else [None]
-        for n in grid:
-            for seed in cfg.seeds:
+    for name in grid.methods:
+        ns: list[int | None] = list(grid.n_grid) if uses_n(name) else [None]
+        for n in ns:
+            for seed in grid.seeds:
                 runs.append(
-                    plan_run(cfg, name, n, seed, cfg.method_settings.get(name), n_free=min(cfg.n_grid))
+                    plan_run(search, name, n, seed, grid.method_settings.get(name), n_free=min(grid.n_grid))
                 )
     return runs
 
@@ -219,10 +234,9 @@ def plan_run(
     # n goes into the base first: presets derive settings (beam_width = n) from the base's n
     base = dataclasses.replace(shared, n=n if n is not None else n_free)
     try:
-        run_cfg = preset(base, name, own)
+        search_cfg = preset(base, name, own)
     except SpecsError as e:
         raise ConfigError(str(e)) from None
-    search_cfg = SearchConfig(**{f.name: getattr(run_cfg, f.name) for f in dataclasses.fields(SearchConfig)})
     return PlannedRun(name, n, seed, search_cfg, MATCHED_FRACTION.get(name), dict(own or {}))
 
 
@@ -269,7 +283,7 @@ def run_grid(
         )
 
         def search(run: PlannedRun, config: SearchConfig, batch: list[Any], **more: Any) -> None:
-            extra = {"method": run.method, "strategy": config.method, "n": run.n, "seed": run.seed, **more}
+            extra = {"method": run.method, "strategy": config.strategy, "n": run.n, "seed": run.seed, **more}
             if run.settings:
                 extra["settings"] = dict(run.settings)
             sub = dataclasses.replace(task, problems=batch)

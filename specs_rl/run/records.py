@@ -23,7 +23,8 @@ from specs_rl.types import SearchResult
 
 def result_record(result: SearchResult, grade: dict[str, Any], **extra: Any) -> dict[str, Any]:
     """The record of one problem: ``id, method, answer, text, correct, steps, latency_s{stages, total},
-    tokens{draft, target_generate, target_score}, final_score, draft_step_fraction, deferrals`` + grade + extra."""
+    tokens{draft, target_generate, target_score, target_proposed, target_accepted, target_rounds},
+    acceptance_length, final_score, draft_step_fraction, deferrals`` + grade + extra."""
     ledger = result.ledger.as_record()
     rec = {
         "id": result.problem.id,
@@ -34,6 +35,7 @@ def result_record(result: SearchResult, grade: dict[str, Any], **extra: Any) -> 
         "steps": [s.as_record() for s in result.steps],
         "latency_s": ledger["latency_s"],
         "tokens": ledger["tokens"],
+        "acceptance_length": result.ledger.acceptance_length,  # speculative target steps; None without
         "final_score": None if math.isnan(result.final_reward) else result.final_reward,
         "draft_step_fraction": result.draft_step_fraction,
         "deferrals": result.deferrals,

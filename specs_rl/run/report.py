@@ -35,10 +35,10 @@ class ReportConfig:
 REPORT_KEYS = ("out", "wandb", "project", "wandb_dir", "plot", "progress")
 
 
-def check_extras(cfg: Any) -> None:
+def check_extras(report: ReportConfig) -> None:
     """The optional packages this run will need are installed (checked before any work, not at the end)."""
     for key, module, extra in (("plot", "matplotlib", "eval"), ("wandb", "wandb", "track")):
-        if getattr(cfg, key, False) and importlib.util.find_spec(module) is None:
+        if getattr(report, key, False) and importlib.util.find_spec(module) is None:
             raise ConfigError(
                 f"{key}=true needs the {module} package (pip install specs-rl[{extra}]) or set {key}=false"
             )
@@ -138,6 +138,49 @@ def point_label(row: dict[str, Any]) -> str:
     return row["method"] + ("" if row["n"] is None else f" n={row['n']}")
 
 
+def new_plot(size: tuple[float, float] = (7.5, 5)) -> tuple[Any, Any, Any]:
+    """``(plt, fig, ax)`` of an accuracy-latency figure (matplotlib imported here, headless)."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=size, dpi=110)
+    return plt, fig, ax
+
+
+def method_colors(plt: Any, methods: Sequence[str]) -> dict[str, Any]:
+    """One colour per method, in the order given (tab10, tab20 past ten methods)."""
+    cmap = plt.get_cmap("tab10" if len(methods) <= 10 else "tab20")
+    return {m: cmap(i % cmap.N) for i, m in enumerate(methods)}
+
+
+def finish_plot(
+    plt: Any,
+    fig: Any,
+    ax: Any,
+    path: Path,
+    latencies: Sequence[float],
+    title: str,
+    *,
+    legend: dict[str, Any] | None,
+) -> None:
+    """The accuracy-latency axes (latency on a log scale when it spans more than 20x), the title, the legend
+    (``legend``: its keyword arguments; None: no legend), saved to ``path`` and closed."""
+    lats = [x for x in latencies if x > 0]
+    if lats and max(lats) / min(lats) > 20:
+        ax.set_xscale("log")
+    ax.set_xlabel("mean latency per problem (s)")
+    ax.set_ylabel("accuracy")
+    ax.set_title(title)
+    ax.grid(alpha=0.3)
+    if legend is not None:
+        ax.legend(**legend)
+    fig.tight_layout()
+    fig.savefig(path)
+    plt.close(fig)
+
+
 def plot_accuracy_latency(
     aggregate: Sequence[dict[str, Any]],
     path: Path,
@@ -148,15 +191,10 @@ def plot_accuracy_latency(
     method through its n grid, the Pareto front dashed. ``marks``: extra labelled points drawn on top
     (``{"label", "latency_mean_s", "accuracy", "marker"?}``, e.g. a tuner's choice). Returns
     ``{"path", "points", "pareto"}``."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
+    plt, fig, ax = new_plot()
     pts = [a for a in aggregate if a.get("accuracy") is not None and a["latency_mean_s"] is not None]
-    fig, ax = plt.subplots(figsize=(7.5, 5), dpi=110)
     methods = list(dict.fromkeys(a["method"] for a in pts))
-    cmap = plt.get_cmap("tab10" if len(methods) <= 10 else "tab20")
+    colors = method_colors(plt, methods)
     drawn = 0
     for m_i, m in enumerate(methods):
         mine = sorted((a for a in pts if a["method"] == m), key=lambda a: (a["n"] is None, a["n"] or 0))
@@ -164,7 +202,7 @@ def plot_accuracy_latency(
         ys = [a["accuracy"] for a in mine]
         lo = [max(0.0, a["accuracy"] - a["accuracy_ci"][0]) for a in mine]  # Wilson bounds may round past it
         hi = [max(0.0, a["accuracy_ci"][1] - a["accuracy"]) for a in mine]
-        color = cmap(m_i % cmap.N)
+        color = colors[m]
         ax.errorbar(xs, ys, yerr=[lo, hi], fmt="none", ecolor=color, alpha=0.3, capsize=2)
         ax.plot(xs, ys, "-", color=color, alpha=0.5, lw=1)
         marker = "osD^vPX*h<>p"[m_i % 12]  # shapes too, so methods that coincide stay visible
@@ -188,18 +226,9 @@ def plot_accuracy_latency(
         fx = [pts[i]["latency_mean_s"] for i in front]
         fy = [pts[i]["accuracy"] for i in front]
         ax.step(fx, fy, where="post", ls="--", color="black", lw=1, label="Pareto front", zorder=2)
-    lats = [a["latency_mean_s"] for a in pts if a["latency_mean_s"] > 0]
-    if lats and max(lats) / min(lats) > 20:
-        ax.set_xscale("log")
-    ax.set_xlabel("mean latency per problem (s)")
-    ax.set_ylabel("accuracy")
-    ax.set_title(title or "accuracy vs latency")
-    ax.grid(alpha=0.3)
-    if pts or marks:
-        ax.legend(fontsize=8, loc="best")
-    fig.tight_layout()
-    fig.savefig(path)
-    plt.close(fig)
+    legend = {"fontsize": 8, "loc": "best"} if pts or marks else None
+    lats = [a["latency_mean_s"] for a in pts]
+    finish_plot(plt, fig, ax, path, lats, title or "accuracy vs latency", legend=legend)
     return {"path": path.name, "points": drawn, "pareto": [point_label(pts[i]) for i in front]}
 
 
@@ -254,11 +283,12 @@ def log_wandb(
 
     from specs_rl.tracking import finish_run, init_run
 
+    report, out = cfg.report, cfg.run.out
     run = init_run(
-        cfg.project,
+        report.project,
         to_dict(cfg),
-        name=Path(cfg.out).name,
-        directory=cfg.wandb_dir or cfg.out,
+        name=Path(out).name,
+        directory=report.wandb_dir or out,
         job_type=job_type,
     )
     problem_rows = [
@@ -290,7 +320,7 @@ def log_wandb(
         None if getattr(run, "disabled", False) or not getattr(run, "dir", None) else Path(run.dir).parent
     )
     finish_run(run)
-    return {"project": cfg.project, "run_dir": str(run_dir) if run_dir else None, "metrics": len(metrics)}
+    return {"project": report.project, "run_dir": str(run_dir) if run_dir else None, "metrics": len(metrics)}
 
 
 # ------------------------------------------------------------------------------------------------------------------
@@ -310,7 +340,8 @@ def write_report(
 ) -> dict[str, Any]:
     """Write ``summary.json`` (then the plot, then W&B, updating it after each) and print the tables.
 
-    ``cfg`` carries the :class:`ReportConfig` keys (``plot``, ``wandb``, ``project``, ``wandb_dir``, ``out``)."""
+    ``cfg`` is a recipe's config: its ``report`` section (:class:`ReportConfig`) says what to write, ``run.out``
+    where."""
     stream = stream if stream is not None else sys.stdout
     rows = summary_rows(records, order)
     agg = aggregate_rows(records, rows)
@@ -320,12 +351,12 @@ def write_report(
     if any(len(a["seeds"]) > 1 for a in agg):
         print("\nover seeds (the repeats):", file=stream)
         print(format_table(agg, aggregate=True), file=stream)
-    if cfg.plot:
+    if cfg.report.plot:
         summary["plot"] = plot_accuracy_latency(agg, out / "accuracy_latency.png", title=title)
         write_json(out / "summary.json", summary)
         print(f"\nplot: {out / 'accuracy_latency.png'} ({summary['plot']['points']} points)", file=stream)
-    if cfg.wandb:
-        plot = out / "accuracy_latency.png" if cfg.plot else None
+    if cfg.report.wandb:
+        plot = out / "accuracy_latency.png" if cfg.report.plot else None
         summary["wandb"] = log_wandb(cfg, records, rows, agg, plot, job_type=job_type)
         write_json(out / "summary.json", summary)
         if summary["wandb"]["run_dir"]:

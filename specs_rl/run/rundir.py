@@ -9,7 +9,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from specs_rl.config import save_config, to_dict
+from specs_rl.config import flat_settings, legacy_keys, save_config
 from specs_rl.errors import SpecsError
 
 
@@ -41,15 +41,22 @@ def placement_patterns() -> list[str]:
 
 
 def run_identity(config: Any, ignore: Sequence[str] = ("out",)) -> dict[str, Any]:
-    """What must match for two runs to share a directory: the resolved config without the ``ignore`` keys
-    (dotted keys such as ``data.shard`` reach into sections) and without the backends' placement keys."""
-    flat = flat_dict(to_dict(config))
+    """What must match for two runs to share a directory: the resolved config by the keys users type
+    (:func:`specs_rl.config.flat_settings`: ``beta``, ``tabular.K``, ``data.shard``) without the ``ignore`` keys
+    and without the backends' placement keys."""
+    flat = flat_settings(config)
     placement = placement_patterns()
     return {
         k: v
         for k, v in sorted(flat.items())
         if k not in ignore and not any(fnmatch.fnmatchcase(k, p) for p in placement)
     }
+
+
+def stamp_identity(cls: type, stamp: dict[str, Any]) -> dict[str, Any]:
+    """A ``config.json`` read back: a stamp written before configs were composed (``method`` for the strategy,
+    compare's unused ``seed``) compares with today's."""
+    return legacy_keys(cls, stamp)
 
 
 def check_run_dir(out: str | Path, config: Any, *, ignore: Sequence[str] = ("out",)) -> None:
@@ -65,7 +72,9 @@ def check_run_dir(out: str | Path, config: Any, *, ignore: Sequence[str] = ("out
             previous = flat_dict(json.loads(stamp.read_text()))
         except json.JSONDecodeError:
             raise SpecsError(f"{stamp} is corrupt; move the directory away or pick another out=") from None
-        diff = config_diff(previous, run_identity(config, ignore))
+        current = run_identity(config, ignore)
+        previous = stamp_identity(type(config), previous)
+        diff = config_diff(previous, current)
         if diff:
             more = f" and {len(diff) - 5} more" if len(diff) > 5 else ""
             raise SpecsError(

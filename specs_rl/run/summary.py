@@ -14,7 +14,7 @@ from collections import defaultdict
 from collections.abc import Iterable, Sequence
 from typing import Any
 
-from specs_rl.types import STAGES, TOKEN_KINDS
+from specs_rl.types import STAGES, TOKEN_KINDS, acceptance_length
 
 REFERENCE = "beam_search_target"  # the method latencies are compared with (the paper's beam search, BS(B))
 # latency statistic -> its pooled ratio to the reference at the same n, in the aggregate rows
@@ -88,6 +88,10 @@ def summarize(records: Iterable[dict[str, Any]]) -> dict[str, Any]:
     out["tokens_mean"] = {
         m: statistics.fmean(r["tokens"].get(m, 0) for r in recs) if recs else 0.0 for m in TOKEN_KINDS
     }
+    # speculative target steps: tokens emitted per target verification forward, over all of them (None: none)
+    out["acceptance_length_mean"] = acceptance_length(
+        {k: sum(r["tokens"].get(k, 0) for r in recs) for k in ("target_accepted", "target_rounds")}
+    )
     rewards = [r["reward"] for r in recs if isinstance(r.get("reward"), (int, float))]
     if rewards:
         out["reward_mean"] = statistics.fmean(rewards)

@@ -22,7 +22,8 @@ from specs_rl.run.backends import build_task
 from specs_rl.run.grid import PlannedRun, search_task, warm_up
 from specs_rl.run.records import ResultsWriter, record_key
 from specs_rl.run.summary import summarize
-from specs_rl.run.tune import StudyPlan, TuneConfig, get_path, trial_run, with_values
+from specs_rl.run.tune.config import TuneConfig, get_path, with_values
+from specs_rl.run.tune.space import StudyPlan, trial_run
 
 
 class TaskCache:
@@ -32,13 +33,15 @@ class TaskCache:
 
     def __init__(self, cfg: TuneConfig, size: int, warmup: int) -> None:
         self.cfg, self.size, self.warmup = cfg, size, warmup
-        self.base = build_task(cfg)
+        self.base = build_task(cfg.run)
         self._tasks: OrderedDict[tuple, Task] = OrderedDict()
         self._warm: set[tuple] = set()
         self.builds = 1
 
     def get(self, values: dict[str, Any], run: PlannedRun | None = None) -> Task:
-        values = {k: v for k, v in values.items() if get_path(self.cfg, k.split(".")) != v}  # the base's own
+        values = {
+            k: v for k, v in values.items() if get_path(self.cfg.run, k.split(".")) != v
+        }  # the base's own
         key = tuple(sorted(values.items()))
         if not key:
             task = self.base
@@ -46,7 +49,7 @@ class TaskCache:
             task = self._tasks[key]
             self._tasks.move_to_end(key)
         else:
-            task = build_task(with_values(self.cfg, values))
+            task = build_task(with_values(self.cfg.run, values))
             self.builds += 1
             if [p.id for p in task.problems] != [p.id for p in self.base.problems]:
                 raise SpecsError(f"the task built for {values} has other problems than the base task")
@@ -82,7 +85,7 @@ def search_prefix(
                 continue
             extra: dict[str, Any] = {
                 "method": run.method,
-                "strategy": run.config.method,
+                "strategy": run.config.strategy,
                 "n": run.n,
                 "seed": run.seed,
             }

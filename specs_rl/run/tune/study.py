@@ -38,15 +38,14 @@ import numpy as np
 from specs_rl.errors import SpecsError
 from specs_rl.progress import progress_bar
 from specs_rl.run.rundir import run_identity
-from specs_rl.run.trials import TrialRunner, beaten_by
-from specs_rl.run.tune import (
-    TUNE_PRESENTATION_KEYS,
+from specs_rl.run.tune.config import TUNE_PRESENTATION_KEYS, TuneConfig
+from specs_rl.run.tune.space import (
     MethodSpace,
     Param,
     StudyPlan,
-    TuneConfig,
     trial_seed,
 )
+from specs_rl.run.tune.trials import TrialRunner, beaten_by
 
 MAX_RETRY = 3  # a trial's parameters are asked again at most this many times
 
@@ -185,7 +184,7 @@ def rung_results(study: Any, rung: int, exclude_root: int) -> list[tuple[int, di
 
 def make_objective(cfg: TuneConfig, space: MethodSpace, runner: TrialRunner) -> Callable[[Any], tuple]:
     """The objective of ``space``'s study: suggest, search rung by rung, stop when beaten at a rung
-    (:func:`~specs_rl.run.trials.beaten_by`), else return ``(accuracy, mean latency)`` on the whole tune set."""
+    (:func:`~specs_rl.run.tune.trials.beaten_by`), else return ``(accuracy, mean latency)`` on the whole tune set."""
 
     def objective(trial: Any) -> tuple[float, float]:
         import optuna
