@@ -28,6 +28,7 @@ from __future__ import annotations
 import sys
 from collections.abc import Sequence
 
+from eval import plan
 from specs_rl.cli import entry_point
 from specs_rl.config import config_from_argv
 from specs_rl.interfaces import SimClock, Task
@@ -68,6 +69,7 @@ def run(cfg: CompareConfig) -> int:
     check_run_dir(
         out_dir, cfg, ignore=PRESENTATION_KEYS
     )  # another config's directory: refused before loading
+    plan.check(cfg)  # the models fit their devices (read from headers: nothing downloaded or loaded)
     task = build_task(cfg.run)  # data and models, once (sharded by data.shard)
     out = prepare_run_dir(out_dir, cfg, ignore=PRESENTATION_KEYS)
     records = run_grid(

@@ -15,6 +15,7 @@ import json
 import sys
 from collections.abc import Sequence
 
+from eval import plan
 from specs_rl.cli import entry_point
 from specs_rl.config import config_from_argv
 from specs_rl.run import (
@@ -35,6 +36,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     run = cfg.run
     search = cfg.search_config()  # the method preset applied to the run's settings
     check_run_dir(run.out, cfg)  # a directory of another config is refused before any model loads
+    plan.check(cfg)  # the models fit their devices (read from headers: nothing downloaded or loaded)
     task = build_task(run)  # loads data / models: every input error surfaces before a file is written
     out = prepare_run_dir(run.out, cfg)
     with ResultsWriter(out / "results.jsonl") as writer:

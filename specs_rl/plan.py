@@ -136,18 +136,26 @@ def meta_params(config: dict[str, Any]) -> int:
 
 
 def _model_class(config: dict[str, Any]) -> Any:
-    """The transformers class named by ``architectures``, else the auto class of its kind (a causal LM, a token or
-    sequence classifier)."""
+    """The class named by ``architectures``: transformers' own, the project's native PRM classes (Qwen2.5-Math-PRM,
+    Skywork-o1-Open-PRM), or the auto class of a causal LM / token / sequence classifier. Any other architecture
+    raises: counting it as something else would print a wrong figure."""
     import transformers
 
     arch = (config.get("architectures") or [""])[0]
     if arch and hasattr(transformers, arch):
         return getattr(transformers, arch)
+    native = {"Qwen2ForProcessRewardModel": "qwen_prm", "Qwen2ForPrmModel": "skywork_prm"}
+    if arch in native:
+        from specs_rl.hf.prm_arch import qwen2_prm_class
+
+        return qwen2_prm_class(native[arch])
     if arch.endswith("ForTokenClassification"):
         return transformers.AutoModelForTokenClassification
     if arch.endswith("ForSequenceClassification"):
         return transformers.AutoModelForSequenceClassification
-    return transformers.AutoModelForCausalLM
+    if not arch or arch.endswith("ForCausalLM"):
+        return transformers.AutoModelForCausalLM
+    raise ValueError(f"architecture {arch} is not one the planner can build")
 
 
 def _from_folder(facts: ModelFacts, folder: Path) -> ModelFacts:

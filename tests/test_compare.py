@@ -197,6 +197,41 @@ def test_resume_after_a_torn_write_recomputes_nothing_done(tmp_path, count_searc
     assert count_searches == [] and _lines(out / "results.jsonl") == again
 
 
+def test_resume_after_a_cut_final_newline_keeps_every_record_once(tmp_path, count_searches):
+    """A crash between a record and its newline: the complete record is kept, the next one starts its own line."""
+    out = tmp_path / "run"
+    args = ["--config", TAB, f"out={out}", *SMALL, *QUIET]
+    assert compare.main(args) == 0
+    full = _lines(out / "results.jsonl")
+    (out / "results.jsonl").write_text("\n".join(full[:37]))  # 37 complete records, only the last newline cut
+    count_searches.clear()
+    assert compare.main(args) == 0
+    assert len(count_searches) == 160 - 37  # the 37th record counted as done
+    raw = (out / "results.jsonl").read_text()
+    assert raw.endswith("\n") and "}{" not in raw
+    again = raw.splitlines()
+    assert [json.loads(line) for line in again[:37]] == [json.loads(line) for line in full[:37]]
+    assert len(again) == 160 and _same_records(again, full)  # every record, once, one per line
+    assert len(run.read_results(out / "results.jsonl")) == 160
+    count_searches.clear()
+    assert compare.main(args) == 0  # a third run reads all 160 and has nothing to do
+    assert count_searches == [] and _lines(out / "results.jsonl") == again
+
+
+def test_results_writer_finishes_a_cut_line(tmp_path):
+    path = tmp_path / "results.jsonl"
+    path.write_text('{"id": "a", "method": "m"}\n{"id": "b", "method": "m"}')  # no final newline
+    with run.ResultsWriter(path) as w:
+        assert [r["id"] for r in w.records] == ["a", "b"]
+        w.write({"id": "c", "method": "m"})
+    assert path.read_text().splitlines() == [
+        '{"id": "a", "method": "m"}',
+        '{"id": "b", "method": "m"}',
+        '{"id": "c", "method": "m"}',
+    ]
+    assert [r["id"] for r in run.read_results(path)] == ["a", "b", "c"]
+
+
 def test_killed_process_resumes_without_loss(tmp_path, count_searches):
     """A real SIGKILL in the middle of a run (searches slowed to 20 ms so the kill lands mid-run)."""
     out = tmp_path / "killed"

@@ -82,3 +82,74 @@ def test_a_device_that_cannot_hold_the_run_is_one_line_naming_the_sums() -> None
     DeviceNeed("cuda:0", 80 * 1024**3, [("target", b7 // 2)]).check()  # bf16 fits
     DeviceNeed("cuda:0", None, [("target", b7 * 9)]).check()  # unknown memory: not checked
     assert any("unknown (other)" in line for line in need.lines())
+
+
+def _config_only(folder, arch: str = "Qwen2ForCausalLM") -> str:
+    folder.mkdir()
+    (folder / "config.json").write_text(json.dumps({**QWEN25_7B, "architectures": [arch]}))
+    return str(folder)
+
+
+def test_plan_prints_the_toy_worlds_models_memory_and_work(capsys) -> None:
+    from eval import plan
+
+    assert plan.main(["--config", str(REPO / "configs" / "demo" / "toymath.yaml")]) == 0
+    out = capsys.readouterr().out
+    assert "target specs_rl/assets/toymath/target  [local dir" in out and "1.95M parameters" in out
+    assert "cpu (" in out and "target cached prefixes (16 x" in out
+    assert "30 runs x toymath:test problems = 3000 searches" in out
+
+
+def test_plan_refuses_three_7b_models_in_float32_on_one_80gb_gpu(tmp_path, capsys) -> None:
+    from eval import plan
+
+    draft, target = _config_only(tmp_path / "d"), _config_only(tmp_path / "t")
+    prm = _config_only(tmp_path / "p", "Qwen2ForProcessRewardModel")
+    args = [
+        "--config",
+        str(REPO / "configs" / "eval" / "math500_qwen25.yaml"),
+        f"hf.draft.name={draft}",
+        f"hf.target.name={target}",
+        f"hf.prm.name={prm}",
+        "gpu_memory_gib=80",
+    ]
+    f32 = ["hf.draft.dtype=float32", "hf.target.dtype=float32", "hf.prm.dtype=float32"]
+    assert plan.main([*args, *f32]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.count("\n") == 0 and "cuda:0" in err and "80.00 GiB" in err and "but the device has" in err
+    assert plan.main(args) == 0  # bfloat16 (auto on CUDA): 3 x 14 GiB and the caches fit
+    out = capsys.readouterr().out
+    # the PRM is Qwen2 + a two-layer head (h x h + h, 2h + 2), not a causal LM with a vocabulary head
+    body = 7_615_616_512 - 2 * 152064 * 3584  # the 7B minus its embedding and lm_head
+    prm_params = body + 152064 * 3584 + 3584 * 3584 + 3584 + 2 * 3584 + 2
+    assert f"{prm_params / 1e9:.2f}B parameters" in out and "7.62B parameters" in out
+
+
+def test_plan_lists_the_servers_and_refuses_unset_shares_on_one_gpu(tmp_path, capsys) -> None:
+    from eval import plan
+
+    toy = ["--config", str(REPO / "configs" / "demo" / "toymath.yaml"), "backend=vllm", "gpu_memory_gib=24"]
+    assert plan.main(toy) == 2
+    assert "GPU 0 is shared by vllm.draft, vllm.target: set gpu_memory_utilization" in capsys.readouterr().err
+    shares = ["vllm.target.gpu_memory_utilization=0.5", "vllm.draft.gpu_memory_utilization=0.3"]
+    assert plan.main([*toy, *shares]) == 0
+    out = capsys.readouterr().out
+    assert "wave 1: vllm.draft" in out and "wave 2: vllm.target" in out and "server share 0.5" in out
+
+
+def test_compare_and_search_run_the_fit_check_before_loading_or_writing(tmp_path, capsys) -> None:
+    from eval import compare, search
+    from specs_rl.plan import host_memory
+
+    if (host_memory() or 0) > 56 * 1024**3:
+        pytest.skip("this machine's RAM holds two 7B models in float32")
+
+    names = [f"hf.{r}.name={_config_only(tmp_path / r)}" for r in ("draft", "target")]
+    f32 = ["hf.draft.dtype=float32", "hf.target.dtype=float32", "hf.draft.device=cpu", "hf.target.device=cpu"]
+    cfg = str(REPO / "configs" / "eval" / "math500_qwen25.yaml")
+    # two 7B models in float32 (57 GiB) do not fit this machine's RAM: refused before any model loads
+    assert compare.main(["--config", cfg, *names, *f32, f"out={tmp_path / 'c'}"]) == 2
+    assert "cpu: the run needs" in capsys.readouterr().err and not (tmp_path / "c").exists()
+    cfg = str(REPO / "configs" / "search" / "qwen25_math_math500.yaml")
+    assert search.main(["--config", cfg, *names, *f32, f"out={tmp_path / 's'}"]) == 2
+    assert "cpu: the run needs" in capsys.readouterr().err and not (tmp_path / "s").exists()

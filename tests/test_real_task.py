@@ -15,7 +15,9 @@ from specs_rl.search import SearchConfig
 from specs_rl.tabular import TabularBackend, random_tree
 from specs_rl.types import Problem
 from theory.converge import chi_square
-from theory.real_task import bootstrap_tv, main, real_task_check, sample_optimum, variant_config
+from theory.real_sample import sample_optimum, variant_config
+from theory.real_stats import bootstrap_tv
+from theory.real_task import main, real_task_check
 
 
 def _tabular(seed: int = 21, beta: float = 2.0):
@@ -57,14 +59,14 @@ def test_real_task_check_matches_the_exact_tv_on_tabular_parts():
     res = real_task_check(parts, problem, 2.0, [1, 16], 1500, torch.Generator().manual_seed(3), bootstrap=100)
     assert {"n", "samples", "target", "optimum", "tv_target_opt", "tv_floor", "specs"} <= set(res)
     assert (
-        res["n"] == [1, 16] and set(res["specs"]) == {"exact"} and set(res["specs"]["exact"]) == {"1", "16"}
+        res["n"] == [1, 16] and set(res["specs"]) == {"specs"} and set(res["specs"]["specs"]) == {"1", "16"}
     )
     star = optimal_log_law(tree, 2.0)
     floor = res["tv_floor"]
     exact_t = tv(sequence_log_law(tree, tree.target), star)  # 0.119
     assert _within(exact_t, res["tv_target_opt"], floor)
     assert sum(res["target"]["freq"].values()) == pytest.approx(1.0)
-    rows = res["specs"]["exact"]
+    rows = res["specs"]["specs"]
     for n in res["n"]:
         cfg = SearchConfig(n=n, beta=2.0, start_mode="draft", max_steps=tree.horizon)
         assert _within(tv(star, specs_log_law(tree, cfg).log_q), rows[str(n)], floor)
@@ -74,7 +76,7 @@ def test_real_task_check_matches_the_exact_tv_on_tabular_parts():
     assert 0 < floor < 0.05
 
 
-def test_reward_only_and_mean_do_not_converge_where_exact_does():
+def test_no_target_and_paper_form_do_not_converge_where_specs_does():
     """At n = 32 on a 3x2 tree the exact form is at the sampling floor (exact TV 0.008) while the reward-only
     (exact TV 0.379) and the mean form at T = 0.3 (0.268) stay far from π*; each sampled TV brackets its exact
     value."""
@@ -82,9 +84,15 @@ def test_reward_only_and_mean_do_not_converge_where_exact_does():
 
     tree, parts, problem = _tabular()
     base = SearchConfig(start_mode="draft", max_steps=tree.horizon)
-    variants = {v: variant_config(base, v, 0.3) for v in ("exact", "reward_only", "mean")}
-    assert (variants["mean"].score_form, variants["mean"].temperature) == ("mean", 0.3)
-    assert (variants["reward_only"].score_form, variants["reward_only"].temperature) == ("reward_only", 1.0)
+    variants = {v: variant_config(base, v, 0.3) for v in ("specs", "specs_no_target", "specs_paper_form")}
+    assert (variants["specs_paper_form"].score_form, variants["specs_paper_form"].temperature) == (
+        "mean",
+        0.3,
+    )
+    assert (variants["specs_no_target"].score_form, variants["specs_no_target"].temperature) == (
+        "reward_only",
+        1.0,
+    )
     res = real_task_check(
         parts, problem, 2.0, [32], 1000, torch.Generator().manual_seed(5), variants=variants, bootstrap=100
     )
@@ -94,9 +102,9 @@ def test_reward_only_and_mean_do_not_converge_where_exact_does():
         exact = tv(star, specs_log_law(tree, dataclasses.replace(variants[v], n=32, beta=2.0)).log_q)
         assert _within(exact, rec, res["tv_floor"])
     assert (
-        got["exact"]["tv_ci"][0] < res["tv_floor"] and got["exact"]["tv_corrected"] < res["tv_floor"] + 0.02
+        got["specs"]["tv_ci"][0] < res["tv_floor"] and got["specs"]["tv_corrected"] < res["tv_floor"] + 0.02
     )
-    assert got["reward_only"]["tv_ci"][0] > 0.3 and got["mean"]["tv_ci"][0] > 0.2
+    assert got["specs_no_target"]["tv_ci"][0] > 0.3 and got["specs_paper_form"]["tv_ci"][0] > 0.2
     assert all(rec["defer_rate"] == 0.0 for rec in got.values())  # tau_reject = -inf never defers
 
 
@@ -113,10 +121,17 @@ def test_cli_on_the_tabular_backend_writes_json_and_plot(tmp_path):
     """Two problems, three variants: per problem the target and optimum laws, TV(π_target, π*), per variant per n
     the TV, its interval, deferrals, majority share and time, the exact TVs; the pooled mean over problems."""
     out = tmp_path / "real"
-    args = ["K=3", "H=2", "tree_seed=2", "problems=0,2", "variants=exact,reward_only,mean", "n=1,4"]
+    args = [
+        "K=3",
+        "H=2",
+        "tree_seed=2",
+        "problems=0,2",
+        "variants=specs,specs_no_target,specs_paper_form",
+        "n=1,4",
+    ]
     assert main([*args, "samples=200", "bootstrap=30", f"out={out}"]) == 0
     res = json.loads((out / "real.json").read_text())
-    assert res["backend"] == "tabular" and res["variants"] == ["exact", "reward_only", "mean"]
+    assert res["backend"] == "tabular" and res["variants"] == ["specs", "specs_no_target", "specs_paper_form"]
     assert [p["index"] for p in res["problems"]] == [0, 2] and [p["id"] for p in res["problems"]] == [
         "0",
         "2",
@@ -124,7 +139,7 @@ def test_cli_on_the_tabular_backend_writes_json_and_plot(tmp_path):
     for p in res["problems"]:
         assert sum(p["target"]["freq"].values()) == pytest.approx(1.0) and 0 < p["optimum"]["acceptance"] <= 1
         assert set(p["tv_target_opt"]) == {"tv", "tv_corrected", "tv_ci"}
-        assert set(p["specs"]) == set(p["exact"]["specs"]) == {"exact", "reward_only", "mean"}
+        assert set(p["specs"]) == set(p["exact"]["specs"]) == {"specs", "specs_no_target", "specs_paper_form"}
         for rows in p["specs"].values():
             assert set(rows) == {"1", "4"}
             assert {"tv", "tv_corrected", "tv_ci", "defer_rate", "majority", "seconds", "freq"} <= set(
@@ -132,12 +147,14 @@ def test_cli_on_the_tabular_backend_writes_json_and_plot(tmp_path):
             )
         ex = p["exact"]["specs"]
         assert (
-            ex["exact"][0] == pytest.approx(ex["reward_only"][0]) == pytest.approx(ex["mean"][0])
+            ex["specs"][0]
+            == pytest.approx(ex["specs_no_target"][0])
+            == pytest.approx(ex["specs_paper_form"][0])
         )  # n = 1: draft
-        assert ex["exact"][1] < ex["exact"][0]
+        assert ex["specs"][1] < ex["specs"][0]
     pooled = res["pooled"]
     assert pooled["problems"] == 2
-    for name in ("exact", "reward_only", "mean"):
+    for name in ("specs", "specs_no_target", "specs_paper_form"):
         for i, n in enumerate(("1", "4")):
             assert pooled["specs"][name][n]["tv"] == pytest.approx(
                 np.mean([p["specs"][name][n]["tv"] for p in res["problems"]])
@@ -173,8 +190,8 @@ def test_scan_reports_the_target_optimum_tv_of_the_first_problems(tmp_path, caps
         (["tree=MISSING"], "tree file not found"),
         (["n=0"], "n must be a non-empty list"),
         (
-            ["variants=exact,magic"],
-            "variants must be a non-empty list of distinct names from exact, reward_only, mean",
+            ["variants=specs,magic"],
+            "variants must be a non-empty list of distinct names from specs, specs_no_target, specs_paper_form",
         ),
         (["variants=[]"], "variants must be a non-empty list"),
         (["problems=[]"], "problems must be a non-empty list"),
@@ -183,8 +200,8 @@ def test_scan_reports_the_target_optimum_tv_of_the_first_problems(tmp_path, caps
             ["tabular.problems=3", "problems=0,3"],
             "position 3 is out of range, the tabular task has 3 problems",
         ),
-        (["mean_temperature=0"], "mean_temperature must be a finite number > 0, got 0.0"),
-        (["mean_temperature=-1"], "mean_temperature must be a finite number > 0"),
+        (["temperature=0"], "temperature must be a finite number > 0, got 0.0"),
+        (["temperature=-1"], "temperature must be a finite number > 0"),
         (["scan=-1"], "scan must be >= 0"),
     ],
 )
@@ -209,8 +226,8 @@ def test_hf_backend_bad_input_is_rejected_before_models_load(tmp_path, capsys, m
     assert "hf.draft.device" in capsys.readouterr().err
     assert main(["backend=hf", "problems=1,100000", "data.limit=3", f"out={out}"]) == 2
     assert "position 100000 is out of range, the toymath slice has 3 problems" in capsys.readouterr().err
-    assert main(["backend=hf", "scan=2", "mean_temperature=0", f"out={out}"]) == 2
-    assert "mean_temperature" in capsys.readouterr().err
+    assert main(["backend=hf", "scan=2", "temperature=0", f"out={out}"]) == 2
+    assert "temperature" in capsys.readouterr().err
     assert not out.exists()
 
 
@@ -229,13 +246,41 @@ def test_tiny_hf_parts(tmp_path):
         [1, 2],
         8,
         torch.Generator().manual_seed(0),
-        variants={v: variant_config(base, v, 0.3) for v in ("exact", "mean")},
+        variants={v: variant_config(base, v, 0.3) for v in ("specs", "specs_paper_form")},
         bootstrap=20,
         batch=8,
     )
-    assert all(0.0 <= res["specs"][v][n]["tv"] <= 1.0 for v in ("exact", "mean") for n in ("1", "2"))
+    assert all(
+        0.0 <= res["specs"][v][n]["tv"] <= 1.0 for v in ("specs", "specs_paper_form") for n in ("1", "2")
+    )
     assert 0 < res["optimum"]["acceptance"] <= 1
     out = tmp_path / "hf"
     args = ["backend=hf", "hf.max_step_tokens=8", "hf.max_tokens=16", "samples=4", "n=[1]", "max_steps=2"]
-    assert main([*args, "variants=exact,reward_only", "bootstrap=5", "batch=4", f"out={out}"]) == 0
+    assert main([*args, "variants=specs,specs_no_target", "bootstrap=5", "batch=4", f"out={out}"]) == 0
     assert json.loads((out / "real.json").read_text())["backend"] == "hf"
+
+
+def test_old_names_are_aliases_that_say_what_replaced_them(tmp_path, capsys):
+    """``exact,reward_only,mean`` and ``mean_temperature`` still run, each name replaced by its preset-named one
+    (one stderr line each), and the results carry the new names; the same run with the new names gives the same
+    numbers."""
+    common = ["K=3", "H=2", "tree_seed=2", "n=1,4", "samples=100", "bootstrap=10", "plot=false"]
+    old = ["variants=exact,reward_only,mean", "mean_temperature=0.5"]
+    assert main([*common, *old, f"out={tmp_path / 'old'}"]) == 0
+    err = capsys.readouterr().err.splitlines()
+    for line in ("'exact' is now called 'specs'", "'reward_only' is now called 'specs_no_target'",
+                 "'mean' is now called 'specs_paper_form'", "'mean_temperature' is now called 'temperature'"):  # fmt: skip
+        assert sum(line in e for e in err) == 1, line
+    new = ["variants=specs,specs_no_target,specs_paper_form", "temperature=0.5"]
+    assert main([*common, *new, f"out={tmp_path / 'new'}"]) == 0
+    assert "is now called" not in capsys.readouterr().err
+    a, b = (json.loads((tmp_path / d / "real.json").read_text()) for d in ("old", "new"))
+    assert a["variants"] == b["variants"] == ["specs", "specs_no_target", "specs_paper_form"]
+    assert a["temperature"] == b["temperature"] == 0.5
+    for pa, pb in zip(a["problems"], b["problems"]):  # the same seed: the same draws (seconds aside)
+        for name in a["variants"]:
+            for n in ("1", "4"):
+                assert pa["specs"][name][n]["freq"] == pb["specs"][name][n]["freq"]
+                assert pa["specs"][name][n]["tv"] == pb["specs"][name][n]["tv"]
+    assert main([*common, "mean_temperature=0.5", "temperature=0.5", f"out={tmp_path / 'both'}"]) == 2
+    assert "mean_temperature is now temperature" in capsys.readouterr().err

@@ -20,7 +20,7 @@ def test_converge_writes_json_and_plot_with_the_measured_rates(tmp_path):
         [
             "--beta", "2.0",
             "--n", ",".join(map(str, GRID)),
-            "--variants", "exact,no_target,threshold",
+            "--variants", "specs,specs_no_target,threshold",
             "--out", str(out),
             "K=3", "H=2", "tree_seed=1", "tau_reject=1.0",
             "samples=1500", "batch=1500", "empirical_n=4",
@@ -29,27 +29,27 @@ def test_converge_writes_json_and_plot_with_the_measured_rates(tmp_path):
     assert rc == 0
     res = json.loads((out / "converge.json").read_text())
     assert res["beta"] == 2.0 and res["n"] == GRID
-    assert set(res["variants"]) == {"exact", "no_target", "threshold"}
+    assert set(res["variants"]) == {"specs", "specs_no_target", "threshold"}
     for curve in res["variants"].values():
         for key in ("kl_star_q", "kl_q_star", "tv", "reward_gap", "defer_rate"):
             assert len(curve[key]) == len(GRID)
         assert {"slope", "tv_slope"} <= set(curve)
-    exact = res["variants"]["exact"]
+    exact = res["variants"]["specs"]
     # ALGORITHM.md §5: TV ~ 1/n and KL ~ 1/n² for the exact variant (fit over n = 16..256).
     assert exact["slope"] == pytest.approx(-2.0, abs=0.15)
     assert exact["tv_slope"] == pytest.approx(-1.0, abs=0.08)
     assert exact["kl_q_star"][-1] < 1e-4 and max(exact["defer_rate"]) == 0.0
     # reward-only selection stalls at a nonzero plateau.
-    nt = res["variants"]["no_target"]["tv"]
+    nt = res["variants"]["specs_no_target"]["tv"]
     assert nt[-1] > 0.01 and nt[-1] == pytest.approx(nt[-2], rel=0.05)
     assert res["variants"]["threshold"]["defer_rate"][0] > 0.0
     # the exact law for every n on the grid, over all 9 responses, summing to 1
-    assert set(res["law"]["exact"]) == {str(n) for n in GRID}
-    for law in res["law"]["exact"].values():
+    assert set(res["law"]["specs"]) == {str(n) for n in GRID}
+    for law in res["law"]["specs"].values():
         assert len(law) == 9 and sum(law.values()) == pytest.approx(1.0, abs=1e-12)
     assert sum(res["optimum"].values()) == pytest.approx(1.0, abs=1e-12)
     emp = res["empirical"]
-    assert (emp["variant"], emp["n"], emp["samples"]) == ("exact", 4, 1500)
+    assert (emp["variant"], emp["n"], emp["samples"]) == ("specs", 4, 1500)
     assert sum(emp["freq"].values()) == pytest.approx(1.0)
     assert emp["chi2_p"] > 0.01
     png = (out / "converge.png").read_bytes()
@@ -83,7 +83,7 @@ def test_the_presets_side_by_side_with_their_limits(tmp_path, capsys):
     assert res["empirical"]["variant"] == "gsi" and res["empirical"]["chi2_p"] > 0.01
     assert "limit q_inf" in capsys.readouterr().out
     # threshold -inf: GSI is SIR of the tilted target, the very law of specs
-    rc = main([*common, "variants=specs,gsi", "gsi_threshold=-inf", "samples=0", f"out={tmp_path / 'sir'}"])
+    rc = main([*common, "variants=specs,gsi", "tau_reject=-inf", "samples=0", f"out={tmp_path / 'sir'}"])
     assert rc == 0
     sir = json.loads((tmp_path / "sir" / "converge.json").read_text())
     np.testing.assert_allclose(sir["variants"]["gsi"]["tv"], sir["variants"]["specs"]["tv"], rtol=1e-12)
@@ -101,7 +101,7 @@ def test_tree_file_and_key_value_forms_agree_with_the_random_spec(tmp_path):
                 "--beta",
                 "1.5",
                 "--variants",
-                "exact,code",
+                "specs,specs_paper_form",
                 "--out",
                 str(tmp_path / "a"),
                 *common,
@@ -109,17 +109,30 @@ def test_tree_file_and_key_value_forms_agree_with_the_random_spec(tmp_path):
         )
         == 0
     )
-    assert main([f"tree={path}", "beta=1.5", "variants=exact,code", f"out={tmp_path / 'b'}", *common]) == 0
     assert (
         main(
-            ["K=3", "H=2", "tree_seed=4", "beta=1.5", "variants=exact,code", f"out={tmp_path / 'c'}", *common]
+            [f"tree={path}", "beta=1.5", "variants=specs,specs_paper_form", f"out={tmp_path / 'b'}", *common]
+        )
+        == 0
+    )
+    assert (
+        main(
+            [
+                "K=3",
+                "H=2",
+                "tree_seed=4",
+                "beta=1.5",
+                "variants=specs,specs_paper_form",
+                f"out={tmp_path / 'c'}",
+                *common,
+            ]
         )
         == 0
     )
     a, b, c = (json.loads((tmp_path / d / "converge.json").read_text()) for d in "abc")
     assert a["variants"] == b["variants"]
     for key in ("kl_star_q", "tv"):
-        np.testing.assert_allclose(a["variants"]["exact"][key], c["variants"]["exact"][key], rtol=1e-9)
+        np.testing.assert_allclose(a["variants"]["specs"][key], c["variants"]["specs"][key], rtol=1e-9)
     assert "empirical" not in a and not (tmp_path / "a" / "converge.png").exists()
 
 
@@ -180,7 +193,8 @@ def test_bad_tree_files_are_rejected_with_one_line_and_nothing_written(tmp_path,
 @pytest.mark.parametrize(
     "args,needle",
     [
-        (["variants=exact,best"], "unknown variant 'best'"),
+        (["variants=specs,best"], "unknown variant 'best'"),
+        (["variants=specs,argmax,specs"], "variants names 'specs' twice"),
         (["n=0,4"], "n must be"),
         (["bogus=1"], "unknown config key 'bogus'"),
         (["empirical_variant=poisson"], "fixed n"),
@@ -216,7 +230,30 @@ def test_bench_speed_times_every_variant(tmp_path, capsys):
     tabular section)."""
     from theory.bench_speed import main as bench
 
-    assert bench(["K=3", "H=2", "n=1,4", "variants=exact,gsi", f"out={tmp_path}"]) == 0
+    assert bench(["K=3", "H=2", "n=1,4", "variants=specs,gsi", f"out={tmp_path}"]) == 0
     res = json.loads((tmp_path / "bench_speed.json").read_text())
-    assert set(res["seconds_per_variant"]) == {"exact", "gsi"} and res["exact_tv_at_largest_n"] > 0
+    assert set(res["seconds_per_variant"]) == {"specs", "gsi"} and res["specs_tv_at_largest_n"] > 0
     assert "gsi" in capsys.readouterr().out
+
+
+def test_old_names_are_aliases_that_say_what_replaced_them(tmp_path, capsys):
+    """The names used before (variants exact, code, no_target; gsi_threshold, code_temperature) still run, each
+    replaced by the preset-named one with one stderr line, and give the same results under the new names."""
+    common = ["K=3", "H=2", "tree_seed=1", "n=1,4,16", "samples=0", "plot=false"]
+    old = ["variants=exact,code,no_target,gsi", "gsi_threshold=0.2", "code_temperature=0.4"]
+    assert main([*common, *old, "empirical_variant=exact", f"out={tmp_path / 'old'}"]) == 0
+    err = capsys.readouterr().err.splitlines()
+    for old_name, new_name in [("exact", "specs"), ("code", "specs_paper_form"), ("no_target", "specs_no_target"),
+                               ("gsi_threshold", "tau_reject"), ("code_temperature", "temperature")]:  # fmt: skip
+        assert any(f"{old_name!r} is now called {new_name!r}" in e for e in err), old_name
+    new = ["variants=specs,specs_paper_form,specs_no_target,gsi", "tau_reject=0.2", "temperature=0.4"]
+    assert main([*common, *new, f"out={tmp_path / 'new'}"]) == 0
+    assert capsys.readouterr().err == ""
+    a, b = (json.loads((tmp_path / d / "converge.json").read_text()) for d in ("old", "new"))
+    assert list(a["variants"]) == ["specs", "specs_paper_form", "specs_no_target", "gsi"]
+    for name in a["variants"]:
+        np.testing.assert_allclose(a["variants"][name]["tv"], b["variants"][name]["tv"], rtol=1e-12)
+    # the old and the new name of one setting together: one line naming both
+    assert main([*common, "gsi_threshold=0.2", "tau_reject=0.5", f"out={tmp_path / 'both'}"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert "gsi_threshold is now tau_reject" in err and "\n" not in err

@@ -10,6 +10,7 @@ import pytest
 
 from eval import demo
 from specs_rl import toymath
+from specs_rl.errors import SpecsError
 from specs_rl.models.prm_format import PrmFormat
 from tests.conftest import REPO
 from train import toyworld as tw
@@ -48,6 +49,54 @@ def test_tokenizer_is_character_level_with_one_step_token_and_exact_bytes():
         tok.eos_token == "</s>" and ids[0] != tok.eos_token_id and ids[-1] != tok.eos_token_id
     )  # nothing added
     assert TokenText(tok, len(tok)).exact  # the search backend stops steps with its O(1) byte table
+
+
+@needs_world
+def test_the_committed_world_json_reads_as_a_world_record_and_writes_back_the_same(tmp_path):
+    """world.json's format is the typed record's: every key read into its field, written back key for key."""
+    world = _world()
+    record = tw.World.load(ASSETS / "world.json")
+    assert isinstance(record.fixed_set, tw.FixedSet) and isinstance(record.prm_auc_draft_samples, tw.PrmAuc)
+    assert (
+        record.prm_auc_draft_samples.step_accuracy_at_half
+        == world["prm_auc_draft_samples"]["step_accuracy_at_0.5"]
+    )
+    assert record.accuracy_greedy.target == world["accuracy_greedy"]["target"]
+    back = record.to_json()
+    assert back == world and list(back) == list(world)
+    record.save(tmp_path / "world.json")
+    assert json.loads((tmp_path / "world.json").read_text()) == world
+    with pytest.raises(SpecsError, match="unknown key 'bogus'"):
+        tw.World.from_json({**world, "bogus": 1})
+
+
+def test_generate_restores_the_global_rng_and_the_padding_side():
+    """Sampling seeds the global torch RNG (transformers' generate reads it) and pads on the left: both are put
+    back when it returns, and when it raises."""
+    import torch
+
+    from specs_rl.tiny import tiny_causal_lm
+
+    tok = tw.make_tokenizer()
+    model = tiny_causal_lm(tok, seed=0, bos_token_id=None, hidden_size=16, num_hidden_layers=1,
+                           num_attention_heads=2, num_key_value_heads=1, intermediate_size=32)  # fmt: skip
+    torch.manual_seed(7)
+    expected = torch.rand(3)
+    torch.manual_seed(7)
+    a = tw.generate(model, tok, ["1+2=", "3*3="], temperature=1.0, seed=5, max_new_tokens=4)
+    assert torch.equal(torch.rand(3), expected) and tok.padding_side == "right"
+    assert tw.generate(model, tok, ["1+2=", "3*3="], temperature=1.0, seed=5, max_new_tokens=4) == a  # seeded
+    tok.padding_side = "right"
+    state = torch.get_rng_state()
+
+    class Broken:
+        def generate(self, **kw):
+            torch.rand(5)
+            raise RuntimeError("boom")
+
+    with pytest.raises(RuntimeError, match="boom"):
+        tw.generate(Broken(), tok, ["1+2="], temperature=1.0, seed=0)
+    assert torch.equal(torch.get_rng_state(), state) and tok.padding_side == "right"
 
 
 def test_auc_is_the_pairwise_probability():
@@ -178,6 +227,17 @@ def test_tiny_world_trains_with_the_project_recipes_and_records_its_numbers(tmp_
     assert len(fixed["problems"]) == 4 and len(fixed["greedy_correct"]["target"]) == 4
     assert all(split == "test" for split in [fixed["split"]])
     assert all(toymath.split_of(toymath.parse_problem(p)) == "test" for p in fixed["problems"])
+    assert tw.World.load(assets / "world.json").to_json() == world  # the typed record reads what it wrote
+
+    # a measure-only rerun on the same checkpoints writes the same fields and, timings aside, the same numbers
+    assert tw.main(["size=tiny", f"out={out}", f"assets={assets}", *TINY_FAST, "stages=[measure]"]) == 0
+    again = json.loads((assets / "world.json").read_text())
+    timings = {"latency_s_per_token", "latency_range_s_per_token", "latency_ratio_draft_over_target"}
+    timings |= {"latency_ratio_range", "total_wall_s"}
+    assert set(again) == set(world) - {"wall_s_this_run"}
+    for key in set(again) - timings - {"config"}:
+        assert again[key] == world[key], key
+    assert again["config"] == {**world["config"], "stages": ["measure"]}
 
 
 @pytest.mark.slow

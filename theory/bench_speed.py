@@ -22,6 +22,7 @@ from pathlib import Path
 
 from specs_rl.cli import entry_point
 from specs_rl.config import config_from_argv
+from specs_rl.settings import SearchConfig
 from theory.converge import (
     DEFAULT_N,
     DEFAULT_VARIANTS,
@@ -31,6 +32,7 @@ from theory.converge import (
     convergence_curves,
     write_json,
 )
+from theory.names import renamed_argv, variant_names
 
 
 @dataclass
@@ -38,7 +40,10 @@ class BenchConfig:
     K: int = field(default=6, metadata={"help": "alphabet size"})  # noqa: N815
     H: int = field(default=4, metadata={"help": "horizon"})  # noqa: N815
     seed: int = field(default=0, metadata={"help": "random tree seed"})
-    beta: float = field(default=2.0, metadata={"help": "tilt β"})
+    search: SearchConfig = field(
+        default_factory=lambda: ConvergeConfig().search,
+        metadata={"help": "the search settings, as in `theory converge` (beta: the tilt β)", "flat": True},
+    )
     n: list[int] = field(default_factory=lambda: list(DEFAULT_N), metadata={"help": "grid of n"})
     variants: list[str] = field(
         default_factory=lambda: list(DEFAULT_VARIANTS), metadata={"help": f"of {VARIANTS}"}
@@ -48,20 +53,22 @@ class BenchConfig:
         default=None, metadata={"help": "directory for bench_speed.json (null: print only)"}
     )
 
+    def __post_init__(self) -> None:
+        self.variants = variant_names(self.variants, "theory bench_speed")
+
     def validate(self) -> None:
         if self.repeats < 1:
             raise ValueError(f"repeats must be >= 1, got {self.repeats}")
-        ConvergeConfig(n=self.n, variants=self.variants, beta=self.beta).validate()
+        ConvergeConfig(search=self.search, n=self.n, variants=self.variants).validate()
 
 
 @entry_point
 def main(argv: Sequence[str] | None = None) -> int:
-    cfg = config_from_argv(
-        BenchConfig, sys.argv[1:] if argv is None else argv, "python -m theory.bench_speed"
-    )
+    argv = renamed_argv(sys.argv[1:] if argv is None else argv, "theory bench_speed")
+    cfg = config_from_argv(BenchConfig, argv, "python -m theory.bench_speed")
     # the random tree of `theory converge K=.. H=.. tree_seed=..` (its tree defaults, this bench's K, H and seed)
     tabular = dataclasses.replace(ConvergeConfig().tabular, K=cfg.K, H=cfg.H, tree_seed=cfg.seed)
-    conv = ConvergeConfig(tabular=tabular, beta=cfg.beta, n=cfg.n, samples=0, plot=False)
+    conv = ConvergeConfig(tabular=tabular, search=cfg.search, n=cfg.n, samples=0, plot=False)
     tree = build_tree(conv)
     per_variant: dict[str, float] = {}
     for name in cfg.variants:
@@ -82,14 +89,14 @@ def main(argv: Sequence[str] | None = None) -> int:
         "variants": list(cfg.variants),
         "seconds_per_variant": {k: round(v, 3) for k, v in per_variant.items()},
         "seconds_total": round(total, 3),
-        "exact_tv_at_largest_n": curves["variants"].get("exact", {}).get("tv", [None])[-1],
+        "specs_tv_at_largest_n": curves["variants"].get("specs", {}).get("tv", [None])[-1],
         "machine": {"cpus": os.cpu_count(), "python": platform.python_version()},
     }
     print(f"exact curves: K={cfg.K} H={cfg.H} ({cfg.K**cfg.H} responses), {len(cfg.n)} values of n")
-    print(f"{'variant':<10} {'seconds':>8}")
+    print(f"{'variant':<16} {'seconds':>8}")
     for k, v in per_variant.items():
-        print(f"{k:<10} {v:>8.3f}")
-    print(f"{'all':<10} {total:>8.3f}")
+        print(f"{k:<16} {v:>8.3f}")
+    print(f"{'all':<16} {total:>8.3f}")
     if cfg.out is not None:
         out = Path(cfg.out)
         out.mkdir(parents=True, exist_ok=True)

@@ -1,12 +1,14 @@
 """``specs-rl theory converge``: how fast SPECS's output law approaches the KL-regularized optimum ``π*``.
 
     specs-rl theory converge --beta 2.0 --n 1,2,4,8,16,32,64,128,256,512,1024 --out runs/theory/converge
-    specs-rl theory converge --tree tree.json --beta 2.0 --n 1,2,4,8 --variants exact,no_target --out DIR
-    python -m theory.converge K=6 H=4 tree_seed=3 variants=exact,threshold tau_reject=0.5 samples=0 out=DIR
+    specs-rl theory converge --tree tree.json --beta 2.0 --n 1,2,4,8 --variants specs,specs_no_target --out DIR
+    python -m theory.converge K=6 H=4 tree_seed=3 variants=specs,threshold tau_reject=0.5 samples=0 out=DIR
 
 The tree is the ``tabular:`` section every recipe shares (:class:`specs_rl.tree.TreeConfig`; its keys may be given
 at the top level: ``K``, ``H``, ``concentration``, ``coverage``, ``draft_noise``, ``tree_seed``, ``tree``, ``prm``);
-``seed`` is the seed of the searches, as in every recipe.
+the search settings are the ``search:`` section every recipe shares (:class:`specs_rl.settings.SearchConfig`; its
+keys too may be given at the top level: ``beta``, ``temperature``, ``tau_reject``, ``tau_switch``, ``start_mode``,
+``target_select``, ``rsd_delta``); ``seed`` is the seed of the searches, as in every recipe.
 
 On a tabular tree (a file in the project's tree schema, or a seeded random tree) it computes, for every variant and
 every ``n`` on the grid, the exact law ``q_n`` of the response SPECS returns (:func:`specs_rl.exact.specs_log_law`)
@@ -17,18 +19,22 @@ and tests its answer frequencies against the exact law (chi-square).
 Writes into ``out``: ``converge.json`` (curves, slopes, the exact laws, the empirical check), ``converge.png``
 (KL and TV against n on log-log axes, one line per variant, 1/n reference) and the resolved ``config.yaml``.
 
-Variants (ALGORITHM.md §5): ``exact`` (sum form, T = 1, draft mode throughout, no rejection: the process of the
-convergence theorem), ``poisson`` (the same with Poisson(n) drafts), ``code`` (per-token mean form with temperature
-``code_temperature``), ``no_target`` (reward-only score), ``argmax`` (T = 0), ``threshold`` (``tau_reject`` with
-deferral to target mode and the ``tau_switch`` mode switch). The method presets (:mod:`specs_rl.methods`, pinned
-values as they are, own settings from this config):
+Variants (ALGORITHM.md §5), named by the method presets (:mod:`specs_rl.methods`) where one exists; the names used
+before (``exact``, ``code``, ``no_target``, ``gsi_threshold``, ``code_temperature``) are accepted with a notice
+(:mod:`theory.names`). At the theorem's settings (draft mode throughout, no rejection, fixed n):
 
-- ``specs``: this project's exact form at the theorem's settings (start in draft mode, ``tau_reject = -inf``): the
-  same law as ``exact``;
-- ``specs_paper``: the authors' form at ``T = code_temperature``, ``tau_reject``, ``tau_switch`` (start in target
+- ``specs``: this project's exact form (sum of the log ratio + β r, T = 1): the process of the convergence theorem;
+- ``specs_no_target``: the reward-only score of the ``specs_no_target`` ablation;
+- ``specs_paper_form``: the per-token mean score of ``specs_paper`` at selection temperature ``temperature``.
+
+Theory-only variants: ``poisson`` (``specs`` with Poisson(n) drafts), ``argmax`` (``specs`` at T = 0), ``threshold``
+(``specs`` with ``tau_reject``, deferral to target mode and the ``tau_switch`` mode switch, ``start_mode``,
+``target_select``). The other method presets (pinned values as they are, own settings from this config):
+
+- ``specs_paper``: the authors' whole method at ``temperature``, ``tau_reject``, ``tau_switch`` (start in target
   mode, argmax target step);
-- ``gsi``: GSI at threshold ``gsi_threshold`` (select-then-test, soft best-of-n fallback, no switching);
-  ``gsi_threshold=-inf`` is SIR of the tilted target, the law of ``specs``;
+- ``gsi``: GSI at threshold ``tau_reject`` (select-then-test, soft best-of-n fallback, no switching);
+  ``tau_reject=-inf`` is SIR of the tilted target, the law of ``specs``;
 - ``gsi_filter``: GSI's fallback and threshold with this project's filter-then-select instead (the ``specs``
   preset, start in draft mode, soft target step, ``tau_switch = -inf``): isolates the acceptance rule;
 - ``rsd_bon``: GSI's "RSD adapted to best-of-n" at ``rsd_delta``.
@@ -67,11 +73,12 @@ from specs_rl.exact import (
 from specs_rl.methods import preset
 from specs_rl.progress import progress_bar
 from specs_rl.run.records import write_json
-from specs_rl.search import SearchConfig
+from specs_rl.settings import SearchConfig
 from specs_rl.tree import TabularTree, TreeConfig
+from theory.names import renamed_argv, variant_names
 
-DEFAULT_VARIANTS = ("exact", "poisson", "code", "no_target", "argmax", "threshold")
-PRESET_VARIANTS = ("specs", "specs_paper", "gsi", "gsi_filter", "rsd_bon")
+DEFAULT_VARIANTS = ("specs", "poisson", "specs_paper_form", "specs_no_target", "argmax", "threshold")
+PRESET_VARIANTS = ("specs_paper", "gsi", "gsi_filter", "rsd_bon")
 VARIANTS = (*DEFAULT_VARIANTS, *PRESET_VARIANTS)
 DEFAULT_N = [1, 2, 4, 8, 16, 32, 64, 128, 256, 512, 1024]
 MAX_SEQUENCES = 100_000  # K**H above this makes the written laws unreasonably large
@@ -85,45 +92,33 @@ class ConvergeConfig:
         default_factory=lambda: TreeConfig(H=3, concentration=1.0),
         metadata={"help": "the tree: a file or a seeded random tree, and its PRM", "flat": True},
     )
-    beta: float = field(default=2.0, metadata={"help": "tilt β of the objective and of the score"})
+    search: SearchConfig = field(
+        default_factory=lambda: SearchConfig(
+            beta=2.0,
+            temperature=0.3,
+            tau_reject=0.5,
+            tau_switch=0.7,
+            start_mode="draft",
+            target_select="argmax",
+            rsd_delta=0.7,
+        ),
+        metadata={
+            "help": "the search settings the variants draw on (each variant pins its own, see the module's "
+            "docstring; n is the grid's, max_steps the tree's horizon): beta, the tilt β of the objective and of "
+            "the score; temperature, 'specs_paper_form' and 'specs_paper' selection temperature (authors' code: "
+            "0.2-0.3); tau_reject, 'threshold', 'specs_paper', 'gsi', 'gsi_filter' threshold (chosen here for "
+            "β=2; gsi: the chosen draft is kept iff its score > tau_reject, -inf is SIR, the law of 'specs'); "
+            "tau_switch, 'threshold', 'specs_paper' back to the draft above this reward [code]; start_mode and "
+            "target_select, 'threshold' variant; rsd_delta, 'rsd_bon' variant (GSI's code: 0.7)",
+            "flat": True,
+        },
+    )
     n: list[int] = field(default_factory=lambda: list(DEFAULT_N), metadata={"help": "grid of n"})
     variants: list[str] = field(
         default_factory=lambda: list(DEFAULT_VARIANTS), metadata={"help": f"of {VARIANTS}"}
     )
-    code_temperature: float = field(
-        default=0.3, metadata={"help": "'code' variant: selection temperature (authors' code: 0.2-0.3)"}
-    )
-    tau_reject: float = field(
-        default=0.5,
-        metadata={
-            "help": "'threshold', 'specs_paper' variants: drop drafts with score <= tau_reject (chosen here for β=2)"
-        },
-    )
-    tau_switch: float = field(
-        default=0.7,
-        metadata={"help": "'threshold', 'specs_paper' variants: back to the draft above this reward [code]"},
-    )
-    gsi_threshold: float = field(
-        default=0.5,
-        metadata={
-            "help": "'gsi', 'gsi_filter' variants: the chosen draft is kept iff its score > gsi_threshold (-inf: "
-            "SIR, the law of 'specs'); 0.5 as tau_reject"
-        },
-    )
-    rsd_delta: float = field(
-        default=0.7,
-        metadata={
-            "help": "'rsd_bon' variant: keep the chosen draft iff its reward >= rsd_delta (GSI's code)"
-        },
-    )
-    target_select: str = field(
-        default="argmax", metadata={"help": "'threshold' variant, target mode: argmax [code] | soft"}
-    )
-    start_mode: str = field(
-        default="draft", metadata={"help": "'threshold' variant: draft | target (authors' final code)"}
-    )
     empirical_variant: str = field(
-        default="exact", metadata={"help": "variant run through specs_rl.search.specs (not poisson)"}
+        default="specs", metadata={"help": "variant run through specs_rl.search.specs (not poisson)"}
     )
     empirical_n: int = field(default=8, metadata={"help": "n of the empirical check"})
     samples: int = field(default=20000, metadata={"help": "searches in the empirical check (0: skip it)"})
@@ -132,25 +127,33 @@ class ConvergeConfig:
     plot: bool = field(default=True, metadata={"help": "write converge.png"})
     out: str = field(default="runs/theory/converge", metadata={"help": "output directory"})
 
+    def __post_init__(self) -> None:
+        self.variants = variant_names(self.variants, "theory converge")
+        (self.empirical_variant,) = variant_names([self.empirical_variant], "theory converge")
+
     def validate(self) -> None:
         if not self.n or any(k < 1 for k in self.n):
             raise ValueError(f"n must be a non-empty list of integers >= 1, got {self.n}")
         if not self.variants:
             raise ValueError("variants must name at least one variant")
+        twice = sorted({v for v in self.variants if self.variants.count(v) > 1})
+        if twice:
+            raise ValueError(f"variants names {twice[0]!r} twice (an old name counts as its new one)")
         for v in self.variants:
             if v not in VARIANTS:
                 raise ValueError(f"unknown variant {v!r}; known: {', '.join(VARIANTS)}")
-        if not self.beta > 0 or math.isinf(self.beta):
-            raise ValueError(f"beta must be a finite number > 0, got {self.beta}")
+        s = self.search
+        if not s.beta > 0 or math.isinf(s.beta):
+            raise ValueError(f"beta must be a finite number > 0, got {s.beta}")
         self.tabular.validate()
-        if not self.code_temperature > 0:
-            raise ValueError(f"code_temperature must be > 0, got {self.code_temperature}")
-        if self.target_select not in ("argmax", "soft"):
-            raise ValueError(f"target_select must be argmax or soft, got {self.target_select!r}")
-        if self.start_mode not in ("draft", "target"):
-            raise ValueError(f"start_mode must be draft or target, got {self.start_mode!r}")
-        for name in ("tau_reject", "tau_switch", "gsi_threshold", "rsd_delta"):
-            if math.isnan(getattr(self, name)):
+        if not s.temperature > 0:
+            raise ValueError(f"temperature must be > 0, got {s.temperature}")
+        if s.target_select not in ("argmax", "soft"):
+            raise ValueError(f"target_select must be argmax or soft, got {s.target_select!r}")
+        if s.start_mode not in ("draft", "target"):
+            raise ValueError(f"start_mode must be draft or target, got {s.start_mode!r}")
+        for name in ("tau_reject", "tau_switch", "rsd_delta"):
+            if math.isnan(getattr(s, name)):
                 raise ValueError(f"{name} must be a number, not nan")
         if self.empirical_variant not in VARIANTS:
             raise ValueError(
@@ -165,45 +168,47 @@ class ConvergeConfig:
 
 
 def variant_config(name: str, n: int, cfg: ConvergeConfig, horizon: int) -> tuple[SearchConfig, str]:
-    """The :class:`SearchConfig` of a variant at ``n`` and its draw law (``fixed`` | ``poisson``)."""
+    """The :class:`SearchConfig` of a variant at ``n`` and its draw law (``fixed`` | ``poisson``). Each variant
+    takes from ``cfg.search`` only the settings it names (the module's docstring), so the others stay at the
+    values that define it."""
+    s = cfg.search
     if name in PRESET_VARIANTS:
         own: dict[str, Any] = {
-            "specs": {"start_mode": "draft", "tau_reject": -math.inf},
             "specs_paper": {
-                "temperature": cfg.code_temperature,
-                "tau_reject": cfg.tau_reject,
-                "tau_switch": cfg.tau_switch,
+                "temperature": s.temperature,
+                "tau_reject": s.tau_reject,
+                "tau_switch": s.tau_switch,
             },
-            "gsi": {"tau_reject": cfg.gsi_threshold},
+            "gsi": {"tau_reject": s.tau_reject},
             "gsi_filter": {
                 "start_mode": "draft",
-                "tau_reject": cfg.gsi_threshold,
+                "tau_reject": s.tau_reject,
                 "target_select": "soft",
                 "tau_switch": -math.inf,
             },
-            "rsd_bon": {"rsd_delta": cfg.rsd_delta},
+            "rsd_bon": {"rsd_delta": s.rsd_delta},
         }[name]
-        base = SearchConfig(n=n, beta=cfg.beta, max_steps=horizon)
+        base = SearchConfig(n=n, beta=s.beta, max_steps=horizon)
         return preset(base, "specs" if name == "gsi_filter" else name, own), "fixed"
+    # the theorem's settings: the specs strategy (SearchConfig's default) in draft mode throughout, no rejection
     base = SearchConfig(
-        strategy="specs",
         n=n,
-        beta=cfg.beta,
+        beta=s.beta,
         temperature=1.0,
         score_form="exact",
         tau_reject=-math.inf,
-        tau_switch=cfg.tau_switch,
+        tau_switch=s.tau_switch,
         start_mode="draft",
-        target_select=cfg.target_select,
+        target_select=s.target_select,
         max_steps=horizon,
     )
     changes: dict[str, Any] = {
-        "exact": {},
+        "specs": {},
         "poisson": {},
-        "code": {"score_form": "mean", "temperature": cfg.code_temperature},
-        "no_target": {"score_form": "reward_only"},
+        "specs_paper_form": {"score_form": "mean", "temperature": s.temperature},
+        "specs_no_target": {"score_form": "reward_only"},
         "argmax": {"temperature": 0.0},
-        "threshold": {"tau_reject": cfg.tau_reject, "start_mode": cfg.start_mode},
+        "threshold": {"tau_reject": s.tau_reject, "start_mode": s.start_mode},
     }[name]
     return dataclasses.replace(base, **changes), "poisson" if name == "poisson" else "fixed"
 
@@ -238,7 +243,7 @@ def asymptotics(
     config, _ = variant_config(name, 1, cfg, tree.horizon)
     if not stays_in_draft(config) or config.temperature == 0:
         return None
-    log_lim, c = asymptotic_law(tree, config, prm=cfg.tabular.prm, prm_beta=cfg.beta)
+    log_lim, c = asymptotic_law(tree, config, prm=cfg.tabular.prm, prm_beta=cfg.search.beta)
     lim = np.exp(log_lim)
     return {
         "tv_coef": 0.5 * float(lim @ np.abs(c)),
@@ -252,7 +257,7 @@ def limit_summary(tree: TabularTree, cfg: ConvergeConfig, name: str, star: np.nd
     """What a variant converges to: the n -> ∞ law ``q_∞`` (:func:`specs_rl.exact.limit_log_law`) and its distance
     to π* (TV, KL both ways), with its deferral rate and target-step fraction. ``log_q`` is ``q_∞`` itself."""
     config, _ = variant_config(name, 1, cfg, tree.horizon)
-    law = limit_log_law(tree, config, prm=cfg.tabular.prm, prm_beta=cfg.beta)
+    law = limit_log_law(tree, config, prm=cfg.tabular.prm, prm_beta=cfg.search.beta)
     return {
         "tv": tv(star, law.log_q),
         "kl_star_q": kl(star, law.log_q),
@@ -265,7 +270,7 @@ def limit_summary(tree: TabularTree, cfg: ConvergeConfig, name: str, star: np.nd
 
 def convergence_curves(tree: TabularTree, cfg: ConvergeConfig) -> dict[str, Any]:
     """Exact curves for every variant and n: ``{"variants": {...}, "law": {...}, "optimum": {...}}``."""
-    star = optimal_log_law(tree, cfg.beta)  # [K**H]
+    star = optimal_log_law(tree, cfg.search.beta)  # [K**H]
     keys = tree.sequences()
     r_star = expected(star, tree.reward)
     variants: dict[str, Any] = {}
@@ -287,7 +292,7 @@ def convergence_curves(tree: TabularTree, cfg: ConvergeConfig) -> dict[str, Any]
         laws[name] = {}
         for n in cfg.n:
             config, draws = variant_config(name, n, cfg, tree.horizon)
-            law = specs_log_law(tree, config, prm=cfg.tabular.prm, prm_beta=cfg.beta, draws=draws)
+            law = specs_log_law(tree, config, prm=cfg.tabular.prm, prm_beta=cfg.search.beta, draws=draws)
             curve["kl_star_q"].append(kl(star, law.log_q))
             curve["kl_q_star"].append(kl(law.log_q, star))
             curve["tv"].append(tv(star, law.log_q))
@@ -344,8 +349,8 @@ def empirical_check(tree: TabularTree, cfg: ConvergeConfig) -> dict[str, Any]:
     from specs_rl.types import Problem
 
     config, draws = variant_config(cfg.empirical_variant, cfg.empirical_n, cfg, tree.horizon)
-    law = specs_log_law(tree, config, prm=cfg.tabular.prm, prm_beta=cfg.beta, draws=draws)
-    backend = TabularBackend({"t": tree}, beta=cfg.beta, prm=cfg.tabular.prm)
+    law = specs_log_law(tree, config, prm=cfg.tabular.prm, prm_beta=cfg.search.beta, draws=draws)
+    backend = TabularBackend({"t": tree}, beta=cfg.search.beta, prm=cfg.tabular.prm)
     parts = backend.parts()
     generator = torch.Generator().manual_seed(cfg.seed)
     counts: Counter[str] = Counter()
@@ -380,7 +385,7 @@ def empirical_check(tree: TabularTree, cfg: ConvergeConfig) -> dict[str, Any]:
 
 def plot_curves(result: dict[str, Any], path: Path) -> None:
     """KL(π*||q_n), TV(π*, q_n) and TV(q_n, q_∞) against n, log-log, one line per variant; 1/n (and 1/n² for KL)
-    through ``exact`` (or ``specs``). The third panel shows each variant approaching its own limit q_∞ (values
+    through ``specs`` (or the first variant). The third panel shows each variant approaching its own limit q_∞ (values
     below 1e-12, rounding, are left out)."""
     import matplotlib
 
@@ -401,7 +406,7 @@ def plot_curves(result: dict[str, Any], path: Path) -> None:
             ok = np.isfinite(ys) & (ys > 1e-12)
             if ok.any():
                 ax.plot(ns[ok], ys[ok], marker="o", ms=3, label=name)
-        ref = variants.get("exact", variants.get("specs", next(iter(variants.values()))))[key]
+        ref = variants.get("specs", next(iter(variants.values())))[key]
         ref = np.array([np.nan if y is None else y for y in ref], dtype=np.float64)
         good = np.flatnonzero(np.isfinite(ref) & (ref > 1e-12))
         if len(good):
@@ -423,24 +428,24 @@ def plot_curves(result: dict[str, Any], path: Path) -> None:
 
 def _table(result: dict[str, Any]) -> str:
     lines = [
-        f"{'variant':<11} {'n':>6} {'KL(π*||q)':>11} {'KL(q||π*)':>11} {'TV':>9} {'gap E[r]':>9} {'defer':>6}"
+        f"{'variant':<16} {'n':>6} {'KL(π*||q)':>11} {'KL(q||π*)':>11} {'TV':>9} {'gap E[r]':>9} {'defer':>6}"
     ]
     for name, c in result["variants"].items():
         for i, n in enumerate(result["n"]):
             lines.append(
-                f"{name:<11} {n:>6} {c['kl_star_q'][i]:>11.3e} {c['kl_q_star'][i]:>11.3e} {c['tv'][i]:>9.2e}"
+                f"{name:<16} {n:>6} {c['kl_star_q'][i]:>11.3e} {c['kl_q_star'][i]:>11.3e} {c['tv'][i]:>9.2e}"
                 f" {c['reward_gap'][i]:>9.2e} {c['defer_rate'][i]:>6.3f}"
             )
-        lines.append(f"{name:<11} slope(KL) {c['slope']}  slope(TV) {c['tv_slope']}")
+        lines.append(f"{name:<16} slope(KL) {c['slope']}  slope(TV) {c['tv_slope']}")
         if c.get("asymptotics"):
             a = c["asymptotics"]
             lines.append(
-                f"{name:<11} n->inf: TV(q_n, q_inf) ~ {a['tv_coef']:.4g}/n, KL ~ {a['kl_coef']:.4g}/n^2;"
+                f"{name:<16} n->inf: TV(q_n, q_inf) ~ {a['tv_coef']:.4g}/n, KL ~ {a['kl_coef']:.4g}/n^2;"
                 f" TV(q_inf, pi*) = {a['limit_tv']:.4g}"
             )
         lim = c["limit"]
         lines.append(
-            f"{name:<11} limit q_inf: TV(pi*, q_inf) = {lim['tv']:.4g}, KL(pi*||q_inf) = {lim['kl_star_q']:.4g},"
+            f"{name:<16} limit q_inf: TV(pi*, q_inf) = {lim['tv']:.4g}, KL(pi*||q_inf) = {lim['kl_star_q']:.4g},"
             f" KL(q_inf||pi*) = {lim['kl_q_star']:.4g}, defer {lim['defer_rate']:.3f};"
             f" TV(q_n, q_inf) at n={result['n'][-1]}: {c['tv_to_limit'][-1]:.3g}"
         )
@@ -449,12 +454,13 @@ def _table(result: dict[str, Any]) -> str:
 
 @entry_point
 def main(argv: Sequence[str] | None = None) -> int:
-    cfg = config_from_argv(ConvergeConfig, sys.argv[1:] if argv is None else argv, "specs-rl theory converge")
+    argv = renamed_argv(sys.argv[1:] if argv is None else argv, "theory converge")
+    cfg = config_from_argv(ConvergeConfig, argv, "specs-rl theory converge")
     tree = build_tree(cfg)  # every input error (TreeError) surfaces here, before a file is written
     t0 = time.perf_counter()
     curves = convergence_curves(tree, cfg)
     result: dict[str, Any] = {
-        "beta": cfg.beta,
+        "beta": cfg.search.beta,
         "n": list(cfg.n),
         "variants": curves["variants"],
         "law": curves["law"],

@@ -19,11 +19,15 @@ The recipe, top to bottom (every stage writes into ``out``; the three final chec
 7. the checkpoints are saved in bf16 under ``assets`` and measured there, loaded the way the search loads them:
    per-token generation latency at batch 1 (the search backend's sampler, median of repeats), greedy accuracy on
    the ``test`` split, the PRM's AUC on the draft's own samples on ``test`` problems, and the same numbers on a
-   small fixed set (what ``tests/test_toyworld.py`` checks); all into ``assets/world.json``.
+   small fixed set (what ``tests/test_toyworld.py`` checks); all into ``assets/world.json`` (:class:`World`).
+
+Stages 1-6 are :func:`train_world`, stage 7 :func:`measure_world`; the code carries the same numbers. Sampling seeds
+the global torch RNG (``generate()`` reads it) and pads on the left: :func:`generate` restores both when it returns.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 import shutil
@@ -31,7 +35,7 @@ import statistics
 import sys
 import time
 from collections.abc import Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Any
 
@@ -223,6 +227,133 @@ parse = parse_config  # the name tests/test_configs.py loads every train config 
 
 
 # ------------------------------------------------------------------------------------------------------------------
+# The record: world.json
+
+
+@dataclass
+class PrmData:
+    """The PRM's training rows: how many, their labelled steps, the fraction of correct steps."""
+
+    rows: int
+    steps: int
+    correct_fraction: float
+
+
+@dataclass
+class GreedyAccuracy:
+    """Greedy accuracy on the first ``test_problems`` test problems: whole solutions, and the boxed answer only."""
+
+    target: float
+    target_answer_only: float
+    draft: float
+    draft_answer_only: float
+    test_problems: int
+
+
+@dataclass
+class PrmAuc:
+    """The PRM's AUC on one model's own samples of held-out problems (``step_accuracy_at_0.5`` in world.json)."""
+
+    auc: float
+    problems: int
+    samples_per_problem: int
+    temperature: float
+    steps: int
+    correct_fraction: float
+    step_accuracy_at_half: float
+
+
+@dataclass
+class FixedSet:
+    """The small fixed set the tests recompute: its problems, greedy correctness and AUC per model."""
+
+    split: str
+    problems: list[str]
+    greedy_correct: dict[str, list[bool]]
+    sample_seed: int
+    temperature: float
+    accuracy_target: float
+    prm_auc_target_samples: float
+    accuracy_draft: float
+    prm_auc_draft_samples: float
+
+
+# field name -> its key in world.json, where they differ
+JSON_KEYS = {"step_accuracy_at_half": "step_accuracy_at_0.5"}
+SECTIONS = {
+    "prm_data": PrmData,
+    "accuracy_greedy": GreedyAccuracy,
+    "prm_auc_draft_samples": PrmAuc,
+    "prm_auc_target_samples": PrmAuc,
+    "fixed_set": FixedSet,
+}
+
+
+@dataclass
+class World:
+    """What a run records in ``assets/world.json``: the resolved config, each training stage's metrics, and the
+    measurements of the saved checkpoints (stage 7). A field still None when the file is written (a stage that did
+    not run) is left out of the file."""
+
+    config: dict[str, Any]
+    stages: dict[str, dict[str, Any]] = field(default_factory=dict)  # stage -> the recipe's metrics.json
+    prm_data: PrmData | None = None
+    train_wall_s: float | None = None
+    wall_s_this_run: float | None = None
+    checkpoint_bytes: dict[str, int] | None = None
+    parameters: dict[str, int] | None = None
+    shapes: dict[str, dict[str, int]] | None = None
+    latency_s_per_token: dict[str, float] | None = None
+    latency_range_s_per_token: dict[str, list[float]] | None = None
+    latency_ratio_draft_over_target: float | None = None  # paired: median of the per-repeat ratios
+    latency_ratio_range: list[float] | None = None
+    latency_repeats: int | None = None
+    accuracy_greedy: GreedyAccuracy | None = None
+    prm_auc_draft_samples: PrmAuc | None = None
+    prm_auc_target_samples: PrmAuc | None = None
+    fixed_set: FixedSet | None = None
+    total_wall_s: float | None = None
+
+    def to_json(self) -> dict[str, Any]:
+        """The world.json object (its keys as they have always been)."""
+
+        def plain(x: Any) -> Any:
+            if dataclasses.is_dataclass(x):
+                return {JSON_KEYS.get(f.name, f.name): plain(getattr(x, f.name)) for f in fields(x)}
+            return x
+
+        return {
+            f.name: plain(getattr(self, f.name)) for f in fields(self) if getattr(self, f.name) is not None
+        }
+
+    @classmethod
+    def from_json(cls, obj: dict[str, Any]) -> World:
+        """A world.json object as a :class:`World`; an unknown or missing key is a :class:`SpecsError`."""
+        names = {f.name for f in fields(cls)}
+        unknown = sorted(set(obj) - names)
+        if unknown:
+            raise SpecsError(f"world.json: unknown key {unknown[0]!r}")
+        if "config" not in obj:
+            raise SpecsError("world.json: missing key 'config'")
+        kwargs = dict(obj)
+        back = {v: k for k, v in JSON_KEYS.items()}
+        for key, section in SECTIONS.items():
+            if kwargs.get(key) is not None:
+                try:
+                    kwargs[key] = section(**{back.get(k, k): v for k, v in kwargs[key].items()})
+                except TypeError as e:
+                    raise SpecsError(f"world.json: {key}: {e}") from None
+        return cls(**kwargs)
+
+    @classmethod
+    def load(cls, path: str | Path) -> World:
+        return cls.from_json(json.loads(Path(path).read_text()))
+
+    def save(self, path: str | Path) -> None:
+        Path(path).write_text(json.dumps(self.to_json(), indent=1))
+
+
+# ------------------------------------------------------------------------------------------------------------------
 # Tokenizer and models
 
 
@@ -326,31 +457,35 @@ def generate(
     batch: int = 64,
     max_new_tokens: int = 96,
 ) -> list[str]:
-    """Completions of ``prompts`` (greedy at temperature 0), left-padded batches, eos removed."""
+    """Completions of ``prompts`` (greedy at temperature 0), left-padded batches, eos removed. ``generate()`` samples
+    from the global torch RNG, so each batch seeds it (from ``seed``); the global RNG state and the tokenizer's
+    ``padding_side`` are restored on return, whatever happens."""
     import torch
 
+    rng_state, padding_side = torch.get_rng_state(), tokenizer.padding_side
     tokenizer.padding_side = "left"
     out: list[str] = []
     gen = torch.Generator().manual_seed(seed)
-    for i in range(0, len(prompts), batch):
-        enc = tokenizer(list(prompts[i : i + batch]), return_tensors="pt", padding=True)
-        kw: dict[str, Any] = {"do_sample": False}
-        if temperature > 0:
-            torch.manual_seed(
-                int(torch.randint(0, 2**31 - 1, (1,), generator=gen))
-            )  # generate() reads the global RNG
-            kw = {"do_sample": True, "temperature": temperature, "top_k": 0, "top_p": 1.0}
-        with torch.inference_mode():
-            ids = model.generate(
-                **enc,
-                max_new_tokens=max_new_tokens,
-                pad_token_id=tokenizer.pad_token_id,
-                eos_token_id=tokenizer.eos_token_id,
-                **kw,
-            )  # [B, L + new]
-        new = ids[:, enc["input_ids"].shape[1] :]
-        out += tokenizer.batch_decode(new, skip_special_tokens=True)
-    tokenizer.padding_side = "right"
+    try:
+        for i in range(0, len(prompts), batch):
+            enc = tokenizer(list(prompts[i : i + batch]), return_tensors="pt", padding=True)
+            kw: dict[str, Any] = {"do_sample": False}
+            if temperature > 0:
+                torch.manual_seed(int(torch.randint(0, 2**31 - 1, (1,), generator=gen)))
+                kw = {"do_sample": True, "temperature": temperature, "top_k": 0, "top_p": 1.0}
+            with torch.inference_mode():
+                ids = model.generate(
+                    **enc,
+                    max_new_tokens=max_new_tokens,
+                    pad_token_id=tokenizer.pad_token_id,
+                    eos_token_id=tokenizer.eos_token_id,
+                    **kw,
+                )  # [B, L + new]
+            new = ids[:, enc["input_ids"].shape[1] :]
+            out += tokenizer.batch_decode(new, skip_special_tokens=True)
+    finally:
+        tokenizer.padding_side = padding_side
+        torch.set_rng_state(rng_state)
     return out
 
 
@@ -539,30 +674,31 @@ def main(argv: Sequence[str] | None = None) -> int:
     os.environ.setdefault("TRL_EXPERIMENTAL_SILENCE", "1")
     (out / "toyworld_config.json").write_text(json.dumps(to_dict(cfg), indent=1))
     t_start = time.perf_counter()
-    world: dict[str, Any] = {"config": to_dict(cfg), "stages": {}}
+    world = World(config=to_dict(cfg))
     if not set(cfg.stages) & {"target", "draft", "prm"}:
         # measure only: the training record of the run in `out` that made the checkpoints
-        world["stages"] = {
+        world.stages = {
             name: json.loads((out / f"{name}.done.json").read_text())
             for name in ("target", "draft", "prm")
             if (out / f"{name}.done.json").is_file()
         }
         data = out / "data/prm_train.jsonl"
         if data.is_file():
-            world["prm_data"] = prm_data_summary([json.loads(line) for line in data.read_text().splitlines()])
-        if world["stages"]:
-            world["train_wall_s"] = sum(st["wall_s"] for st in world["stages"].values())
+            world.prm_data = prm_data_summary([json.loads(line) for line in data.read_text().splitlines()])
+        if world.stages:
+            world.train_wall_s = sum(st["wall_s"] for st in world.stages.values())
     else:
         train_world(cfg, out, world)
-        world["train_wall_s"] = sum(st["wall_s"] for st in world["stages"].values())
-        world["wall_s_this_run"] = time.perf_counter() - t_start
+        world.train_wall_s = sum(st["wall_s"] for st in world.stages.values())
+        world.wall_s_this_run = time.perf_counter() - t_start
     if "measure" not in cfg.stages:
         return 0
     measure_world(cfg, out, assets, world)
-    world["total_wall_s"] = time.perf_counter() - t_start
-    (assets / "world.json").write_text(json.dumps(world, indent=1))
+    world.total_wall_s = time.perf_counter() - t_start
+    world.save(assets / "world.json")
+    record = world.to_json()
     summary = {
-        k: world.get(k)
+        k: record.get(k)
         for k in (
             "parameters",
             "latency_s_per_token",
@@ -573,15 +709,16 @@ def main(argv: Sequence[str] | None = None) -> int:
             "total_wall_s",
         )
     }
-    summary["prm_auc_draft_samples"] = world["prm_auc_draft_samples"]["auc"]
-    summary["prm_auc_target_samples"] = world["prm_auc_target_samples"]["auc"]
-    summary["latency_ratio_range"] = world["latency_ratio_range"]
+    summary["prm_auc_draft_samples"] = record["prm_auc_draft_samples"]["auc"]
+    summary["prm_auc_target_samples"] = record["prm_auc_target_samples"]["auc"]
+    summary["latency_ratio_range"] = record["latency_ratio_range"]
     print(json.dumps(summary, indent=1))
     return 0
 
 
-def train_world(cfg: ToyWorldConfig, out: Path, world: dict[str, Any]) -> None:
-    """Stages 1-7: data, tokenizer, models, and the three trainings (checkpoints in ``out/{target,draft,prm}``)."""
+def train_world(cfg: ToyWorldConfig, out: Path, world: World) -> None:
+    """Stages 1-6: data, tokenizer, models, and the three trainings (checkpoints in ``out/{target,draft,prm}``);
+    each stage's metrics into ``world.stages``."""
     from transformers import AutoModelForCausalLM
 
     from train import draft as draft_recipe
@@ -594,7 +731,7 @@ def train_world(cfg: ToyWorldConfig, out: Path, world: dict[str, Any]) -> None:
     )
     sft = write_jsonl(out / "data/sft_target.jsonl", toymath.sft_rows(train[: cfg.target.train_problems]))
 
-    # 2-3. Tokenizer and random models.
+    # 2. The character-level tokenizer.  3. Random models from configs, saved as local folders.
     tok = make_tokenizer()
     params = {
         "target": init_model(cfg.target.shape, tok, cfg.seed + 1, out / "init/target"),
@@ -604,7 +741,7 @@ def train_world(cfg: ToyWorldConfig, out: Path, world: dict[str, Any]) -> None:
 
     # 4. Target: SFT on reference solutions (train.draft, mode sft, the target as its own proxy teacher).
     proxy = {"eval_prompts": 4, "proxy_max_new_tokens": 32, "proxy_batch_size": 4}
-    world["stages"]["target"] = run_recipe(
+    world.stages["target"] = run_recipe(
         draft_recipe,
         out,
         "target",
@@ -630,7 +767,7 @@ def train_world(cfg: ToyWorldConfig, out: Path, world: dict[str, Any]) -> None:
         {"prompt": p.prompt} for p in train[k : k + cfg.draft.target_written]
     ]
     draft_data = write_jsonl(out / "data/sft_draft.jsonl", rows)
-    world["stages"]["draft"] = run_recipe(
+    world.stages["draft"] = run_recipe(
         draft_recipe,
         out,
         "draft",
@@ -651,7 +788,8 @@ def train_world(cfg: ToyWorldConfig, out: Path, world: dict[str, Any]) -> None:
         reuse="draft" not in cfg.stages,
     )
 
-    # 6. PRM data: generator rows with plausible errors + the draft's and target's own samples, labelled exactly.
+    # 6. The PRM. Its data: generator rows with plausible errors + the draft's and target's own samples, labelled
+    # exactly.
     rng = np.random.default_rng(cfg.seed)
     pool = train[n_train:]
     syn = pool[: cfg.prm.synthetic_rows]
@@ -668,10 +806,9 @@ def train_world(cfg: ToyWorldConfig, out: Path, world: dict[str, Any]) -> None:
     order = rng.permutation(len(prm_train))
     prm_train_path = write_jsonl(out / "data/prm_train.jsonl", [prm_train[i] for i in order])
     prm_eval_path = write_jsonl(out / "data/prm_eval.jsonl", prm_eval)
-    world["prm_data"] = prm_data_summary(prm_train)
-    print(f"[toyworld] PRM data: {world['prm_data']}", flush=True)
-
-    # 7. PRM: token classification on those rows, initialized from the trained target (or from scratch).
+    world.prm_data = prm_data_summary(prm_train)
+    print(f"[toyworld] PRM data: {world.prm_data}", flush=True)
+    # Its training: token classification on those rows, initialized from the trained target (or from scratch).
     if cfg.prm.init == "target" and cfg.prm.init_layers:
         params["prm"] = resized_copy(out / "target", cfg.prm.init_layers, out / "init/prm")
         prm_init = out / "init/prm"
@@ -680,7 +817,7 @@ def train_world(cfg: ToyWorldConfig, out: Path, world: dict[str, Any]) -> None:
     else:
         params["prm"] = init_model(cfg.prm.shape, tok, cfg.seed + 3, out / "init/prm")
         prm_init = out / "init/prm"
-    world["stages"]["prm"] = run_recipe(
+    world.stages["prm"] = run_recipe(
         prm_recipe,
         out,
         "prm",
@@ -699,40 +836,40 @@ def train_world(cfg: ToyWorldConfig, out: Path, world: dict[str, Any]) -> None:
         ),
         reuse="prm" not in cfg.stages,
     )
-    world["parameters"] = params
+    world.parameters = params  # at initialization; stage 7 counts the saved checkpoints
 
 
-def prm_data_summary(rows: Sequence[dict[str, Any]]) -> dict[str, Any]:
+def prm_data_summary(rows: Sequence[dict[str, Any]]) -> PrmData:
     """Rows, labelled steps and the fraction of correct steps of the PRM's training rows."""
     labels = [y for r in rows for y in r["labels"]]
-    return {"rows": len(rows), "steps": len(labels), "correct_fraction": float(np.mean(labels))}
+    return PrmData(rows=len(rows), steps=len(labels), correct_fraction=float(np.mean(labels)))
 
 
-def measure_world(cfg: ToyWorldConfig, out: Path, assets: Path, world: dict[str, Any]) -> None:
-    """Stage 8: save the checkpoints in bf16 under ``assets`` and measure them as the search loads them."""
+def measure_world(cfg: ToyWorldConfig, out: Path, assets: Path, world: World) -> None:
+    """Stage 7: save the checkpoints in bf16 under ``assets`` and measure them as the search loads them."""
     import torch
     from transformers import AutoModelForCausalLM, AutoModelForTokenClassification, AutoTokenizer
 
     from specs_rl.models.prm_format import PrmFormat
 
-    # 8. Save in bf16 and measure the saved checkpoints the way the search loads them (float32 on the CPU).
+    # 7. Save in bf16 and measure the saved checkpoints the way the search loads them (float32 on the CPU).
     assets.mkdir(parents=True, exist_ok=True)
     sizes = {
         name: save_bf16(out / name, assets / name, head)
         for name, head in (("target", "causal_lm"), ("draft", "causal_lm"), ("prm", "token_classification"))
     }
-    world["checkpoint_bytes"] = sizes
+    world.checkpoint_bytes = sizes
     models = {
         n: AutoModelForCausalLM.from_pretrained(assets / n, dtype=torch.float32).eval()
         for n in ("target", "draft")
     }
     prm = AutoModelForTokenClassification.from_pretrained(assets / "prm", dtype=torch.float32).eval()
     tok = AutoTokenizer.from_pretrained(assets / "target")
-    world["parameters"] = {
+    world.parameters = {
         n: sum(p.numel() for p in m.parameters()) for n, m in {**models, "prm": prm}.items()
     }  # of the saved checkpoints: right whichever stages this run trained
-    world["shapes"] = {n: to_dict(getattr(cfg, n).shape) for n in ("target", "draft")}
-    world["shapes"]["prm"] = {
+    world.shapes = {n: to_dict(getattr(cfg, n).shape) for n in ("target", "draft")}
+    world.shapes["prm"] = {
         k: getattr(prm.config, k) for k in ("hidden_size", "num_hidden_layers", "intermediate_size")
     }
 
@@ -743,48 +880,57 @@ def measure_world(cfg: ToyWorldConfig, out: Path, assets: Path, world: dict[str,
     lat = step_latency(
         {n: assets / n for n in ("draft", "target")}, test, m.latency_tokens, m.latency_repeats
     )
-    world["latency_s_per_token"] = lat["per_token_s"]
-    world["latency_range_s_per_token"] = lat["per_token_range_s"]
-    world["latency_ratio_draft_over_target"] = lat["ratios"][
+    world.latency_s_per_token = lat["per_token_s"]
+    world.latency_range_s_per_token = lat["per_token_range_s"]
+    world.latency_ratio_draft_over_target = lat["ratios"][
         "draft/target"
     ]  # paired: median of per-repeat ratios
-    world["latency_ratio_range"] = lat["ratio_ranges"]["draft/target"]
-    world["latency_repeats"] = lat["repeats"]
-    world["accuracy_greedy"] = {}
-    for n, model in models.items():
-        acc, _, answer_acc = accuracy(model, tok, test[: m.test_problems])
-        world["accuracy_greedy"][n] = acc
-        world["accuracy_greedy"][f"{n}_answer_only"] = answer_acc
-    world["accuracy_greedy"]["test_problems"] = m.test_problems
+    world.latency_ratio_range = lat["ratio_ranges"]["draft/target"]
+    world.latency_repeats = lat["repeats"]
+    acc = {n: accuracy(model, tok, test[: m.test_problems]) for n, model in models.items()}
+    world.accuracy_greedy = GreedyAccuracy(
+        target=acc["target"][0],
+        target_answer_only=acc["target"][2],
+        draft=acc["draft"][0],
+        draft_answer_only=acc["draft"][2],
+        test_problems=m.test_problems,
+    )
     # PRM AUC on each model's own samples (the steps SPECS and beam search propose) on held-out problems.
     fmt = PrmFormat.load(assets / "prm")
     auc_probs = [p for p in test[: m.auc_problems] for _ in range(m.auc_samples)]
     for name, seed in (("draft", cfg.seed + 13), ("target", cfg.seed + 14)):
         flat_s, flat_y = scored_samples(models[name], prm, tok, auc_probs, fmt, m.auc_temperature, seed)
-        world[f"prm_auc_{name}_samples"] = {
-            "auc": auc(flat_s, flat_y),
-            "problems": m.auc_problems,
-            "samples_per_problem": m.auc_samples,
-            "temperature": m.auc_temperature,
-            "steps": len(flat_y),
-            "correct_fraction": float(np.mean(flat_y)),
-            "step_accuracy_at_0.5": float(np.mean((np.asarray(flat_s) >= 0.5) == np.asarray(flat_y))),
-        }
+        record = PrmAuc(
+            auc=auc(flat_s, flat_y),
+            problems=m.auc_problems,
+            samples_per_problem=m.auc_samples,
+            temperature=m.auc_temperature,
+            steps=len(flat_y),
+            correct_fraction=float(np.mean(flat_y)),
+            step_accuracy_at_half=float(np.mean((np.asarray(flat_s) >= 0.5) == np.asarray(flat_y))),
+        )
+        if name == "draft":
+            world.prm_auc_draft_samples = record
+        else:
+            world.prm_auc_target_samples = record
 
     # The fixed set the tests recompute: greedy correctness, and each model's samples (seeded) with their AUC.
     fixed = test[: m.fixed_problems]
-    world["fixed_set"] = {
-        "split": "test",
-        "problems": [p.prompt for p in fixed],
-        "greedy_correct": {n: accuracy(models[n], tok, fixed)[1] for n in ("target", "draft")},
-        "sample_seed": FIXED_SAMPLE_SEED,
-        "temperature": m.auc_temperature,
+    correct = {n: accuracy(models[n], tok, fixed)[1] for n in ("target", "draft")}
+    fixed_aucs = {
+        n: fixed_auc(models[n], prm, tok, fixed, fmt, m.auc_temperature) for n in ("target", "draft")
     }
-    for n in ("target", "draft"):
-        world["fixed_set"][f"accuracy_{n}"] = float(np.mean(world["fixed_set"]["greedy_correct"][n]))
-        world["fixed_set"][f"prm_auc_{n}_samples"] = fixed_auc(
-            models[n], prm, tok, fixed, fmt, m.auc_temperature
-        )
+    world.fixed_set = FixedSet(
+        split="test",
+        problems=[p.prompt for p in fixed],
+        greedy_correct=correct,
+        sample_seed=FIXED_SAMPLE_SEED,
+        temperature=m.auc_temperature,
+        accuracy_target=float(np.mean(correct["target"])),
+        prm_auc_target_samples=fixed_aucs["target"],
+        accuracy_draft=float(np.mean(correct["draft"])),
+        prm_auc_draft_samples=fixed_aucs["draft"],
+    )
 
 
 FIXED_SAMPLE_SEED = 1234

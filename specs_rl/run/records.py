@@ -54,7 +54,9 @@ class ResultsWriter:
     """Append-only JSONL, one line per problem, flushed and fsynced, so a crash loses at most the problem in flight.
 
     Opening an existing file reads the records already there (``done``); a corrupt last line (a write cut by a
-    crash) is dropped with a warning and the file truncated to the last good line.
+    crash) is dropped with a warning and the file truncated to the last good line. A complete last record that
+    lacks its newline (a crash between the record and its ``\n``) is kept and its line finished, so the next record
+    starts a line of its own.
     """
 
     def __init__(self, path: str | Path) -> None:
@@ -63,6 +65,10 @@ class ResultsWriter:
             read_results(self.path, repair=True) if self.path.exists() else []
         )
         self._fh = self.path.open("a", encoding="utf-8")
+        if _lacks_final_newline(self.path):
+            self._fh.write("\n")
+            self._fh.flush()
+            os.fsync(self._fh.fileno())
 
     @property
     def done(self) -> set[tuple[str, str, str, str]]:
@@ -82,6 +88,16 @@ class ResultsWriter:
 
     def __exit__(self, *exc: object) -> None:
         self.close()
+
+
+def _lacks_final_newline(path: Path) -> bool:
+    """True when the file is not empty and its last byte is not ``\n``."""
+    with path.open("rb") as fh:
+        fh.seek(0, os.SEEK_END)
+        if fh.tell() == 0:
+            return False
+        fh.seek(-1, os.SEEK_END)
+        return fh.read(1) != b"\n"
 
 
 def read_results(path: str | Path, *, repair: bool = False) -> list[dict[str, Any]]:

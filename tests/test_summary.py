@@ -1,0 +1,98 @@
+"""The headline numbers on hand-computed records: the Wilson interval, the per-repeat latency ratio (median and range
+of each seed's mean latency over the reference's mean for the same seed) beside the pooled ratio, and the table cell
+that prints them. No data files, no models."""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+
+from specs_rl.run.report import format_table
+from specs_rl.run.summary import (
+    LATENCY_RATIOS,
+    REFERENCE,
+    REPEAT_RATIO,
+    aggregate_rows,
+    summary_rows,
+    wilson_interval,
+)
+from specs_rl.types import STAGES, TOKEN_KINDS
+
+
+def _rec(method: str, seed: int, i: int, total: float, correct: bool) -> dict:
+    return {
+        "id": f"p{i}",
+        "method": method,
+        "n": 4,
+        "seed": seed,
+        "correct": correct,
+        "steps": [{"source": "target"}],
+        "latency_s": {**dict.fromkeys(STAGES, 0.0), "total": total},
+        "tokens": dict.fromkeys(TOKEN_KINDS, 0),
+        "deferrals": 0,
+    }
+
+
+# seed -> (reference latencies, specs latencies): per-seed mean ratios 1/2, 3/4, 1/1
+LATENCIES = {1: ([1.0, 3.0], [1.0, 1.0]), 2: ([4.0, 4.0], [3.0, 3.0]), 3: ([1.0, 1.0], [0.5, 1.5])}
+
+
+def _records() -> list[dict]:
+    recs = []
+    for seed, (ref, spec) in LATENCIES.items():
+        recs += [_rec(REFERENCE, seed, i, t, correct=True) for i, t in enumerate(ref)]
+        recs += [_rec("specs", seed, i, t, correct=i == 0 or seed == 2) for i, t in enumerate(spec)]
+    return recs
+
+
+def test_wilson_interval_by_hand():
+    # 8 of 10: p = 0.8, z^2 = 3.8415; centre = (0.8 + z^2/20) / (1 + z^2/10) = 0.71674,
+    # half = z sqrt(0.016 + z^2/400) / (1 + z^2/10) = 0.22658 -> [0.4902, 0.9433]
+    lo, hi = wilson_interval(8, 10)
+    assert lo == pytest.approx(0.49016, abs=1e-4) and hi == pytest.approx(0.94332, abs=1e-4)
+    lo, hi = wilson_interval(0, 10)  # clipped at 0; upper = z^2/10 / (1 + z^2/10) = 0.27753
+    assert lo == 0.0 and hi == pytest.approx(0.27753, abs=1e-4)
+    lo, hi = wilson_interval(10, 10)
+    assert hi == pytest.approx(1.0) and lo == pytest.approx(1 - 0.27753, abs=1e-4)
+    assert all(math.isnan(x) for x in wilson_interval(0, 0))
+
+
+def test_per_repeat_ratio_is_the_median_and_range_of_per_seed_ratios():
+    recs = _records()
+    rows = summary_rows(recs)
+    agg = {a["method"]: a for a in aggregate_rows(recs, rows)}
+    spec, ref = agg["specs"], agg[REFERENCE]
+    # per seed: 1.0 / 2.0, 3.0 / 4.0, 1.0 / 1.0
+    rep = spec[REPEAT_RATIO]
+    assert rep["values"] == pytest.approx([0.5, 0.75, 1.0])
+    assert (rep["median"], rep["min"], rep["max"], rep["repeats"]) == pytest.approx((0.75, 0.5, 1.0, 3))
+    # pooled: mean 10/6 over mean 14/6 = 5/7 (not the median of the per-seed ratios)
+    assert spec[LATENCY_RATIOS["latency_mean_s"]] == pytest.approx(5 / 7)
+    # pooled p50: median(0.5, 1, 1, 1.5, 3, 3) = 1.25 over median(1, 1, 1, 3, 4, 4) = 2
+    assert spec[LATENCY_RATIOS["latency_p50_s"]] == pytest.approx(0.625)
+    assert ref[REPEAT_RATIO]["values"] == [1.0, 1.0, 1.0] and ref[LATENCY_RATIOS["latency_mean_s"]] == 1.0
+    # accuracy pooled over seeds 4/6 with its Wilson interval; per seed 1/2, 2/2, 1/2 -> std 0.2887
+    assert spec["accuracy"] == pytest.approx(4 / 6)
+    assert spec["accuracy_ci"] == pytest.approx(list(wilson_interval(4, 6)))
+    assert spec["accuracy_seed_std"] == pytest.approx(0.288675, abs=1e-6)
+    assert spec["seeds"] == [1, 2, 3]
+    # the table cell: pooled ratio, then the median [min, max] of the repeats and their count
+    table = format_table([spec], aggregate=True)
+    assert "0.71x (med 0.75 [0.50,1.00] k=3)" in table
+
+
+def test_per_repeat_ratio_pairs_each_seed_with_the_same_seed_of_the_reference():
+    recs = _records()
+    # a seed the reference did not run has no ratio; the others keep theirs
+    recs += [_rec("specs", 9, 0, 5.0, correct=False)]
+    rows = summary_rows(recs)
+    spec = next(a for a in aggregate_rows(recs, rows) if a["method"] == "specs")
+    assert spec[REPEAT_RATIO]["values"] == pytest.approx([0.5, 0.75, 1.0])
+    # one repeat: the cell shows the pooled ratio alone
+    one = [r for r in _records() if r["seed"] == 2]
+    spec = next(a for a in aggregate_rows(one, summary_rows(one)) if a["method"] == "specs")
+    assert spec[REPEAT_RATIO]["repeats"] == 1 and spec[REPEAT_RATIO]["median"] == pytest.approx(0.75)
+    assert "0.75x" in format_table([spec], aggregate=True) and "med" not in format_table(
+        [spec], aggregate=True
+    )
