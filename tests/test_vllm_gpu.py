@@ -67,3 +67,41 @@ def test_a_vllm_build_that_does_not_match_the_machine_is_refused_in_one_line(mon
     assert visible_gpus() == ["2", "3"]
     monkeypatch.setenv("CUDA_VISIBLE_DEVICES", "")
     assert visible_gpus() == []
+
+
+def test_start_all_waits_for_each_wave_before_starting_the_next(monkeypatch) -> None:
+    from specs_rl.vllm import server
+
+    events: list[tuple[str, ...]] = []
+
+    class Fake:
+        def __init__(self, spec):
+            self.spec = spec
+
+        def stop(self):
+            events.append(("stop", self.spec.part))
+
+    monkeypatch.setattr(server, "start", lambda spec, **kw: events.append(("start", spec.part)) or Fake(spec))
+    monkeypatch.setattr(
+        server, "wait_ready", lambda ss, t: events.append(("ready", *[s.spec.part for s in ss]))
+    )
+    specs = [server.LaunchSpec(p, "ckpt", p) for p in ("vllm.target", "vllm.prm", "vllm.draft")]
+    out = server.start_all(specs, waves=[[0, 1], [2]], threads_bind="0")
+    assert [s.spec.part for s in out] == ["vllm.target", "vllm.prm", "vllm.draft"]
+    assert events == [
+        ("start", "vllm.target"),
+        ("start", "vllm.prm"),
+        ("ready", "vllm.target", "vllm.prm"),
+        ("start", "vllm.draft"),
+        ("ready", "vllm.draft"),
+    ]
+    # a wave that fails to come up stops every server started so far, and starts no later wave
+    events.clear()
+
+    def fail(ss, t):
+        raise server.SpecsError("no answer")
+
+    monkeypatch.setattr(server, "wait_ready", fail)
+    with pytest.raises(server.SpecsError):
+        server.start_all(specs, waves=[[0], [1, 2]], threads_bind="0")
+    assert events == [("start", "vllm.target"), ("stop", "vllm.target")]

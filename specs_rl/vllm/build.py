@@ -209,16 +209,28 @@ def _served_prm_reading(vc: VLLMConfig, hf: ModelsConfig) -> tuple[Any, Any, str
 
 
 def _start(vc: VLLMConfig, specs: list[Any]) -> list[Any]:
-    """Start the distinct servers of ``specs`` together (a draft that is also the target shares one)."""
-    from specs_rl.vllm.server import check_python, start_all
+    """Start the distinct servers of ``specs`` (a draft that is also the target shares one): servers that share a
+    GPU one after another, each with its explicit memory share, others together (:mod:`specs_rl.vllm.gpu`). The
+    vLLM build must match the machine (no CPU build beside visible GPUs, no CUDA build without them); both checks
+    run before the first server starts."""
+    from specs_rl.vllm.gpu import Placement, check_build, check_shares, start_waves, visible_gpus
+    from specs_rl.vllm.server import check_python, is_cpu_build, start_all
 
     python = vc.python or default_python()
     check_python(python)
     unique: dict[tuple, Any] = {}
     for spec in specs:
         unique.setdefault(spec.key(), spec)
+    todo = list(unique.values())
+    visible = visible_gpus()
+    check_build(is_cpu_build(python), python, visible)
+    placements = [
+        Placement(s.part, s.devices, s.tensor_parallel_size, s.gpu_memory_utilization) for s in todo
+    ]
+    check_shares(placements, visible)
     return start_all(
-        list(unique.values()),
+        todo,
+        waves=start_waves(placements, visible),
         timeout_s=vc.start_timeout_s,
         python=python,
         host=vc.host,

@@ -374,17 +374,27 @@ def wait_ready(servers: list[Server], timeout_s: float, poll_s: float = 0.5) -> 
             time.sleep(poll_s)
 
 
-def start_all(specs: list[LaunchSpec], *, timeout_s: float = 900.0, **kw: Any) -> list[Server]:
-    """Start every server at once and wait until all answer (their start-ups overlap)."""
-    servers = []
+def start_all(
+    specs: list[LaunchSpec],
+    *,
+    timeout_s: float = 900.0,
+    waves: list[list[int]] | None = None,
+    **kw: Any,
+) -> list[Server]:
+    """Start the servers and wait until all answer. ``waves`` (:func:`specs_rl.vllm.gpu.start_waves`): the servers
+    of a wave start together and each wave waits until the previous one answers (servers sharing a GPU load one at
+    a time); None = one wave, every start-up overlapping (CPU servers)."""
+    servers: list[Server | None] = [None] * len(specs)
     bind = kw.pop("threads_bind", "spread")
     binds = spread_cores(len(specs)) if bind == "spread" else [bind] * len(specs)
     try:
-        for spec, b in zip(specs, binds):
-            servers.append(start(spec, threads_bind=b, **kw))
+        for wave in waves if waves is not None else [list(range(len(specs)))]:
+            for i in wave:
+                servers[i] = start(specs[i], threads_bind=binds[i], **kw)
+            wait_ready([servers[i] for i in wave], timeout_s)
     except BaseException:
         for s in servers:
-            s.stop()
+            if s is not None:
+                s.stop()
         raise
-    wait_ready(servers, timeout_s)
-    return servers
+    return [s for s in servers if s is not None]
