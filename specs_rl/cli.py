@@ -37,7 +37,10 @@ COMMANDS: dict[str, tuple[str, str]] = {
         "eval.prm_score",
         "a PRM's reward for every step of JSONL solutions (the kind it was read as and the text on stderr)",
     ),
-    "plan": ("eval.plan", "what a run will need (models, sizes, memory per device, servers, work) without loading"),
+    "plan": (
+        "eval.plan",
+        "what a run will need (models, sizes, memory per device, servers, work) without loading",
+    ),
     "serve": ("eval.serve", "start the vLLM servers a run config needs, print their URLs, stop them on exit"),
     "theory converge": ("theory.converge", "exact convergence of SPECS to the KL-regularized optimum"),
     "theory real": ("theory.real_task", "the convergence check with real models"),

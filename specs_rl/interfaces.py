@@ -227,6 +227,9 @@ class SearchParts:
     answer_of: Callable[[Trace], str] = _identity_answer
     # the target judge (SpecReason's judge: target); None where the backend has none
     judge: StepJudge | None = None
+    # k -> a target sampler that writes by exact speculative sampling with the drafter (SearchConfig
+    # .speculative_tokens); None where the backend has no token-level parts
+    speculative_target: Callable[[int], StepSampler] | None = None
 
 
 @dataclass

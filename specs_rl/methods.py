@@ -100,6 +100,9 @@ METHOD_PRESETS: dict[str, dict[str, Any]] = {
     "rsd": {"strategy": "rsd"},
     "specreason": SPECREASON,
     "target_only": {"strategy": "target_only"},
+    # target_sd: the target alone, its tokens written by exact speculative sampling with the draft (Leviathan et al.
+    # 2023, Chen et al. 2023): lossless, so its law is target_only's; the baseline every serving stack offers
+    "target_sd": {"strategy": "target_only", "speculative_tokens": 3},
     "draft_only": {"strategy": "draft_only"},
     # ablations of the exact form, and of the authors' form (the paper's ablations, configs/eval/*_qwen25.yaml)
     "specs_no_target": _ablation(SPECS, score_form="reward_only"),

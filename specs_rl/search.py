@@ -15,6 +15,7 @@ accepted and shared by every problem (one stream: then the results depend on the
 
 from __future__ import annotations
 
+import dataclasses
 import math
 from collections import defaultdict
 from collections.abc import Callable, Sequence
@@ -604,4 +605,18 @@ def run_search(
     """Dispatch on ``config.strategy``. ``generators``: one per problem, aligned with ``problems`` (a problem's
     draws come from its own generator only), or one generator shared by all."""
     config.validate()
+    if config.speculative_tokens:
+        parts = with_speculative_target(parts, config.speculative_tokens)
     return STRATEGIES[config.strategy](problems, config, parts, generators)
+
+
+def with_speculative_target(parts: SearchParts, k: int) -> SearchParts:
+    """``parts`` whose target writes by speculative sampling with the drafter, ``k`` draft tokens a round; a
+    :class:`SpecsError` where the backend has no token-level parts (the tabular world is step-level: a token rule
+    has nothing to act on there; vLLM speculates inside its server, ``--speculative-config``)."""
+    if parts.speculative_target is None:
+        raise SpecsError(
+            "speculative_tokens needs a backend with token-level parts (backend: hf); on vLLM start the target "
+            "server with --speculative-config (a GPU build: the CPU build 0.32.0 samples wrongly at T > 0)"
+        )
+    return dataclasses.replace(parts, target=parts.speculative_target(k))

@@ -414,3 +414,43 @@ def test_each_prefix_draws_from_its_own_generator(sparts):
         (single,) = sparts.target.propose([t], 3, [gen(20 + i)])
         assert [(c.token_ids, c.speculation) for c in row] == [(c.token_ids, c.speculation) for c in single]
     assert [c.token_ids for c in both[0]] != [c.token_ids for c in both[2]]
+
+
+def test_the_target_sd_preset_runs_target_only_with_speculative_steps_on_the_toy_world(tmp_path) -> None:
+    """target_sd = target_only with speculative_tokens 3: its records carry the acceptance counts, target_only's
+    none; the same problems' answers may differ (another draw of the same law), the step sources are the target's."""
+    import json
+
+    from eval import compare, demo
+
+    out = tmp_path / "sd"
+    argv = ["methods=[target_only,target_sd]", "n_grid=[4]", "seeds=[0]", "data.limit=3", f"out={out}"]
+    argv += ["wandb=false", "plot=false", "progress=false", "warmup=0"]
+    assert compare.run(demo.demo_config(argv)) == 0
+    recs = [json.loads(x) for x in (out / "results.jsonl").read_text().splitlines()]
+    by = {m: [r for r in recs if r["method"] == m] for m in ("target_only", "target_sd")}
+    assert len(by["target_only"]) == len(by["target_sd"]) == 3
+    assert all(r["strategy"] == "target_only" for r in recs)
+    assert all(r["tokens"]["target_proposed"] == 0 for r in by["target_only"])
+    for r in by["target_sd"]:
+        t = r["tokens"]
+        assert t["target_rounds"] > 0 and 0 <= t["target_accepted"] <= t["target_proposed"] <= 3 * t["target_rounds"]
+        assert r["acceptance_length"] == pytest.approx(1 + t["target_accepted"] / t["target_rounds"])
+        assert all(s["source"] == "target" for s in r["steps"])
+
+
+def test_speculative_tokens_on_a_backend_without_token_level_parts_is_refused_before_loading(capsys) -> None:
+    from eval import compare, search
+
+    from .conftest import REPO
+
+    tab = str(REPO / "configs" / "eval" / "tabular.yaml")
+    assert compare.main(["--config", tab, "methods=[target_only,target_sd]", "out=/nonexistent/x"]) == 2
+    err = capsys.readouterr().err
+    assert "method target_sd writes target tokens by speculative sampling, which needs backend: hf" in err
+    assert "step-level" in err and err.count("\n") == 1
+    tab = str(REPO / "configs" / "search" / "tabular.yaml")
+    assert search.main(["--config", tab, "method=target_sd", "out=/nonexistent/y"]) == 2
+    assert "needs backend: hf" in capsys.readouterr().err
+    with pytest.raises(ValueError, match="speculative_tokens must be >= 0"):
+        SearchConfig(speculative_tokens=-1).validate()

@@ -111,6 +111,7 @@ def build_parts(cfg: ModelsConfig, clock: Clock | None = None) -> SearchParts:
             ignore_eos=cfg.target.ignore_eos,
             **step,
         )
+        plain_target = target
         if cfg.target.speculative_tokens:  # the target writes by speculative sampling with the draft
             if not lm_t.native:
                 raise ValueError(
@@ -121,9 +122,19 @@ def build_parts(cfg: ModelsConfig, clock: Clock | None = None) -> SearchParts:
     except ValueError as e:
         raise SpecsError(str(e)) from None
     prm = build_prm(cfg.prm, cfg.cache_prompts)
+
+    def speculative_target(k: int) -> SpeculativeSampler:
+        """The target writing by speculative sampling with the draft, k tokens a round (a method's
+        ``speculative_tokens``, e.g. the target_sd preset), on the models already loaded."""
+        try:
+            return SpeculativeSampler(drafter, plain_target, k)
+        except ValueError as e:
+            raise SpecsError(str(e)) from None
+
     return SearchParts(
         drafter=drafter,
         target=target,
+        speculative_target=speculative_target,
         scorer=HFScorer(lm_t, source=lm_d),
         prm=prm,
         clock=clock or WallClock(),

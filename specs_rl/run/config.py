@@ -90,6 +90,20 @@ class SearchRunConfig:
                     f"{key} or pick a method that runs with it"
                 )
         try:
-            return preset(search, self.method)
+            cfg = preset(search, self.method)
         except SpecsError as e:
             raise ConfigError(str(e)) from None
+        if cfg.speculative_tokens and self.run.backend != "hf":
+            raise ConfigError(speculative_refusal(self.method, self.run.backend))
+        return cfg
+
+
+def speculative_refusal(method: str, backend: str) -> str:
+    """The one-line refusal of a method with ``speculative_tokens`` on a backend without token-level parts."""
+    why = (
+        "the tabular world is step-level: a token-level rule has nothing to act on there"
+        if backend == "tabular"
+        else "vLLM speculates inside its server (--speculative-config, a GPU build: the CPU build 0.32.0 samples "
+        "wrongly at T > 0)"
+    )
+    return f"method {method} writes target tokens by speculative sampling, which needs backend: hf ({why})"

@@ -23,7 +23,7 @@ from specs_rl.errors import SpecsError
 from specs_rl.interfaces import Task
 from specs_rl.methods import MATCHED_FRACTION, METHOD_PRESETS, preset, shared_clash, uses_n
 from specs_rl.progress import progress_bar
-from specs_rl.run.config import RunConfig
+from specs_rl.run.config import RunConfig, speculative_refusal
 from specs_rl.run.records import ResultsWriter, problem_seed, record_key, result_record
 from specs_rl.run.report import REPORT_KEYS, ReportConfig
 from specs_rl.run.summary import target_step_fraction
@@ -222,6 +222,9 @@ def plan_runs(cfg: CompareConfig) -> list[PlannedRun]:
                 runs.append(
                     plan_run(search, name, n, seed, grid.method_settings.get(name), n_free=min(grid.n_grid))
                 )
+    token_level = sorted({r.method for r in runs if r.config.speculative_tokens})
+    if token_level and cfg.run.backend != "hf":
+        raise ConfigError(speculative_refusal(token_level[0], cfg.run.backend))
     return runs
 
 
