@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import logging
 
+import pytest
 import torch
 
 from specs_rl.hf import cascade
@@ -77,3 +78,23 @@ def test_group_by_state_groups_by_identity_in_order_of_first_appearance():
     assert [id(g) for g in groups] == [id(b), id(a), id(c)]
     assert row_group == [0, 1, 0, 2, 1]
     assert group_by_state([]) == ([], [])
+
+
+def test_cuda_n_devices_are_accepted_and_checked_against_the_visible_gpus(monkeypatch) -> None:
+    import torch
+
+    from specs_rl.errors import SpecsError
+    from specs_rl.hf.load import resolve_device
+    from specs_rl.models import ModelSpec
+
+    ModelSpec(device="cuda:1").validate("hf.target")
+    with pytest.raises(ValueError, match=r"hf.target.device must be one of .* or cuda:N, got 'cuda1'"):
+        ModelSpec(device="cuda1").validate("hf.target")
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: 2)
+    assert resolve_device("cuda:1") == torch.device("cuda", 1)
+    with pytest.raises(SpecsError, match=r"device cuda:2 was asked for but only 2 CUDA device"):
+        resolve_device("cuda:2")
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    with pytest.raises(SpecsError, match="device cuda:0 was asked for but CUDA is not available"):
+        resolve_device("cuda:0")

@@ -26,8 +26,13 @@ def resolve_device(device: str) -> torch.device:
         if getattr(torch.backends, "mps", None) is not None and torch.backends.mps.is_available():
             return torch.device("mps")
         return torch.device("cpu")
-    if device == "cuda" and not torch.cuda.is_available():
-        raise SpecsError("device cuda was asked for but CUDA is not available (use device: auto or cpu)")
+    if device.startswith("cuda") and not torch.cuda.is_available():
+        raise SpecsError(f"device {device} was asked for but CUDA is not available (use device: auto or cpu)")
+    if device.startswith("cuda:") and int(device[5:]) >= torch.cuda.device_count():
+        raise SpecsError(
+            f"device {device} was asked for but only {torch.cuda.device_count()} CUDA device(s) are visible "
+            "(cuda:0 .. cuda:N-1 of CUDA_VISIBLE_DEVICES)"
+        )
     if device == "mps" and not (getattr(torch.backends, "mps", None) and torch.backends.mps.is_available()):
         raise SpecsError("device mps was asked for but MPS is not available (use device: auto or cpu)")
     return torch.device(device)

@@ -17,6 +17,7 @@ Model sources (``ModelSpec.name`` / ``PrmSpec.name``):
 from __future__ import annotations
 
 import math
+import re
 from dataclasses import dataclass, field
 
 from specs_rl.models.prm_format import AGGREGATES, STEP_REWARDS
@@ -83,8 +84,8 @@ def _validate_source(key: str, name: str, gguf_file: str | None, device: str, dt
             raise ValueError(f"{key}.gguf_file cannot be used with a tiny model")
     if gguf_file is not None and not gguf_file.endswith(".gguf"):
         raise ValueError(f"{key}.gguf_file must name a .gguf file, got {gguf_file!r}")
-    if device not in DEVICES:
-        raise ValueError(f"{key}.device must be one of {DEVICES}, got {device!r}")
+    if device not in DEVICES and not re.fullmatch(r"cuda:\d+", device):
+        raise ValueError(f"{key}.device must be one of {DEVICES} or cuda:N, got {device!r}")
     if dtype not in DTYPES:
         raise ValueError(f"{key}.dtype must be one of {DTYPES}, got {dtype!r}")
 
@@ -106,7 +107,10 @@ class ModelSpec:
     revision: str | None = field(default=None, metadata={"help": "hub revision (null: default branch)"})
     trust_remote_code: bool = field(default=False, metadata={"help": "allow model code from the hub repo"})
     device: str = field(
-        default="auto", metadata={"help": f"one of {DEVICES}; auto = cuda, then mps, then cpu (chosen here)"}
+        default="auto",
+        metadata={
+            "help": f"one of {DEVICES} or cuda:N (GPU N); auto = cuda, then mps, then cpu (chosen here)"
+        },
     )
     dtype: str = field(
         default="auto",
@@ -229,7 +233,8 @@ class PrmSpec:
         },
     )
     device: str = field(
-        default="auto", metadata={"help": f"one of {DEVICES}; auto as for the generators (chosen here)"}
+        default="auto",
+        metadata={"help": f"one of {DEVICES} or cuda:N; auto as for the generators (chosen here)"},
     )
     dtype: str = field(
         default="auto", metadata={"help": f"one of {DTYPES}; auto as for the generators (chosen here)"}
