@@ -420,3 +420,27 @@ def test_missing_model_files_are_one_line_errors(tmp_path):
 def test_log_probs_are_finite_and_non_positive(parts):
     out = parts.drafter.propose([Trace(PA)], 4, gen(11))
     assert all(math.isfinite(x) and x <= 0 for c in out[0] for x in c.logprobs)
+
+
+def test_the_suffix_mask_is_built_once_per_forward_and_shared_by_every_layer(parts, monkeypatch):
+    """Scoring candidates runs several query positions per row, so the suffix is masked: every layer of one forward
+    gets the very same mask tensor (built once, not expanded again per layer)."""
+    from specs_rl.hf import cascade
+
+    seen: list[
+        torch.Tensor
+    ] = []  # the tensors themselves: a freed tensor's id could be reused by the next one
+    real = cascade.attention_lse
+
+    def spy(q, k, v, mask, scale):
+        if mask is not None:
+            seen.append(mask)
+        return real(q, k, v, mask, scale)
+
+    monkeypatch.setattr(cascade, "attention_lse", spy)
+    traces = [Trace(PA), Trace(PB)]
+    cands = parts.drafter.propose(traces, 3, gen(0))
+    seen.clear()
+    parts.scorer.score(traces, cands)
+    layers = parts.scorer.lm.stack.num_layers
+    assert len(seen) >= layers and len({id(m) for m in seen}) <= len(seen) // layers

@@ -434,7 +434,10 @@ def test_the_target_sd_preset_runs_target_only_with_speculative_steps_on_the_toy
     assert all(r["tokens"]["target_proposed"] == 0 for r in by["target_only"])
     for r in by["target_sd"]:
         t = r["tokens"]
-        assert t["target_rounds"] > 0 and 0 <= t["target_accepted"] <= t["target_proposed"] <= 3 * t["target_rounds"]
+        assert (
+            t["target_rounds"] > 0
+            and 0 <= t["target_accepted"] <= t["target_proposed"] <= 3 * t["target_rounds"]
+        )
         assert r["acceptance_length"] == pytest.approx(1 + t["target_accepted"] / t["target_rounds"])
         assert all(s["source"] == "target" for s in r["steps"])
 

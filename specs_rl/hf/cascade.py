@@ -179,8 +179,34 @@ class CascadeContext:
             for kv in prefix_kv
         ]
         self.device = device
-        self.suffix_bias: torch.Tensor | None = None
+        self._bias: torch.Tensor | None = None
+        self._masks: dict[tuple, torch.Tensor] = {}
         self._index(list(row_group))
+
+    @property
+    def suffix_bias(self) -> torch.Tensor | None:
+        return self._bias
+
+    @suffix_bias.setter
+    def suffix_bias(self, bias: torch.Tensor | None) -> None:
+        self._bias = bias
+        self._masks = {}  # one forward's masks: rebuilt for the next forward's bias
+
+    def query_mask(self, rep: int, dtype: torch.dtype, kind: str) -> torch.Tensor | None:
+        """The suffix mask as the attention kernel takes it, built once per forward (not in every layer):
+        ``[B, 1, rep * q, s]``, each of a key head's ``rep`` query heads reading the same rows; on CUDA padded to
+        16-aligned rows, clamped to ``dtype``'s range and cast to it, as the memory-efficient kernel wants it."""
+        if self._bias is None:
+            return None
+        key = (rep, dtype, kind)
+        mask = self._masks.get(key)
+        if mask is None:
+            B, _, _, q, s = self._bias.shape  # noqa: N806
+            mask = self._bias.expand(B, 1, rep, q, s).reshape(B, 1, rep * q, s)
+            if kind == "cuda":
+                mask = cuda_bias(mask, dtype)
+            self._masks[key] = mask
+        return mask
 
     @classmethod
     def build(
@@ -209,6 +235,7 @@ class CascadeContext:
     def select_rows(self, index: torch.Tensor) -> None:
         """Keep only the rows in ``index`` (batch compaction)."""
         self._index([self.row_group[i] for i in index.tolist()])
+        self._masks = {}
 
 
 def suffix_bias(valid: torch.Tensor, start: int, q: int) -> torch.Tensor:
@@ -296,18 +323,27 @@ def _flash_cpu(
     return out, lse
 
 
+def cuda_bias(mask: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
+    """An additive float mask ``[N, 1, L, S]`` as the CUDA memory-efficient kernel takes it: rows padded to a
+    multiple of 16 (then viewed back to ``S``), clamped to ``dtype``'s range, in ``dtype``."""
+    n, _, length, s = mask.shape
+    width = -(-s // 16) * 16
+    padded = torch.full((n, 1, length, width), torch.finfo(dtype).min, dtype=dtype, device=mask.device)
+    padded[..., :s] = mask.clamp(min=torch.finfo(dtype).min)
+    return padded[..., :s]
+
+
 def _efficient_cuda(
     q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, mask: torch.Tensor | None, scale: float
 ) -> tuple[torch.Tensor, torch.Tensor]:
-    """:func:`attention_lse` by the CUDA memory-efficient kernel (its bias in q's dtype, 16-aligned rows)."""
+    """:func:`attention_lse` by the CUDA memory-efficient kernel (its bias in q's dtype, 16-aligned rows: a mask
+    from :meth:`CascadeContext.query_mask` arrives so; any other is converted here)."""
     bias = None
     if mask is not None:
+        if mask.dtype != q.dtype or mask.stride(-2) % 16:
+            mask = cuda_bias(mask, q.dtype)
         n, _, length, s = mask.shape
-        width = -(-s // 16) * 16  # the kernel wants the bias rows 16-aligned: pad, then view
-        padded = mask.new_full((n, 1, length, width), NEG)
-        padded[..., :s] = mask
-        low = torch.finfo(q.dtype).min
-        bias = padded.clamp(min=low).to(q.dtype)[..., :s].expand(n, q.shape[1], length, s)
+        bias = mask.expand(n, q.shape[1], length, s)
     out, lse, *_ = torch.ops.aten._scaled_dot_product_efficient_attention(
         q, k, v, bias, True, 0.0, False, scale=scale
     )
@@ -362,16 +398,14 @@ def cascade_attention(
         raise NotImplementedError("the cascade KV cache does not support sliding-window attention layers")
     _LOCAL.calls = getattr(_LOCAL, "calls", 0) + 1
     B, H, q, D = query.shape  # noqa: N806
-    hkv, s, dv = key.shape[1], key.shape[2], value.shape[-1]
+    hkv, dv = key.shape[1], value.shape[-1]
     rep = H // hkv
     scale = scaling if scaling is not None else D**-0.5
     layer = module.layer_idx
     # Query head h reads key head h // rep (transformers' repeat_kv order): fold a key head's rep query heads into
     # the query axis, so each part is plain multi-head attention over H_kv heads, with no copies of keys.
     qr = query.reshape(B, hkv, rep * q, D)
-    mask = None
-    if ctx.suffix_bias is not None:
-        mask = ctx.suffix_bias.expand(B, 1, rep, q, s).reshape(B, 1, rep * q, s)
+    mask = ctx.query_mask(rep, query.dtype, query.device.type)  # built once per forward, shared by the layers
     out, lse = attention_lse(qr, key, value, mask, scale)  # [B, Hkv, rep*q, Dv], [B, Hkv, rep*q]
     if ctx.groups:
         out = out.float()
