@@ -213,6 +213,30 @@ class _Scorer:
         return out
 
 
+def _table_lookup(
+    backend: TabularBackend,
+    tables: dict[str, Any],
+    prefixes: Sequence[Trace],
+    candidates: Sequence[Sequence[Candidate]],
+    cost_kind: str,
+) -> list[list[float]]:
+    """Each candidate's value in its tree's per-depth table (``tables[tree][depth][index]``), the call charged to
+    the clock as ``cost_kind`` over the longest candidate and the batch."""
+    out, longest, batch = [], 0, 0
+    for trace, cands in zip(prefixes, candidates):
+        name = backend.tree_name(trace)
+        tree, levels = backend.trees[name], tables[name]
+        row = []
+        for c in cands:
+            sym = (*trace.token_ids, *c.token_ids)
+            row.append(float(levels[len(sym) - 1][tree.index(sym)]))
+            longest = max(longest, c.num_tokens)
+        batch += len(cands)
+        out.append(row)
+    backend.clock.advance(backend.cost.cost(cost_kind, longest, batch))
+    return out
+
+
 @dataclass
 class _Prm:
     backend: TabularBackend
@@ -220,19 +244,7 @@ class _Prm:
     def score(
         self, prefixes: Sequence[Trace], candidates: Sequence[Sequence[Candidate]]
     ) -> list[list[float]]:
-        out, longest, batch = [], 0, 0
-        for trace, cands in zip(prefixes, candidates):
-            name = self.backend.tree_name(trace)
-            tree, levels = self.backend.trees[name], self.backend._prm[name]
-            row = []
-            for c in cands:
-                sym = (*trace.token_ids, *c.token_ids)
-                row.append(float(levels[len(sym) - 1][tree.index(sym)]))
-                longest = max(longest, c.num_tokens)
-            batch += len(cands)
-            out.append(row)
-        self.backend.clock.advance(self.backend.cost.cost("reward", longest, batch))
-        return out
+        return _table_lookup(self.backend, self.backend._prm, prefixes, candidates, "reward")
 
 
 @dataclass
@@ -244,19 +256,7 @@ class _Judge:
     def judge(
         self, prefixes: Sequence[Trace], candidates: Sequence[Sequence[Candidate]]
     ) -> list[list[float]]:
-        out, longest, batch = [], 0, 0
-        for trace, cands in zip(prefixes, candidates):
-            name = self.backend.tree_name(trace)
-            tree, levels = self.backend.trees[name], self.backend._judge[name]
-            row = []
-            for c in cands:
-                sym = (*trace.token_ids, *c.token_ids)
-                row.append(float(levels[len(sym) - 1][tree.index(sym)]))
-                longest = max(longest, c.num_tokens)
-            batch += len(cands)
-            out.append(row)
-        self.backend.clock.advance(self.backend.cost.cost("score", longest, batch))
-        return out
+        return _table_lookup(self.backend, self.backend._judge, prefixes, candidates, "score")
 
 
 # ------------------------------------------------------------------------------------------------------------------
