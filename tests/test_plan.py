@@ -153,3 +153,19 @@ def test_compare_and_search_run_the_fit_check_before_loading_or_writing(tmp_path
     cfg = str(REPO / "configs" / "search" / "qwen25_math_math500.yaml")
     assert search.main(["--config", cfg, *names, *f32, f"out={tmp_path / 's'}"]) == 2
     assert "cpu: the run needs" in capsys.readouterr().err and not (tmp_path / "s").exists()
+
+
+@pytest.mark.parametrize(
+    "config",
+    sorted(
+        str(p.relative_to(REPO))
+        for d in ("search", "eval", "demo", "tune")
+        for p in (REPO / "configs" / d).glob("*.yaml")
+    ),
+)
+def test_plan_prints_the_plan_of_every_committed_run_config(config, capsys) -> None:
+    from eval import plan
+
+    assert plan.main(["--config", str(REPO / config)]) == 0, capsys.readouterr().err
+    out = capsys.readouterr().out
+    assert out.startswith("backend: ") and "\nwork: " in out

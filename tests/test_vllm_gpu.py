@@ -51,6 +51,9 @@ def test_servers_on_one_gpu_start_one_after_another_and_on_different_gpus_togeth
         [1],
     ]
     assert start_waves(same, []) == [[0, 1, 2]]  # CPU servers: all at once
+    check_shares(
+        [Placement("vllm.target", None), Placement("vllm.draft", None)], []
+    )  # CPU servers share no GPU
 
 
 def test_a_vllm_build_that_does_not_match_the_machine_is_refused_in_one_line(monkeypatch) -> None:

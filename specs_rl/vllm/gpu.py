@@ -40,10 +40,9 @@ class Placement:
 
     def gpus(self, visible: Sequence[str]) -> tuple[str, ...]:
         """The GPUs this server occupies: its ``devices`` (the first ``tensor_parallel_size`` of them), else the
-        first ``tensor_parallel_size`` of the visible ones (as vLLM picks them)."""
+        first ``tensor_parallel_size`` of the visible ones (as vLLM picks them); none for a CPU server (no
+        ``devices`` and no visible GPU)."""
         pool = [d.strip() for d in self.devices.split(",") if d.strip()] if self.devices else list(visible)
-        if not pool:
-            pool = [str(i) for i in range(self.tensor_parallel_size)]
         return tuple(pool[: self.tensor_parallel_size])
 
 
