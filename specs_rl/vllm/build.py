@@ -214,7 +214,7 @@ def _start(vc: VLLMConfig, specs: list[Any]) -> list[Any]:
     vLLM build must match the machine (no CPU build beside visible GPUs, no CUDA build without them); both checks
     run before the first server starts."""
     from specs_rl.vllm.gpu import Placement, check_build, check_shares, start_waves, visible_gpus
-    from specs_rl.vllm.server import check_python, is_cpu_build, start_all
+    from specs_rl.vllm.server import check_python, start_all, vllm_build
 
     python = vc.python or default_python()
     check_python(python)
@@ -223,7 +223,7 @@ def _start(vc: VLLMConfig, specs: list[Any]) -> list[Any]:
         unique.setdefault(spec.key(), spec)
     todo = list(unique.values())
     visible = visible_gpus()
-    check_build(is_cpu_build(python), python, visible)
+    check_build(vllm_build(python), python, visible)
     placements = [
         Placement(s.part, s.devices, s.tensor_parallel_size, s.gpu_memory_utilization) for s in todo
     ]

