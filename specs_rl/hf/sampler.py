@@ -38,6 +38,7 @@ from specs_rl.models.prompts import GeneratorPrompts
 from specs_rl.models.seeds import request_seed
 from specs_rl.models.text import StepStop, TokenText
 from specs_rl.models.tokens import eos_ids
+from specs_rl.speculative import processed_logprobs
 from specs_rl.types import Candidate, Problem, Trace
 
 UNIFORM_BLOCK = 64  # uniforms drawn per row at a time
@@ -142,14 +143,9 @@ def sample_from_logits(
     """
     if temperature == 0:
         return logits.argmax(-1), torch.zeros(logits.shape[0], device=logits.device)
-    logp = torch.log_softmax(logits / temperature, dim=-1)  # [B, V]
-    if top_p < 1.0:
-        sorted_lp, order = logp.sort(dim=-1, descending=True)
-        p = sorted_lp.exp()
-        drop = (p.cumsum(-1) - p) >= top_p  # mass of strictly more likely tokens already reaches top_p
-        sorted_lp = sorted_lp.masked_fill(drop, -math.inf)
-        logp = torch.full_like(logp, -math.inf).scatter(-1, order, sorted_lp)
-        logp = logp - torch.logsumexp(logp, dim=-1, keepdim=True)
+    logp = processed_logprobs(
+        logits, temperature, top_p
+    )  # [B, V]: the law speculative sampling checks against
     cdf = logp.exp().double().cumsum(-1)  # [B, V]
     x = (u.to(cdf.device) * cdf[:, -1]).unsqueeze(1)
     tok = torch.searchsorted(cdf, x, right=True).squeeze(1).clamp_(max=logits.shape[1] - 1)
