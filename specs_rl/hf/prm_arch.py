@@ -33,7 +33,7 @@ from torch import nn
 
 from specs_rl.errors import SpecsError
 from specs_rl.models.prm_format import PrmFormat
-from specs_rl.models.prm_kinds import StepText, kind_of_architectures, resolve_format
+from specs_rl.models.prm_kinds import StepText, kind_of_architectures, spec_format
 
 _QWEN2_CLASSES: dict[str, type] = {}
 
@@ -262,17 +262,7 @@ def check_checkpoint(spec: Any, source: str, key: str) -> tuple[PrmFormat, Any, 
     archs = list(raw.get("architectures") or [])
     saved = PrmFormat.load(source) if os.path.isdir(source) else None
     try:
-        fmt = resolve_format(
-            kind=spec.kind,
-            saved=saved,
-            architectures=archs,
-            step_separator=spec.step_separator,
-            step_tag=spec.step_tag,
-            positive_label=spec.positive_label,
-            step_reward=spec.step_reward,
-            good_token=spec.good_token,
-            bad_token=spec.bad_token,
-        )
+        fmt = spec_format(spec, saved, archs)
     except ValueError as e:
         raise SpecsError(f"{key}: {e}") from None
     kind = fmt.kind

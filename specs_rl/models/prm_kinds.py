@@ -220,6 +220,22 @@ class StepText:
         )
 
 
+def spec_format(spec: Any, saved: Any, architectures: Any) -> PrmFormat:
+    """:func:`resolve_format` for a PRM section (``hf.prm``): its kind and reading keys over the checkpoint's saved
+    format and architectures (one place for both backends)."""
+    return resolve_format(
+        kind=spec.kind,
+        saved=saved,
+        architectures=architectures,
+        step_separator=spec.step_separator,
+        step_tag=spec.step_tag,
+        positive_label=spec.positive_label,
+        step_reward=spec.step_reward,
+        good_token=spec.good_token,
+        bad_token=spec.bad_token,
+    )
+
+
 def _ids(tokenizer: Any, text: str, special: bool = False) -> list[int]:
     return [int(i) for i in tokenizer(text, add_special_tokens=special)["input_ids"]]
 

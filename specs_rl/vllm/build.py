@@ -125,22 +125,12 @@ def _eos_ids(tokenizer: Any, spec: ModelSpec) -> frozenset[int]:
 
 def _prm_format(spec: PrmSpec) -> PrmFormat:
     """The PRM's reading: its kind (``prm_config.json``, else config.json's architectures) and fields, overridden by
-    ``hf.prm`` (:func:`specs_rl.models.prm_kinds.resolve_format`, as the in-process loader resolves it)."""
-    from specs_rl.models.prm_kinds import resolve_format
+    ``hf.prm`` (:func:`specs_rl.models.prm_kinds.spec_format`, as the in-process loader resolves it)."""
+    from specs_rl.models.prm_kinds import spec_format
 
     saved = PrmFormat.load(spec.name) if Path(spec.name).expanduser().is_dir() else None
     try:
-        return resolve_format(
-            kind=spec.kind,
-            saved=saved,
-            architectures=_config_architectures(spec.name, spec),
-            step_separator=spec.step_separator,
-            step_tag=spec.step_tag,
-            positive_label=spec.positive_label,
-            step_reward=spec.step_reward,
-            good_token=spec.good_token,
-            bad_token=spec.bad_token,
-        )
+        return spec_format(spec, saved, _config_architectures(spec.name, spec))
     except ValueError as e:
         raise SpecsError(f"hf.prm: {e}") from None
 
