@@ -208,6 +208,11 @@ class HFSampler:
         self.max_tokens = max_tokens
         self.ignore_eos = ignore_eos
 
+    def sync_stop(self) -> None:
+        """Rebuild the step-stop rule when the model's token text was replaced (a vocabulary change)."""
+        if self.lm.text is not self.stop.text:
+            self.stop = StepStop(self.stop.delimiter, self.lm.text)
+
     def propose(
         self, prefixes: Sequence[Trace], n: int, generators: Generators, *, to_end: bool = False
     ) -> list[list[Candidate]]:
@@ -216,8 +221,7 @@ class HFSampler:
         if not prefixes:
             return []
         lm = self.lm
-        if lm.text is not self.stop.text:
-            self.stop = StepStop(self.stop.delimiter, lm.text)
+        self.sync_stop()
         with torch.inference_mode(), lm.stack.lock:
             keys = [lm.key(t) for t in prefixes]
             seeds = prefix_seeds(generators, [ids for _, ids in keys])  # (call seed, occurrence) per prefix

@@ -33,7 +33,6 @@ from specs_rl.hf.engine import State
 from specs_rl.hf.sampler import HFSampler, _Row
 from specs_rl.interfaces import Generators, prefix_seeds
 from specs_rl.models.seeds import request_seed
-from specs_rl.models.text import StepStop
 from specs_rl.speculative import processed_logprobs, sample_from_probs, speculative_sample
 from specs_rl.types import Candidate, Speculation, Trace
 
@@ -90,8 +89,7 @@ class SpeculativeSampler:
             return []
         tgt = self.target
         lm_t, lm_d = tgt.lm, self.draft.lm
-        if lm_t.text is not tgt.stop.text:
-            tgt.stop = StepStop(tgt.stop.delimiter, lm_t.text)
+        tgt.sync_stop()
         with torch.inference_mode(), lm_t.stack.lock, lm_d.stack.lock:
             keys_t = [lm_t.key(t) for t in prefixes]
             keys_d = [lm_d.key(t) for t in prefixes]
