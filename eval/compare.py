@@ -43,6 +43,7 @@ from specs_rl.run import (
     run_grid,
     write_report,
 )
+from specs_rl.run.backends import threads_restored
 
 
 def title(cfg: CompareConfig, task: Task) -> str:
@@ -62,7 +63,13 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 
 def run(cfg: CompareConfig) -> int:
-    """Run a parsed compare config (``specs-rl compare``, ``specs-rl demo``): plan, build, search, report."""
+    """Run a parsed compare config (``specs-rl compare``, ``specs-rl demo``): plan, build, search, report (torch's
+    thread count restored after: a served run gives its in-process parts the core layout's)."""
+    with threads_restored():
+        return _run(cfg)
+
+
+def _run(cfg: CompareConfig) -> int:
     runs = plan_runs(cfg)  # every (method, n, seed) validated before anything is loaded or written
     check_extras(cfg.report)
     out_dir = cfg.run.out

@@ -28,11 +28,17 @@ from specs_rl.run import (
     summarize,
     write_json,
 )
+from specs_rl.run.backends import threads_restored
 
 
 @entry_point
 def main(argv: Sequence[str] | None = None) -> int:
     cfg = config_from_argv(SearchRunConfig, sys.argv[1:] if argv is None else argv, "specs-rl search")
+    with threads_restored():  # a served run sets its in-process parts' threads (the core layout)
+        return _search(cfg)
+
+
+def _search(cfg: SearchRunConfig) -> int:
     run = cfg.run
     search = cfg.search_config()  # the method preset applied to the run's settings
     check_run_dir(run.out, cfg)  # a directory of another config is refused before any model loads

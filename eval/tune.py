@@ -44,6 +44,7 @@ from specs_rl.config import config_from_argv, to_dict
 from specs_rl.interfaces import SimClock
 from specs_rl.methods import uses_n
 from specs_rl.run import check_extras, check_run_dir, prepare_run_dir, read_results, run_grid, write_json
+from specs_rl.run.backends import threads_restored
 from specs_rl.run.report import log_wandb
 from specs_rl.run.summary import aggregate_rows, summary_rows
 from specs_rl.run.tune import (
@@ -78,6 +79,12 @@ NO_CHOICE = 3  # exit status: the study ran, but no completed trial of the first
 @entry_point
 def main(argv: Sequence[str] | None = None) -> int:
     cfg = config_from_argv(TuneConfig, sys.argv[1:] if argv is None else argv, "specs-rl tune")
+    with threads_restored():  # a served run sets its in-process parts' threads (the core layout)
+        return run(cfg)
+
+
+def run(cfg: TuneConfig) -> int:
+    """Run a parsed tune config: plan, build, the fixed runs, the trials, the choice, the test re-run."""
     # spaces, rule, reference, the test re-run's config: all checked before anything is loaded or written
     plan = plan_study(cfg)
     check_optuna()

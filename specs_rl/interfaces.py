@@ -238,7 +238,9 @@ class Task:
 
     ``grade(result) -> {"correct": bool | None, ...}`` (extra keys go into the result's record); ``grader`` names
     what decides ``correct`` (``{"name", "version"}``), recorded with every result so runs graded differently are
-    never merged. Each backend builds one from a run config (:mod:`specs_rl.run.backends`).
+    never merged. Each backend builds one from a run config (:mod:`specs_rl.run.backends`). ``served``: what serves
+    the parts when they are clients of servers (``backend: vllm``'s ``ServedParts``: the servers, the client and its
+    meters, the core layout), else None.
     """
 
     name: str
@@ -246,3 +248,4 @@ class Task:
     parts: SearchParts
     grade: Callable[[SearchResult], dict[str, Any]]
     grader: dict[str, str] = field(default_factory=lambda: {"name": "none", "version": "-"})
+    served: Any = None

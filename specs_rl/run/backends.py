@@ -9,9 +9,10 @@ run never imports transformers and the core never imports a served client.
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import importlib
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from typing import Any, TypeVar
 
@@ -47,6 +48,21 @@ def vllm_task(cfg: Any) -> Task:
     from specs_rl.vllm.build import build_task
 
     return build_task(cfg, prm_factory=build_prm)
+
+
+@contextlib.contextmanager
+def threads_restored() -> Iterator[None]:
+    """Torch's thread count (this thread's) as it was before the block, once the block ends. A ``backend: vllm`` run
+    gives its in-process parts the core layout's count (:mod:`specs_rl.vllm.layout`) for the whole run; an entry
+    point called in-process (a test, a notebook, ``specs-rl demo`` after another) gets its own back."""
+    import torch
+
+    before = torch.get_num_threads()
+    try:
+        yield
+    finally:
+        if torch.get_num_threads() != before:
+            torch.set_num_threads(before)
 
 
 def backend(name: str) -> Backend:

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import json
 import os
+import warnings
 from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
@@ -29,6 +30,7 @@ from specs_rl.models.prm_format import PrmFormat
 from specs_rl.models.sources import split_source
 from specs_rl.types import Problem
 from specs_rl.vllm.config import API_KEY_ENV, VLLMConfig, default_python
+from specs_rl.vllm.layout import CoreLayout, core_layout, usable_cores
 
 GENERATORS = ("draft", "target")
 LOCAL_HOSTS = ("127.0.0.1", "localhost", "0.0.0.0", "::1")
@@ -39,12 +41,13 @@ PrmFactory = Callable[[PrmSpec, int], Any]  # (hf.prm, hf.cache_prompts) -> an i
 @dataclass
 class ServedParts:
     """What :func:`build_parts` made besides the parts: the client (timing meters), the endpoints, the servers it
-    started (stopped at exit), and which PRM backend was chosen."""
+    started (stopped at exit), which PRM backend was chosen, and the core layout (:mod:`specs_rl.vllm.layout`)."""
 
     client: Any
     endpoints: dict[str, Any]
     servers: list[Any]
     prm_backend: str
+    layout: CoreLayout
 
     def stop(self) -> None:
         for s in self.servers:
@@ -198,35 +201,56 @@ def _served_prm_reading(vc: VLLMConfig, hf: ModelsConfig) -> tuple[Any, Any, str
     return tok, fmt, pooling, sep_ids
 
 
-def _start(vc: VLLMConfig, specs: list[Any]) -> list[Any]:
-    """Start the distinct servers of ``specs`` (a draft that is also the target shares one): servers that share a
-    GPU one after another, each with its explicit memory share, others together (:mod:`specs_rl.vllm.gpu`). The
-    vLLM build must match the machine (no CPU build beside visible GPUs, no CUDA build without them); both checks
-    run before the first server starts."""
-    from specs_rl.vllm.gpu import Placement, check_build, check_shares, start_waves, visible_gpus
-    from specs_rl.vllm.server import check_python, start_all, vllm_build
-
-    python = vc.python or default_python()
-    check_python(python)
+def _unique(specs: Sequence[Any]) -> list[Any]:
+    """One spec per server (a draft that is also the target shares one)."""
     unique: dict[tuple, Any] = {}
     for spec in specs:
         unique.setdefault(spec.key(), spec)
-    todo = list(unique.values())
+    return list(unique.values())
+
+
+def run_layout(vc: VLLMConfig, starts: int, urls: Sequence[str] = ()) -> CoreLayout:
+    """The core layout (:func:`specs_rl.vllm.layout.core_layout`) of a run on this machine: the ``starts`` servers it
+    starts (counted when ``vllm.python`` is a CPU build) and those at ``urls`` whose host is this machine (counted
+    when no GPU is visible: CPU servers, presumably started by ``specs-rl serve`` with the same layout), bound as
+    ``vllm.cpu_threads_bind`` says, the in-process parts getting ``vllm.client_threads`` or the layout's. The
+    servers given by URL come first in ``binds``. An override that oversubscribes warns."""
+    from specs_rl.vllm.gpu import visible_gpus
+    from specs_rl.vllm.server import is_cpu_build
+
+    local = len({u for u in urls if urlparse(u).hostname in LOCAL_HOSTS}) if not visible_gpus() else 0
+    cpu_starts = starts if starts and is_cpu_build(vc.python or default_python()) else 0
+    layout = core_layout(usable_cores(), local + cpu_starts, vc.cpu_threads_bind, vc.client_threads)
+    if layout.warning:
+        warnings.warn(layout.warning, stacklevel=3)
+    return layout
+
+
+def _start(vc: VLLMConfig, specs: list[Any], layout: CoreLayout) -> list[Any]:
+    """Start the servers of ``specs`` (one per server, :func:`_unique`), each CPU server pinned where ``layout``
+    puts it (its last ``len(specs)`` binds): servers that share a GPU one after another, each with its explicit
+    memory share, others together (:mod:`specs_rl.vllm.gpu`). The vLLM build must match the machine (no CPU build
+    beside visible GPUs, no CUDA build without them); both checks run before the first server starts."""
+    from specs_rl.vllm.gpu import Placement, check_build, check_shares, start_waves, visible_gpus
+    from specs_rl.vllm.server import start_all, vllm_build
+
+    python = vc.python or default_python()
     visible = visible_gpus()
     check_build(vllm_build(python), python, visible)
     placements = [
-        Placement(s.part, s.devices, s.tensor_parallel_size, s.gpu_memory_utilization) for s in todo
+        Placement(s.part, s.devices, s.tensor_parallel_size, s.gpu_memory_utilization) for s in specs
     ]
     check_shares(placements, visible)
+    binds = list(layout.binds[len(layout.binds) - len(specs) :]) if layout.binds else ["nobind"] * len(specs)
     return start_all(
-        todo,
+        specs,
         waves=start_waves(placements, visible),
         timeout_s=vc.start_timeout_s,
         python=python,
         host=vc.host,
         log_dir=vc.log_dir,
         kv_cache_gib=vc.cpu_kv_cache_gib,
-        threads_bind=vc.cpu_threads_bind,
+        binds=binds,
     )
 
 
@@ -263,11 +287,16 @@ def start_servers(
         _, _, pooling, sep_ids = _served_prm_reading(vc, hf)
         pooler = pooler_config(pooling, sep_ids[-1])
     specs = launch_specs(vc, hf, todo, pooler)
+    from specs_rl.vllm.server import check_python
+
+    check_python(vc.python or default_python())
+    unique = _unique(list(specs.values()))
+    layout = run_layout(vc, len(unique))
     if announce is not None:
-        announce(
-            f"starting {len({s.key() for s in specs.values()})} vLLM server(s) for {', '.join(todo)} ..."
-        )
-    by_key = {s.spec.key(): s for s in _start(vc, list(specs.values()))}
+        announce(f"starting {len(unique)} vLLM server(s) for {', '.join(todo)} ...")
+        if layout.binds:
+            announce(layout.describe())
+    by_key = {s.spec.key(): s for s in _start(vc, unique, layout)}
     return {part: by_key[spec.key()] for part, spec in specs.items()}
 
 
@@ -330,14 +359,21 @@ def build_parts(
         prm_tok = prm_fmt = pooling = None
         if prm_kind == "vllm":
             prm_tok, prm_fmt, pooling, sep_ids = _served_prm_reading(vc, hf)
-        # 3. start the servers the config leaves to the run
+        # 3. start the servers the config leaves to the run, where the core layout puts them
         todo = [p for p in served if getattr(vc, p).url is None]
+        specs: dict[str, LaunchSpec] = {}
         if todo:
+            from specs_rl.vllm.server import check_python
+
+            check_python(vc.python or default_python())
             pooler = pooler_config(pooling, sep_ids[-1]) if "prm" in todo else None  # type: ignore[arg-type]
-            specs: dict[str, LaunchSpec] = launch_specs(vc, hf, todo, pooler)
+            specs = launch_specs(vc, hf, todo, pooler)
             for spec in specs.values():
                 spec.port = None  # url is null: a free port
-            servers = _start(vc, list(specs.values()))
+        urls = [getattr(vc, p).url for p in served if getattr(vc, p).url is not None]
+        layout = run_layout(vc, len(_unique(list(specs.values()))), urls)
+        if todo:
+            servers = _start(vc, _unique(list(specs.values())), layout)
             by_key = {s.spec.key(): s for s in servers}
             for p in todo:
                 endpoints[p].url = by_key[specs[p].key()].url
@@ -382,7 +418,11 @@ def build_parts(
             except ValueError as e:
                 raise SpecsError(f"hf.prm: {e}") from None
         else:
-            prm = MeteredRewardModel(prm_factory(hf.prm, hf.cache_prompts), client.meter)  # type: ignore[misc]
+            prm = MeteredRewardModel(
+                prm_factory(hf.prm, hf.cache_prompts),  # type: ignore[misc]
+                client.meter,
+                threads=layout.client_threads,
+            )
     except BaseException:
         for s in servers:
             s.stop()
@@ -405,7 +445,7 @@ def build_parts(
             system_prompt=hf.system_prompt,
         ),
     )
-    return parts, ServedParts(client, endpoints, servers, prm_kind)
+    return parts, ServedParts(client, endpoints, servers, prm_kind, layout)
 
 
 def build_task(cfg: Any, *, prm_factory: PrmFactory | None = None) -> Task:
@@ -416,9 +456,9 @@ def build_task(cfg: Any, *, prm_factory: PrmFactory | None = None) -> Task:
     from specs_rl.grading import boxed_answer_grade
 
     problems = load_problems(cfg.data)
-    parts, _ = build_parts(cfg.vllm, cfg.hf, probe=problems[0], prm_factory=prm_factory)
+    parts, served = build_parts(cfg.vllm, cfg.hf, probe=problems[0], prm_factory=prm_factory)
     grade, grader = boxed_answer_grade(parts.answer_of)
-    return Task(f"vllm:{cfg.data.dataset}", problems, parts, grade, grader)
+    return Task(f"vllm:{cfg.data.dataset}", problems, parts, grade, grader, served)
 
 
 class PooledWallClock(WallClock):

@@ -27,6 +27,8 @@ from pathlib import Path
 from typing import ClassVar
 from urllib.parse import urlparse
 
+from specs_rl.vllm.layout import check_bind
+
 VLLM_VERSION = "0.32.0"
 API_KEY_ENV = "SPECS_RL_VLLM_API_KEY"
 PYTHON_ENV = "SPECS_RL_VLLM_PYTHON"
@@ -188,6 +190,7 @@ class VLLMConfig:
         "log_dir",
         "cpu_kv_cache_gib",
         "cpu_threads_bind",
+        "client_threads",
     )
 
     draft: ServedPart = field(
@@ -268,10 +271,21 @@ class VLLMConfig:
     cpu_threads_bind: str = field(
         default="spread",
         metadata={
-            "help": "CPU servers only: VLLM_CPU_OMP_THREADS_BIND. spread (chosen here) gives each server started "
-            "together its own share of the cores this process may use (one core each on 2 cores); auto is vLLM's, "
-            "which pins every server on a machine to the same cores (here SPECS took 2.7-3.1 s per toy problem with "
-            "auto, 0.8-1.0 s with nobind, 0.35-0.8 s spread); or nobind, or a core list such as 0-3"
+            "help": "CPU servers only: where started servers' OMP threads are pinned (VLLM_CPU_OMP_THREADS_BIND). "
+            "spread (chosen here by measurement, docs/served-layout.md) cuts the cores this process may use into "
+            "one share per server on this machine plus one for the in-process parts (the PRM, the search), which "
+            "get as many torch threads as their share has cores; with fewer cores than shares the in-process parts "
+            "keep the first core and the servers share the others (on 2 cores: the client on core 0, both servers "
+            "on core 1). auto is vLLM's (every server on the same cores), nobind leaves them unpinned, or a core "
+            "list such as 0-3; servers given by a URL on this machine count as servers of the layout"
+        },
+    )
+    client_threads: int = field(
+        default=0,
+        metadata={
+            "help": "torch threads of the in-process parts when vLLM CPU servers run on this machine; 0 = the "
+            "layout's (the cores cpu_threads_bind leaves them: 1 on a 2-core CPU beside two servers). More than "
+            "the cores left is allowed, with a warning: those threads contend with the servers' pinned ones"
         },
     )
 
@@ -289,6 +303,9 @@ class VLLMConfig:
             raise ValueError(f"vllm.backoff_s must be a finite number >= 0, got {self.backoff_s}")
         if self.max_concurrency < 1:
             raise ValueError(f"vllm.max_concurrency must be >= 1, got {self.max_concurrency}")
+        if self.client_threads < 0:
+            raise ValueError(f"vllm.client_threads must be >= 0 (0: the layout's), got {self.client_threads}")
+        check_bind("vllm.cpu_threads_bind", self.cpu_threads_bind)
         if self.cpu_kv_cache_gib < 1:
             raise ValueError(f"vllm.cpu_kv_cache_gib must be >= 1, got {self.cpu_kv_cache_gib}")
         if not self.host.strip():

