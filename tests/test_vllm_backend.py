@@ -12,6 +12,7 @@ from __future__ import annotations
 import contextlib
 import math
 import threading
+from pathlib import Path
 
 import pytest
 import torch
@@ -233,13 +234,41 @@ def test_every_method_runs_on_servers_with_the_in_process_prm(problems):
         sp.client.close()
 
 
-def test_demo_runs_on_servers(tmp_path, capsys):
-    """``specs-rl demo backend=vllm`` on the session's servers: the SPECS-versus-beam-search table from servers."""
+def test_demo_runs_on_servers(tmp_path, capsys, monkeypatch):
+    """``specs-rl demo backend=vllm`` on the session's servers: the SPECS-versus-beam-search table from servers, the
+    in-process PRM running with no more torch threads than the cores the servers' pinned threads leave (read from
+    the servers' own environment), and torch's thread count given back after the run."""
     import json
 
-    from eval import demo
+    import torch
 
+    from eval import demo
+    from specs_rl.hf import build as hf_build
+    from specs_rl.vllm.layout import parse_cores, usable_cores
+
+    seen: list[int] = []
+    real_build_prm = hf_build.build_prm
+
+    class Spy:
+        def __init__(self, prm):
+            self.prm = prm
+
+        def score(self, prefixes, candidates):
+            seen.append(torch.get_num_threads())
+            return self.prm.score(prefixes, candidates)
+
+        def __getattr__(self, name):
+            return getattr(self.prm, name)
+
+    monkeypatch.setattr(hf_build, "build_prm", lambda spec, cache: Spy(real_build_prm(spec, cache)))
     s = vs.servers()
+    pinned = set()
+    for part in ("draft", "target"):
+        env = Path(f"/proc/{s.servers[part].proc.pid}/environ").read_bytes().split(b"\0")
+        bind = next(e for e in env if e.startswith(b"VLLM_CPU_OMP_THREADS_BIND=")).split(b"=", 1)[1].decode()
+        pinned |= set(parse_cores(bind))
+    left = max(1, len(set(usable_cores()) - pinned))
+    before = torch.get_num_threads()
     argv = [
         "backend=vllm",
         f"vllm.draft.url={s.url('draft')}",
@@ -262,6 +291,10 @@ def test_demo_runs_on_servers(tmp_path, capsys):
     assert {r["method"] for r in summary["rows"]} == {"specs", "beam_search_target"}
     assert all(r["problems"] == 2 for r in summary["rows"])
     assert json.loads((tmp_path / "demo" / "config.json").read_text())["backend"] == "vllm"
+    assert seen and max(seen) <= left, (
+        f"PRM ran with {max(seen)} torch threads; the servers leave {left} core(s)"
+    )
+    assert torch.get_num_threads() == before
 
 
 def test_bench_backend_vllm_writes_its_figures(tmp_path, capsys):
@@ -294,4 +327,10 @@ def test_bench_backend_vllm_writes_its_figures(tmp_path, capsys):
         assert lv["problems_per_s"]["median"] > 0 and 0 <= lv["client_share"]["median"] < 1
     runs = report["throughput"]["levels"][1]["runs"]
     assert runs[0]["peak_requests_in_flight"] >= 4  # four problems' requests on the wire at once
-    assert "client share" in capsys.readouterr().out
+    for b in ("hf", "vllm"):  # the per-stage split adds up to the per-problem figure
+        split = {k: v["median"] for k, v in fig["split_s"][b].items()}
+        assert split["draft"] > 0 and split["reward"] > 0 and split["other"] >= 0
+        assert sum(split.values()) == pytest.approx(fig["latency_s"][b]["median"], rel=1e-6)
+    assert report["layout_detail"]["client_threads"] is not None  # the servers are on this machine
+    out = capsys.readouterr().out
+    assert "client share" in out and "per-stage split" in out
