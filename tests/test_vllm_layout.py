@@ -16,25 +16,31 @@ def _server_cores(layout: CoreLayout) -> set[int]:
     return {c for b in layout.binds for c in parse_cores(b)}
 
 
-def test_two_cores_two_servers_leave_the_client_core_0_and_one_thread():
-    lay = core_layout([0, 1], 2)
-    assert lay.binds == ("1", "1")
-    assert lay.client_cores == (0,) and lay.client_threads == 1 and lay.warning is None
+def test_two_cores_two_servers_get_a_core_each_and_the_client_one_thread():
+    lay = core_layout(
+        [0, 1], 2
+    )  # measured on a 2-core CPU against both servers on core 1 (docs/served-layout.md)
+    assert lay.binds == ("0", "1")
+    assert lay.client_cores == (0, 1) and lay.client_threads == 1 and lay.warning is None
+    lay = core_layout([0, 1], 1)  # one server: the client keeps a core of its own
+    assert lay.binds == ("1",) and lay.client_cores == (0,) and lay.client_threads == 1
+    assert core_layout([0, 1], 3).binds == ("0", "1", "0")  # more servers than cores: single cores in turn
 
 
 @pytest.mark.parametrize("cores", [2, 3, 4, 7, 8, 16, 64])
 @pytest.mark.parametrize("servers", [1, 2, 3, 4])
-def test_spread_never_gives_the_client_a_core_a_server_is_pinned_to(cores, servers):
+def test_spread_gives_the_client_its_own_share_or_one_thread(cores, servers):
     lay = core_layout(list(range(cores)), servers)
     assert len(lay.binds) == servers
     pinned = _server_cores(lay)
-    assert pinned and not pinned & set(lay.client_cores)
     assert pinned | set(lay.client_cores) == set(range(cores))  # no core is left idle
-    assert lay.client_threads == len(lay.client_cores)
-    if cores >= servers + 1:  # a share each: disjoint server binds of equal size
-        sizes = [len(parse_cores(b)) for b in lay.binds]
+    sizes = [len(parse_cores(b)) for b in lay.binds]
+    if cores >= servers + 1:  # a share each: the client's own cores, disjoint server binds of equal size
+        assert not pinned & set(lay.client_cores)
+        assert lay.client_threads == len(lay.client_cores) >= sizes[0]
         assert len(set(sizes)) == 1 and sum(sizes) == len(pinned)
-        assert len(lay.client_cores) >= sizes[0]
+    else:  # the servers take every core, the client one thread beside them
+        assert pinned == set(range(cores)) and lay.client_threads == 1
 
 
 def test_uneven_cuts_give_the_remainder_to_the_client_and_respect_the_affinity():

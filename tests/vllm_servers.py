@@ -139,12 +139,17 @@ def launch_spec(part: str, checkpoint: Path, port: int | None = None) -> Any:
 
 def _start(python: str) -> Servers:
     """Start the three servers without waiting for them."""
+    from specs_rl.vllm.layout import core_layout, usable_cores
     from specs_rl.vllm.server import start
 
     tmp = Path(tempfile.mkdtemp(prefix="specs-rl-vllm-test-"))
     prm_dir = make_tiny_prm(tmp / "prm")
     parts = {"draft": TOY / "draft", "target": TOY / "target", "prm": prm_dir}
-    started = {p: start(launch_spec(p, ck), python=python, log_dir=tmp / "logs") for p, ck in parts.items()}
+    binds = core_layout(usable_cores(), len(parts)).binds  # where a run starting the three would pin them
+    started = {
+        p: start(launch_spec(p, ck), python=python, log_dir=tmp / "logs", threads_bind=b)
+        for (p, ck), b in zip(parts.items(), binds)
+    }
     return Servers(started, prm_dir, tmp)
 
 

@@ -272,20 +272,22 @@ class VLLMConfig:
         default="spread",
         metadata={
             "help": "CPU servers only: where started servers' OMP threads are pinned (VLLM_CPU_OMP_THREADS_BIND). "
-            "spread (chosen here by measurement, docs/served-layout.md) cuts the cores this process may use into "
-            "one share per server on this machine plus one for the in-process parts (the PRM, the search), which "
-            "get as many torch threads as their share has cores; with fewer cores than shares the in-process parts "
-            "keep the first core and the servers share the others (on 2 cores: the client on core 0, both servers "
-            "on core 1). auto is vLLM's (every server on the same cores), nobind leaves them unpinned, or a core "
-            "list such as 0-3; servers given by a URL on this machine count as servers of the layout"
+            "spread (chosen here by measurement, docs/served-layout.md): with a core to spare per server and one more, "
+            "the cores this process may use are cut into one share per server on this machine plus one for the "
+            "in-process parts (the PRM, the search), which get as many torch threads as their share has cores; with "
+            "fewer cores (2 cores, 2 servers) each server gets its own core(s) and the in-process parts 1 torch thread "
+            "beside them (on a 2-core CPU: 1.4 s per SPECS toy problem, against 3.4 s with both servers on core 1 and "
+            "the client on core 0, and 6.3 s with torch's 2 threads). auto is vLLM's (every server on the same cores), "
+            "nobind leaves them unpinned, or a core list such as 0-3; servers given by a URL on this machine count as "
+            "servers of the layout"
         },
     )
     client_threads: int = field(
         default=0,
         metadata={
             "help": "torch threads of the in-process parts when vLLM CPU servers run on this machine; 0 = the "
-            "layout's (the cores cpu_threads_bind leaves them: 1 on a 2-core CPU beside two servers). More than "
-            "the cores left is allowed, with a warning: those threads contend with the servers' pinned ones"
+            "layout's (see cpu_threads_bind: 1 on a 2-core CPU beside two servers). More than the cores the servers "
+            "leave is allowed, with a warning: those threads contend with the servers' pinned ones"
         },
     )
 

@@ -3,17 +3,20 @@
 cannot serve, the search itself), chosen in one place, :func:`core_layout`, from the cores this process may use, the
 servers on this machine and their bind.
 
-vLLM's CPU worker pins one OMP thread to each core of its bind and keeps them busy while it has requests. A client
-whose torch uses every core (torch's default) then shares each of them with a pinned server thread, and an OpenMP
-team waits for its slowest member: on a 2-core CPU the in-process PRM of the toy world took 6.4 s per SPECS problem
-next to two servers, against 0.3 s for everything the servers did (docs/served-layout.md). So the client gets a
-share of the cores no server is pinned to, and torch as many threads as that share has cores.
+vLLM's CPU worker pins one OMP thread to each core of its bind and keeps it busy while it has requests. A client
+whose torch uses every core (torch's default) shares each of them with a pinned server thread, and an OpenMP team
+waits for its slowest member: on a 2-core CPU the in-process PRM of the toy world took 5.5 s per SPECS problem next
+to two servers with torch's 2 threads, 0.5 s with 1 (docs/served-layout.md).
 
-With ``bind: spread`` (the default) the cores are cut into ``servers + 1`` shares: the client takes the first (the
-remainder of an uneven cut goes to it) and each server one of the others; with fewer cores than that, the client
-keeps core ``cores[0]`` and the servers take the remaining cores in turn (sharing them). A single core is shared by
-all. Other binds (``auto``, ``nobind``, a core list) leave the servers where the bind says; the client gets the
-cores no list names, or, for servers not pinned to known cores, one share of ``servers + 1``.
+With ``bind: spread`` (the default), when there are enough cores the client gets a share of its own: the cores are
+cut into ``servers + 1`` shares of consecutive cores, the client takes the first (with the remainder of an uneven
+cut) and each server one of the others, and torch gets as many threads as the client's share has cores. With fewer
+cores than that (2 cores, 2 servers) every core goes to the servers (one share each, single cores in turn when there
+are more servers than cores) and the client runs beside them with 1 torch thread: measured on a 2-core CPU, that
+beat putting both servers on core 1 and the client on core 0 (1.4 s against 3.4 s per SPECS problem, the draft and
+target requests 6x slower on the shared core, with other jobs loading the machine). Other binds (``auto``,
+``nobind``, a core list) leave the servers where the bind says; the client gets the cores no list names (1 thread
+when there are none), or, for servers not pinned to known cores, one share of ``servers + 1``.
 """
 
 from __future__ import annotations
@@ -102,7 +105,7 @@ def core_layout(
     is allowed and comes with a ``warning``.
 
     >>> core_layout([0, 1], 2)
-    CoreLayout(binds=('1', '1'), client_cores=(0,), client_threads=1, warning=None)
+    CoreLayout(binds=('0', '1'), client_cores=(0, 1), client_threads=1, warning=None)
     >>> core_layout(range(8), 2).binds, core_layout(range(8), 2).client_cores
     (('4,5', '6,7'), (0, 1, 2, 3))
     """
@@ -123,6 +126,8 @@ def core_layout(
         binds = (bind,) * servers
         client = tuple(c for c in cores if c not in pinned) or tuple(cores[:1])
     room = len(client) if bind in UNPINNED else max(1, len(set(client) - _pinned(binds)))
+    if bind == "spread" and set(client) & _pinned(binds):
+        room = 1  # too few cores for a share each: the client shares them with one thread
     threads = client_threads or room
     warning = None
     if threads > room:
@@ -142,14 +147,18 @@ def _pinned(binds: Sequence[str]) -> set[int]:
 
 
 def _spread(cores: list[int], servers: int) -> tuple[tuple[str, ...], tuple[int, ...]]:
-    """``servers + 1`` shares of consecutive cores: the client's first (with the remainder of an uneven cut), the
-    servers' after it; too few cores: the client keeps the first, the servers share the rest in turn."""
-    if len(cores) == 1:
-        return (str(cores[0]),) * servers, (cores[0],)
+    """Enough cores (one share each for the servers and the client): ``servers + 1`` shares of consecutive cores,
+    the client's first (with the remainder of an uneven cut), the servers' after it. Fewer: every core goes to the
+    servers (one share each, or single cores in turn when there are more servers than cores) and the client shares
+    them all."""
     size = len(cores) // (servers + 1)
     if size == 0:
-        rest = cores[1:]
-        return tuple(str(rest[i % len(rest)]) for i in range(servers)), (cores[0],)
+        if servers <= len(cores):
+            per = len(cores) // servers
+            return tuple(",".join(map(str, cores[i * per : (i + 1) * per])) for i in range(servers)), tuple(
+                cores
+            )
+        return tuple(str(cores[i % len(cores)]) for i in range(servers)), tuple(cores)
     first = len(cores) - size * servers
     binds = tuple(
         ",".join(map(str, cores[first + i * size : first + (i + 1) * size])) for i in range(servers)
