@@ -9,7 +9,7 @@ It reads any recipe's config (``search``, ``compare``, ``demo``, ``tune``, ``ser
   its bytes at the dtype the run loads it in (:mod:`specs_rl.plan`: read from safetensors headers or config.json,
   ``unknown`` when neither can be reached);
 - per device: the weights, the key/value cache of the cached prefixes (``hf.cache_prompts`` problems of up to
-  ``hf.max_tokens`` tokens per generator, ``2 x layers x kv heads x head dim x dtype bytes`` a token), or each
+  ``hf.max_tokens`` tokens per in-process model, ``2 x layers x kv heads x head dim x dtype bytes`` a token), or each
   vLLM server's share of its GPU, against the device's memory (a visible GPU's, ``gpu_memory_gib``, or the host's
   RAM for cpu);
 - the servers a ``backend: vllm`` run would start, with ports (or "a free port") and memory shares, in start order;
@@ -145,7 +145,7 @@ def device_needs(
         role = use.facts.role
         if use.server is None:
             need.items.append((f"{role} weights ({use.dtype})", weights))
-            if use.generates:
+            if use.generates or role == "prm":  # an in-process PRM keeps cached prefixes too (CachedStack)
                 per_token = use.facts.kv_bytes_per_token(use.dtype)
                 tokens = run.hf.cache_prompts * run.hf.max_tokens
                 need.items.append(
