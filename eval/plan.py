@@ -16,7 +16,8 @@ It reads any recipe's config (``search``, ``compare``, ``demo``, ``tune``, ``ser
 - the work: methods x n x seeds x problems searches, the data source and its problem count.
 
 When a device cannot hold what it is given it prints one line and exits with status 2. ``compare``, ``search`` and
-``serve`` run the same check (:func:`check`) before they load anything.
+``serve`` run the same check (:func:`check`; ``serve``: :func:`check_serve`, its servers only) before they load or
+start anything.
 """
 
 from __future__ import annotations
@@ -312,6 +313,19 @@ def check(cfg: Any) -> None:
         return
     gpus = gpu_memory()
     for need in device_needs(run, model_uses(run, gpus), gpus, None):
+        need.check()
+
+
+def check_serve(run: RunConfig, parts: Sequence[str] = ()) -> None:
+    """The fit check ``serve`` runs before starting anything: the servers it would start (every served part of
+    ``run``, whatever its ``backend`` key, or only ``parts``) against their devices; a :class:`SpecsError` (one
+    line) when one cannot hold its model."""
+    import dataclasses
+
+    run = dataclasses.replace(run, backend="vllm")
+    gpus = gpu_memory()
+    uses = [u for u in model_uses(run, gpus) if u.server and (not parts or u.facts.role in parts)]
+    for need in device_needs(run, uses, gpus, None):
         need.check()
 
 

@@ -207,3 +207,29 @@ def test_offline_the_paper_models_are_counted_from_shipped_config_copies_and_say
     assert sky == vocab * h + layers * per_layer + h + h + 1
     # a pinned revision may differ from the copy: not used
     assert model_facts("prm", "Qwen/Qwen2.5-Math-PRM-7B", revision="abc").params is None
+
+
+def test_serve_runs_the_fit_check_before_starting_any_server(tmp_path, capsys, monkeypatch) -> None:
+    import specs_rl.vllm
+    from eval import serve
+    from specs_rl.errors import SpecsError
+    from specs_rl.plan import host_memory
+
+    if (host_memory() or 0) > 56 * 1024**3:
+        pytest.skip("this machine's RAM holds two 7B models in float32")
+
+    def started(*args, **kwargs):
+        raise SpecsError("start_servers reached")
+
+    monkeypatch.setattr(specs_rl.vllm, "start_servers", started)
+    names = [f"hf.{r}.name={_config_only(tmp_path / r)}" for r in ("draft", "target")]
+    f32 = ["vllm.draft.dtype=float32", "vllm.target.dtype=float32"]
+    toy = ["--config", str(REPO / "configs" / "demo" / "toymath.yaml")]
+    # two 7B servers in float32 on this machine's CPU (57 GiB of weights): refused in one line, nothing started
+    assert serve.main([*toy, *names, *f32]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.count("\n") == 0 and "cpu: the run needs" in err and "vllm.target server weights" in err
+    assert "start_servers reached" not in err
+    # only the servers it starts are checked: the toy draft alone fits, so serving it gets as far as starting
+    assert serve.main([*toy, names[1], "vllm.target.dtype=float32", "parts=[draft]"]) == 2
+    assert "start_servers reached" in capsys.readouterr().err
