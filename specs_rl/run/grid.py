@@ -219,7 +219,14 @@ def plan_runs(cfg: CompareConfig) -> list[PlannedRun]:
         for n in ns:
             for seed in grid.seeds:
                 runs.append(
-                    plan_run(search, name, n, seed, own_settings(name, grid.method_settings), n_free=min(grid.n_grid))
+                    plan_run(
+                        search,
+                        name,
+                        n,
+                        seed,
+                        own_settings(name, grid.method_settings),
+                        n_free=min(grid.n_grid),
+                    )
                 )
     token_level = sorted({r.method for r in runs if r.config.speculative_tokens})
     if token_level and cfg.run.backend != "hf":
