@@ -14,6 +14,7 @@ from collections import defaultdict
 from collections.abc import Iterable, Sequence
 from typing import Any
 
+from specs_rl.methods import speculative_base
 from specs_rl.types import STAGES, TOKEN_KINDS, acceptance_length
 
 REFERENCE = "beam_search_target"  # the method latencies are compared with (the paper's beam search, BS(B))
@@ -25,6 +26,9 @@ LATENCY_RATIOS = {
 REPEAT_RATIO = (
     "latency_ratio_repeats"  # {"median", "min", "max", "repeats", "values"} of the mean-latency ratio
 )
+# a speculative variant's (target_sd, <base>_sd) per-repeat ratio of mean latencies to its base at the same n and
+# seed, as REPEAT_RATIO (< 1: speculative target steps made it faster)
+SPECULATIVE_RATIO = "latency_vs_base_repeats"
 
 
 def wilson_interval(k: int, n: int, z: float = 1.959964) -> tuple[float, float]:
@@ -160,4 +164,14 @@ def aggregate_rows(
                     by_seed[(a["method"], a["n"], seed)]["latency_mean_s"] / base["latency_mean_s"]
                 )
         a[REPEAT_RATIO] = spread(per_seed) if per_seed else None
+    for a in out:
+        base_name = speculative_base(a["method"])
+        per_seed = []
+        for seed in a["seeds"]:
+            base = by_seed.get((base_name, a["n"], seed))
+            if base and base["latency_mean_s"] and base["latency_mean_s"] > 0:
+                per_seed.append(
+                    by_seed[(a["method"], a["n"], seed)]["latency_mean_s"] / base["latency_mean_s"]
+                )
+        a[SPECULATIVE_RATIO] = spread(per_seed) if per_seed else None
     return out
