@@ -50,6 +50,7 @@ import torch
 from specs_rl.cli import entry_point
 from specs_rl.config import config_from_argv, load_config, to_dict
 from specs_rl.interfaces import Task
+from specs_rl.methods import own_settings
 from specs_rl.run import CompareConfig, PlannedRun, build_task, search_task, summarize, warm_up
 from specs_rl.run.backends import threads_restored
 from specs_rl.run.grid import plan_run
@@ -127,7 +128,7 @@ def world(cfg: BenchServedConfig) -> tuple[Any, Any, list[PlannedRun]]:
     data = dataclasses.replace(run.data, start=run.data.start, limit=need, toymath=toy, shard=None)
     hf_run = dataclasses.replace(run, backend="hf", data=data)
     served_run = dataclasses.replace(run, backend="vllm", data=data, vllm=cfg.vllm)
-    own = compare.grid.method_settings.get("specs")
+    own = own_settings("specs", compare.grid.method_settings)
     planned = [
         plan_run(run.search, "specs", cfg.n, cfg.seed + r, own, n_free=cfg.n) for r in range(cfg.repeats)
     ]

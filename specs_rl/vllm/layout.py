@@ -14,7 +14,7 @@ cut) and each server one of the others, and torch gets as many threads as the cl
 cores than that (2 cores, 2 servers) every core goes to the servers (one share each, single cores in turn when there
 are more servers than cores) and the client runs beside them with 1 torch thread: measured on a 2-core CPU, that
 beat putting both servers on core 1 and the client on core 0 (1.4 s against 3.4 s per SPECS problem, the draft and
-target requests 6x slower on the shared core, with other jobs loading the machine). Other binds (``auto``,
+target-scoring requests 6-7x slower on the shared core, with other jobs loading the machine). Other binds (``auto``,
 ``nobind``, a core list) leave the servers where the bind says; the client gets the cores no list names (1 thread
 when there are none), or, for servers not pinned to known cores, one share of ``servers + 1``.
 """
