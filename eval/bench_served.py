@@ -221,15 +221,18 @@ def table(report: dict[str, Any]) -> str:
     return "\n".join(lines)
 
 
+def parse(argv: Sequence[str]) -> BenchServedConfig:
+    """The command line's config, checked, without loading a model or writing a file (what the docs test calls)."""
+    return config_from_argv(BenchServedConfig, argv, "specs-rl bench backend=vllm")
+
+
 @entry_point
 def main(argv: Sequence[str] | None = None) -> int:
     from specs_rl.hf import build_parts as build_hf
     from specs_rl.hf.build import build_prm
     from specs_rl.vllm.build import build_parts as build_served
 
-    cfg = config_from_argv(
-        BenchServedConfig, sys.argv[1:] if argv is None else argv, "specs-rl bench backend=vllm"
-    )
+    cfg = parse(sys.argv[1:] if argv is None else argv)
     search, hf, problems = world(cfg)
     out = Path(cfg.out)
     previous_threads = torch.get_num_threads()

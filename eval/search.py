@@ -30,9 +30,16 @@ from specs_rl.run import (
 )
 
 
+def parse(argv: Sequence[str]) -> SearchRunConfig:
+    """The command line's config, checked, without loading a model or writing a file (what the docs test calls)."""
+    cfg = config_from_argv(SearchRunConfig, argv, "specs-rl search")
+    cfg.search_config()  # the method preset applies to the run's settings
+    return cfg
+
+
 @entry_point
 def main(argv: Sequence[str] | None = None) -> int:
-    cfg = config_from_argv(SearchRunConfig, sys.argv[1:] if argv is None else argv, "specs-rl search")
+    cfg = parse(sys.argv[1:] if argv is None else argv)
     run = cfg.run
     search = cfg.search_config()  # the method preset applied to the run's settings
     check_run_dir(run.out, cfg)  # a directory of another config is refused before any model loads

@@ -75,9 +75,16 @@ from specs_rl.run.tune.trials import TaskCache, TrialRunner, run_result
 NO_CHOICE = 3  # exit status: the study ran, but no completed trial of the first method meets the rule
 
 
+def parse(argv: Sequence[str]) -> TuneConfig:
+    """The command line's config, checked, without loading a model or writing a file (what the docs test calls)."""
+    cfg = config_from_argv(TuneConfig, argv, "specs-rl tune")
+    plan_study(cfg)
+    return cfg
+
+
 @entry_point
 def main(argv: Sequence[str] | None = None) -> int:
-    cfg = config_from_argv(TuneConfig, sys.argv[1:] if argv is None else argv, "specs-rl tune")
+    cfg = parse(sys.argv[1:] if argv is None else argv)
     # spaces, rule, reference, the test re-run's config: all checked before anything is loaded or written
     plan = plan_study(cfg)
     check_optuna()

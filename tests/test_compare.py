@@ -8,6 +8,7 @@ import doctest
 import json
 import math
 import os
+import re
 import struct
 import subprocess
 import sys
@@ -21,7 +22,7 @@ import eval.compare as compare
 import specs_rl.run as run
 import specs_rl.run.grid as grid
 import specs_rl.run.report as report
-from specs_rl.config import given_keys, load_config
+from specs_rl.config import ConfigError, given_keys, load_config
 from specs_rl.settings import SearchConfig
 from specs_rl.tracking import find_offline_runs, read_offline_run
 
@@ -679,3 +680,33 @@ def test_the_peers_config_plans_the_head_to_head_and_runs_on_a_tiny_world(tmp_pa
     assert {r["strategy"] for r in records if r["method"] in ("gsi", "rsd_bon", "specs_paper")} == {"specs"}
     summary = json.loads((out / "summary.json").read_text())
     assert summary["complete"] and {a["method"] for a in summary["aggregate"]} == set(cfg.grid.methods)
+
+
+def test_method_n_runs_a_method_at_its_own_n():
+    """method_n: the short demo's SPECS at its tuned n = 8 beside beam search at n_grid's n = 4; n-free methods and
+    bad values are refused in one line."""
+    runs = run.plan_runs(
+        _tab_cfg(
+            "methods=[specs,beam_search_target,target_only]",
+            "n_grid=[4]",
+            "method_n.specs=[8]",
+            "seeds=[0,1]",
+        )
+    )
+    assert [(r.method, r.n, r.seed) for r in runs] == [
+        ("specs", 8, 0),
+        ("specs", 8, 1),
+        ("beam_search_target", 4, 0),
+        ("beam_search_target", 4, 1),
+        ("target_only", None, 0),
+        ("target_only", None, 1),
+    ]
+    assert [r.config.n for r in runs[:3]] == [8, 8, 4] and runs[2].config.beam_width == 4
+    for override, message in [
+        ("method_n.target_only=[4]", "method_n.target_only: target_only does not depend on n"),
+        ("method_n.spec=[4]", "method_n.spec: spec is not a method preset"),
+        ("method_n.specs=[0]", "method_n.specs must be distinct values >= 1, got [0]"),
+        ("method_n.specs=[8,8]", "method_n.specs must be distinct values >= 1"),
+    ]:
+        with pytest.raises(ConfigError, match=re.escape(message)):
+            _tab_cfg(override)
