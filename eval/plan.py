@@ -9,14 +9,15 @@ It reads any recipe's config (``search``, ``compare``, ``demo``, ``tune``, ``ser
   its bytes at the dtype the run loads it in (:mod:`specs_rl.plan`: read from safetensors headers or config.json,
   ``unknown`` when neither can be reached);
 - per device: the weights, the key/value cache of the cached prefixes (``hf.cache_prompts`` problems of up to
-  ``hf.max_tokens`` tokens per generator, ``2 x layers x kv heads x head dim x dtype bytes`` a token), or each
+  ``hf.max_tokens`` tokens per in-process model, ``2 x layers x kv heads x head dim x dtype bytes`` a token), or each
   vLLM server's share of its GPU, against the device's memory (a visible GPU's, ``gpu_memory_gib``, or the host's
   RAM for cpu);
 - the servers a ``backend: vllm`` run would start, with ports (or "a free port") and memory shares, in start order;
 - the work: methods x n x seeds x problems searches, the data source and its problem count.
 
 When a device cannot hold what it is given it prints one line and exits with status 2. ``compare``, ``search`` and
-``serve`` run the same check (:func:`check`) before they load anything.
+``serve`` run the same check (:func:`check`; ``serve``: :func:`check_serve`, its servers only) before they load or
+start anything.
 """
 
 from __future__ import annotations
@@ -145,7 +146,7 @@ def device_needs(
         role = use.facts.role
         if use.server is None:
             need.items.append((f"{role} weights ({use.dtype})", weights))
-            if use.generates:
+            if use.generates or role == "prm":  # an in-process PRM keeps cached prefixes too (CachedStack)
                 per_token = use.facts.kv_bytes_per_token(use.dtype)
                 tokens = run.hf.cache_prompts * run.hf.max_tokens
                 need.items.append(
@@ -311,6 +312,19 @@ def check(cfg: Any) -> None:
         return
     gpus = gpu_memory()
     for need in device_needs(run, model_uses(run, gpus), gpus, None):
+        need.check()
+
+
+def check_serve(run: RunConfig, parts: Sequence[str] = ()) -> None:
+    """The fit check ``serve`` runs before starting anything: the servers it would start (every served part of
+    ``run``, whatever its ``backend`` key, or only ``parts``) against their devices; a :class:`SpecsError` (one
+    line) when one cannot hold its model."""
+    import dataclasses
+
+    run = dataclasses.replace(run, backend="vllm")
+    gpus = gpu_memory()
+    uses = [u for u in model_uses(run, gpus) if u.server and (not parts or u.facts.role in parts)]
+    for need in device_needs(run, uses, gpus, None):
         need.check()
 
 

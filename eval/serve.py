@@ -11,7 +11,9 @@ and the ``backend`` key is ignored): the models are the
 install). A part whose ``vllm.<part>.url`` is set is served at that URL's port (its host must be this machine);
 otherwise at a free port on ``vllm.host``. The PRM gets a server when ``vllm.prm.backend`` resolves to ``vllm``.
 ``parts=[draft]`` serves only those parts (to restart one server at its old URL, or to put the PRM on its own box).
-The last line printed is the overrides that point a run at the servers.
+The last line printed is the overrides that point a run at the servers. Before anything starts, the servers'
+memory is checked as ``specs-rl plan`` does (a server whose weights exceed its share of its GPU, or CPU servers
+that exceed this machine's RAM, is refused in one line).
 """
 
 from __future__ import annotations
@@ -22,6 +24,7 @@ import threading
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 
+from eval import plan
 from specs_rl.cli import entry_point
 from specs_rl.config import PART, describe, load_config, split_argv, top_keys
 from specs_rl.run import CompareConfig, RunConfig, SearchRunConfig
@@ -62,6 +65,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     from specs_rl.vllm import start_servers
 
     cfg = serve_config(sys.argv[1:] if argv is None else argv)
+    plan.check_serve(cfg.run, cfg.parts)  # the servers fit their devices (read from headers: nothing started)
     by_part = start_servers(
         cfg.run.vllm, cfg.run.hf, cfg.parts, announce=lambda line: print(line, flush=True)
     )

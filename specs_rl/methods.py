@@ -114,6 +114,28 @@ METHOD_PRESETS: dict[str, dict[str, Any]] = {
     "specs_paper_random_switch": _ablation(SPECS_PAPER, random_switch=0.5),
 }
 
+# <method>_sd: the method with every step the target writes (its samples, deferred and target-mode steps, rewrites)
+# written by exact speculative sampling with the draft, k = 3 draft tokens a round (target_sd's k). Lossless: each
+# target step has the target's law, so a variant searches as its base does, only the target's generation costs
+# less. A variant takes its base's own settings (method_settings.<base>) unless it has its own.
+SPECULATIVE_TOKENS = METHOD_PRESETS["target_sd"]["speculative_tokens"]
+SPECULATIVE_BASES = ("specs", "specs_paper", "gsi", "rsd_bon", "rsd", "specreason", "dvts")
+SPECULATIVE_BASES += ("beam_search_target", "best_of_n")
+for _base in SPECULATIVE_BASES:
+    METHOD_PRESETS[f"{_base}_sd"] = {**METHOD_PRESETS[_base], "speculative_tokens": SPECULATIVE_TOKENS}
+
+
+def own_settings(name: str, settings: Mapping[str, Any]) -> Mapping[str, Any] | None:
+    """The own settings method ``name`` runs with, from a ``method_settings`` mapping: its entry, else (a
+    ``<base>_sd`` variant) its base's, else None."""
+    if name in settings:
+        return settings[name]
+    base = name.removesuffix("_sd")
+    if base != name and base in SPECULATIVE_BASES:
+        return settings.get(base)
+    return None
+
+
 # Presets whose ``random_switch`` is the target-step fraction another method measured for the same n, seed and
 # problems (ALGORITHM.md §4: "random switching at the same target-step fraction"): ``compare`` runs that method
 # first, reads the fraction from its records and runs the ablation at it.

@@ -12,6 +12,9 @@ count is read, never guessed:
   architectures transformers knows;
 - else, for a hub id when the hub can be reached (``HF_HUB_OFFLINE`` unset), the hub's safetensors metadata
   (``huggingface_hub.get_safetensors_metadata``: a few kilobytes, no weights);
+- else, for the paper's hub models, a copy of their ``config.json`` shipped with the package
+  (``specs_rl/assets/configs``: ``index.json`` says where each came from), built on the meta device; the plan says
+  the count is the architecture's, from a shipped copy of the config, not read from the weights;
 - otherwise ``unknown``: the plan says so and does not count the model in a fit check.
 
 Memory per device is an estimate with its formula shown: weights + the key/value cache of the cached prefixes
@@ -198,6 +201,20 @@ def _cached_folder(repo: str, revision: str | None) -> Path | None:
     return Path(hit).parent if isinstance(hit, str) else None
 
 
+SHIPPED_CONFIGS = Path(__file__).parent / "assets" / "configs"
+
+
+def shipped_config(repo: str) -> tuple[dict[str, Any], str] | None:
+    """``(config, what the copy is)`` of the copy of ``repo``'s config.json shipped with the package, if any
+    (``index.json`` also records the address each was taken from)."""
+    index = json.loads((SHIPPED_CONFIGS / "index.json").read_text())
+    entry = index.get(repo)
+    if entry is None:
+        return None
+    config = json.loads((SHIPPED_CONFIGS / entry["dir"] / "config.json").read_text())
+    return config, entry["copy"]
+
+
 def _hub_params(repo: str, revision: str | None) -> tuple[int | None, str]:
     if os.environ.get("HF_HUB_OFFLINE", "0").lower() in ("1", "true", "yes"):
         return None, "not in the local cache, and the hub is offline (HF_HUB_OFFLINE)"
@@ -249,6 +266,16 @@ def model_facts(
         return _from_folder(ModelFacts(role, name, "HF cache", str(cached)), cached)
     facts = ModelFacts(role, name, "hub", f"https://huggingface.co/{name}")
     facts.params, facts.how = _hub_params(name, revision)
+    shipped = shipped_config(name) if facts.params is None and revision is None else None
+    if shipped is not None:
+        facts.config, origin = shipped
+        why = facts.how
+        _from_config(facts)
+        if facts.params is not None:
+            facts.how = (
+                f"{why}; the architecture from a copy of its config.json shipped with specs-rl ({origin}; "
+                "specs_rl/assets/configs), built on the meta device, not read from the weights"
+            )
     return facts
 
 

@@ -55,7 +55,9 @@ def test_paper_config_matches_the_paper_setting():
     cfg = load_config(SearchRunConfig, REPO / "configs" / "search" / "qwen25_math_math500.yaml").run
     assert cfg.hf.draft.name == "Qwen/Qwen2.5-Math-1.5B-Instruct"
     assert cfg.hf.target.name == "Qwen/Qwen2.5-Math-7B-Instruct"
-    assert cfg.hf.prm.name.endswith("7B") and cfg.hf.prm.step_separator == "<extra_0>"
+    # the authors' PRM, read as its kind says (step token "\n", the kind's default)
+    assert cfg.hf.prm.name == "Skywork/Skywork-o1-Open-PRM-Qwen-2.5-7B" and cfg.hf.prm.kind == "skywork_prm"
+    assert cfg.hf.prm.step_separator is None
     assert cfg.search.n == 4 and cfg.data.dataset == "math500" and cfg.batch_size == 1
     assert cfg.search.tau_switch == 0.7
     assert cfg.hf.system_prompt.endswith("\\boxed{}.") and cfg.hf.step_delimiter == "\n\n"

@@ -65,7 +65,7 @@ def test_a_sharded_checkpoint_and_a_config_alone_are_counted_without_weights(tmp
 def test_unreadable_sources_are_unknown_and_say_why(tmp_path, monkeypatch) -> None:
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
     monkeypatch.setenv("HF_HUB_CACHE", str(tmp_path / "cache"))
-    hub = model_facts("target", "Qwen/Qwen2.5-Math-7B-Instruct")
+    hub = model_facts("prm", "Skywork/Skywork-o1-Open-PRM-Qwen-2.5-7B")  # no copy of its config ships
     assert hub.source == "hub" and hub.params is None and "offline" in hub.how
     missing = model_facts("draft", "./no/such/dir")
     assert missing.source == "missing" and missing.params is None
@@ -169,3 +169,67 @@ def test_plan_prints_the_plan_of_every_committed_run_config(config, capsys) -> N
     assert plan.main(["--config", str(REPO / config)]) == 0, capsys.readouterr().err
     out = capsys.readouterr().out
     assert out.startswith("backend: ") and "\nwork: " in out
+
+
+def test_offline_the_paper_models_are_counted_from_shipped_config_copies_and_say_so(
+    tmp_path, monkeypatch
+) -> None:
+    from specs_rl.plan import SHIPPED_CONFIGS, meta_params, shipped_config
+
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    monkeypatch.setenv("HF_HUB_CACHE", str(tmp_path / "cache"))
+    index = json.loads((SHIPPED_CONFIGS / "index.json").read_text())
+    assert set(index) == {
+        "Qwen/Qwen2.5-Math-1.5B-Instruct",
+        "Qwen/Qwen2.5-Math-7B-Instruct",
+        "Qwen/Qwen2.5-Math-PRM-7B",
+        "Skywork/Skywork-o1-Open-PRM-Qwen-2.5-1.5B",
+    }
+    for repo, entry in index.items():
+        assert entry["from"].startswith("https://huggingface.co/") and entry["copy"]
+        facts = model_facts("prm", repo)
+        assert facts.source == "hub" and "offline" in facts.how
+        assert "shipped with specs-rl" in facts.how and "not read from the weights" in facts.how
+        assert facts.params == meta_params(shipped_config(repo)[0])
+    target = model_facts("target", "Qwen/Qwen2.5-Math-7B-Instruct")
+    assert target.params == 7_615_616_512  # the test's QWEN25_7B shape: the copy is that architecture
+    assert target.kv_bytes_per_token("bfloat16") == 2 * 28 * 4 * 128 * 2
+    # Qwen2.5-Math-PRM-7B: the 7B body + its two-layer head (h x h + h, 2h + 2)
+    body = 7_615_616_512 - 2 * 152064 * 3584
+    assert (
+        model_facts("prm", "Qwen/Qwen2.5-Math-PRM-7B").params
+        == body + 152064 * 3584 + 3584 * 3584 + 3584 + 2 * 3584 + 2
+    )
+    # Skywork 1.5B: Qwen2.5-1.5B's body (tied embeddings) + a value head of one output (h + 1)
+    sky = model_facts("prm", "Skywork/Skywork-o1-Open-PRM-Qwen-2.5-1.5B").params
+    h, inter, layers, vocab, kv = 1536, 8960, 28, 151936, 2 * 128
+    per_layer = (h * h + h) + 2 * (h * kv + kv) + h * h + 3 * h * inter + 2 * h
+    assert sky == vocab * h + layers * per_layer + h + h + 1
+    # a pinned revision may differ from the copy: not used
+    assert model_facts("prm", "Qwen/Qwen2.5-Math-PRM-7B", revision="abc").params is None
+
+
+def test_serve_runs_the_fit_check_before_starting_any_server(tmp_path, capsys, monkeypatch) -> None:
+    import specs_rl.vllm
+    from eval import serve
+    from specs_rl.errors import SpecsError
+    from specs_rl.plan import host_memory
+
+    if (host_memory() or 0) > 56 * 1024**3:
+        pytest.skip("this machine's RAM holds two 7B models in float32")
+
+    def started(*args, **kwargs):
+        raise SpecsError("start_servers reached")
+
+    monkeypatch.setattr(specs_rl.vllm, "start_servers", started)
+    names = [f"hf.{r}.name={_config_only(tmp_path / r)}" for r in ("draft", "target")]
+    f32 = ["vllm.draft.dtype=float32", "vllm.target.dtype=float32"]
+    toy = ["--config", str(REPO / "configs" / "demo" / "toymath.yaml")]
+    # two 7B servers in float32 on this machine's CPU (57 GiB of weights): refused in one line, nothing started
+    assert serve.main([*toy, *names, *f32]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.count("\n") == 0 and "cpu: the run needs" in err and "vllm.target server weights" in err
+    assert "start_servers reached" not in err
+    # only the servers it starts are checked: the toy draft alone fits, so serving it gets as far as starting
+    assert serve.main([*toy, names[1], "vllm.target.dtype=float32", "parts=[draft]"]) == 2
+    assert "start_servers reached" in capsys.readouterr().err

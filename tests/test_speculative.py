@@ -15,6 +15,7 @@ import pytest
 import torch
 from scipy import stats
 
+from specs_rl.config import ConfigError, load_config
 from specs_rl.errors import SpecsError
 from specs_rl.hf import tiny_parts
 from specs_rl.hf.sampler import HFLM, HFSampler, sample_from_logits
@@ -457,3 +458,49 @@ def test_speculative_tokens_on_a_backend_without_token_level_parts_is_refused_be
     assert "needs backend: hf" in capsys.readouterr().err
     with pytest.raises(ValueError, match="speculative_tokens must be >= 0"):
         SearchConfig(speculative_tokens=-1).validate()
+
+
+def test_sd_variants_pin_speculative_steps_and_take_their_bases_settings() -> None:
+    """<base>_sd is the base preset with the target_sd k; it runs at its base's method_settings unless it has its
+    own, and its base's pinned values stay pinned."""
+    from specs_rl.methods import METHOD_PRESETS, SPECULATIVE_BASES, uses_n
+    from specs_rl.run.grid import CompareConfig, plan_runs
+
+    from .conftest import REPO
+
+    for base in SPECULATIVE_BASES:
+        sd = METHOD_PRESETS[f"{base}_sd"]
+        assert sd == {
+            **METHOD_PRESETS[base],
+            "speculative_tokens": METHOD_PRESETS["target_sd"]["speculative_tokens"],
+        }
+        assert uses_n(f"{base}_sd") == uses_n(base)
+    assert "draft_only_sd" not in METHOD_PRESETS and "beam_search_draft_sd" not in METHOD_PRESETS
+    cfg = load_config(
+        CompareConfig,
+        str(REPO / "configs" / "eval" / "peers_toymath.yaml"),
+        [
+            "methods=[specs,specs_sd,gsi_sd,specreason_sd]",
+            "n_grid=[4]",
+            "seeds=[0]",
+            "method_settings.gsi_sd.beta=2.0",
+        ],
+    )
+    runs = {r.method: r.config for r in plan_runs(cfg)}
+    assert runs["specs_sd"].speculative_tokens == 3 and runs["specs"].speculative_tokens == 0
+    assert (runs["specs_sd"].beta, runs["specs_sd"].tau_reject) == (
+        runs["specs"].beta,
+        runs["specs"].tau_reject,
+    )
+    assert (
+        runs["gsi_sd"].beta == 2.0 and runs["gsi_sd"].acceptance == "select_test"
+    )  # its own beats its base's
+    assert runs["specreason_sd"].judge == "prm"  # specreason's fixed judge
+    with pytest.raises(ConfigError, match="method specs_sd pins score_form"):
+        plan_runs(
+            load_config(
+                CompareConfig,
+                str(REPO / "configs" / "eval" / "peers_toymath.yaml"),
+                ["methods=[specs_sd]", "n_grid=[4]", "seeds=[0]", "method_settings.specs_sd.score_form=mean"],
+            )
+        )

@@ -16,7 +16,8 @@ from specs_rl.hf.prm import HFRewardModel
 from specs_rl.hf.sampler import HFLM, HFSampler
 from specs_rl.hf.scorer import HFScorer
 from specs_rl.hf.speculative import SpeculativeSampler
-from specs_rl.interfaces import Clock, SearchParts, Task, WallClock
+from specs_rl.hf.streams import cuda_devices, scoring_clock
+from specs_rl.interfaces import Clock, SearchParts, Task
 from specs_rl.models.config import ModelsConfig, ModelSpec, PrmSpec, TinySpec
 from specs_rl.models.judge import DEFAULT_JUDGE_PROMPT
 from specs_rl.models.tokens import same_tokenizer
@@ -72,7 +73,9 @@ def build_parts(cfg: ModelsConfig, clock: Clock | None = None) -> SearchParts:
     Identical draft and target specs share one loaded model (and its cache). When the two tokenizers agree, token
     ids are shared and sampling/scoring use the vocabulary range both models have; otherwise every step is
     re-tokenized from its text (see :class:`~specs_rl.hf.scorer.HFScorer`). ``clock`` defaults to
-    :class:`~specs_rl.interfaces.WallClock` (CUDA-synchronized).
+    :class:`~specs_rl.interfaces.WallClock` (CUDA-synchronized), or, when a model is on CUDA, to
+    :class:`~specs_rl.hf.streams.StreamClock`, whose concurrent sections (``concurrent_scoring``) give target
+    scoring and PRM scoring a CUDA stream each.
     """
     try:
         cfg.validate()
@@ -137,7 +140,7 @@ def build_parts(cfg: ModelsConfig, clock: Clock | None = None) -> SearchParts:
         speculative_target=speculative_target,
         scorer=HFScorer(lm_t, source=lm_d),
         prm=prm,
-        clock=clock or WallClock(),
+        clock=clock or scoring_clock(cuda_devices([lm_d.model, lm_t.model, prm.model])),
         answer_of=boxed_answer,
         judge=HFJudge(
             lm_t,

@@ -116,8 +116,10 @@ class CachedStack:
 
     # -- timing -----------------------------------------------------------------------------------------------
     def _now(self) -> float:
+        # This thread's current stream only: inside a concurrent scoring section (specs_rl.hf.streams) the other
+        # thread's stream keeps running, and a device-wide synchronize would serialize the two.
         if self.device.type == "cuda":
-            torch.cuda.synchronize(self.device)
+            torch.cuda.current_stream(self.device).synchronize()
         return time.perf_counter()
 
     def timed(self) -> _Timer:

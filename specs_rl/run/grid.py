@@ -22,7 +22,7 @@ import yaml
 from specs_rl.config import PART, ConfigError, given_keys, typed_fields
 from specs_rl.errors import SpecsError
 from specs_rl.interfaces import Task
-from specs_rl.methods import MATCHED_FRACTION, METHOD_PRESETS, preset, shared_clash, uses_n
+from specs_rl.methods import MATCHED_FRACTION, METHOD_PRESETS, own_settings, preset, shared_clash, uses_n
 from specs_rl.progress import progress_bar
 from specs_rl.run.config import RunConfig, speculative_refusal
 from specs_rl.run.records import ResultsWriter, problem_seed, record_key, result_record
@@ -237,9 +237,8 @@ def plan_runs(cfg: CompareConfig) -> list[PlannedRun]:
         )
         if clash:
             raise ConfigError(clash)
-    for name, own in grid.method_settings.items():
-        if name not in grid.methods:
-            continue
+    for name in grid.methods:
+        own = own_settings(name, grid.method_settings) or {}
         both = sorted(k for k in own if k in shared)
         if both:
             k = both[0]
@@ -252,7 +251,14 @@ def plan_runs(cfg: CompareConfig) -> list[PlannedRun]:
         for n in grid.n_values(name):
             for seed in grid.seeds:
                 runs.append(
-                    plan_run(search, name, n, seed, grid.method_settings.get(name), n_free=min(grid.n_grid))
+                    plan_run(
+                        search,
+                        name,
+                        n,
+                        seed,
+                        own_settings(name, grid.method_settings),
+                        n_free=min(grid.n_grid),
+                    )
                 )
     token_level = sorted({r.method for r in runs if r.config.speculative_tokens})
     if token_level and cfg.run.backend != "hf":

@@ -21,7 +21,7 @@ from specs_rl.config import (
     given_keys,
     typed_fields,
 )
-from specs_rl.methods import MATCHED_FRACTION, METHOD_PRESETS, shared_clash, uses_n
+from specs_rl.methods import MATCHED_FRACTION, METHOD_PRESETS, own_settings, shared_clash, uses_n
 from specs_rl.run.backends import BACKENDS
 from specs_rl.run.grid import PlannedRun, plan_run
 from specs_rl.run.tune.config import TuneConfig, with_values
@@ -135,7 +135,7 @@ def _param_owner(cfg: TuneConfig, method: str, key: str) -> tuple[type, str]:
             f"{where}: {key} is also set for every method ({key}={getattr(cfg.run.search, key)!r}); set it in one "
             "place"
         )
-    if key in cfg.method_settings.get(method, {}):
+    if key in (own_settings(method, cfg.method_settings) or {}):
         raise ConfigError(f"{where}: {key} is also fixed in method_settings.{method}; set it in one place")
     return SearchConfig, key
 
@@ -205,7 +205,7 @@ def trial_run(
     """The planned run of one trial (its search settings: shared <- fixed own <- tuned, then the preset's pinned
     values) and its backend values (dotted keys; ``{}`` for the run's own backend section)."""
     n = params.get("n", cfg.run.search.n) if uses_n(method) else None
-    own = {**cfg.method_settings.get(method, {})}
+    own = {**(own_settings(method, cfg.method_settings) or {})}
     own.update({k: v for k, v in params.items() if "." not in k and k != "n"})
     run = plan_run(cfg.run.search, method, n, seed, own, n_free=cfg.run.search.n)
     return run, {k: v for k, v in params.items() if "." in k}
@@ -219,7 +219,7 @@ def _reference_run(cfg: TuneConfig, method: str, n: int | None, what: str) -> Pl
     if n_used is not None and n_used < 1:
         raise ConfigError(f"{what}.n must be >= 1, got {n_used}")
     return plan_run(
-        cfg.run.search, method, n_used, cfg.seed, cfg.method_settings.get(method), n_free=n_default
+        cfg.run.search, method, n_used, cfg.seed, own_settings(method, cfg.method_settings), n_free=n_default
     )
 
 
