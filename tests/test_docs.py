@@ -6,7 +6,9 @@ exists, and the recipe's own ``parse(argv)`` accepts the command line (every ``k
 recipe's config, of the right type, the method grid valid), which loads no model and writes no file.
 
 A command that is meant not to parse (a placeholder, a pattern) is in :data:`EXEMPT` with its reason; an exemption
-that no longer matches any command in the docs is an error too, so the list cannot rot.
+that no longer matches any command in the docs is an error too, so the list cannot rot. A subcommand's bare name
+in a sentence (inline ``specs-rl tune``) names the command: only that it exists is checked; the same words in a
+code block are parsed as a command.
 """
 
 from __future__ import annotations
@@ -25,16 +27,22 @@ PAGES = [REPO / "README.md", *sorted((REPO / "docs").glob("*.md"))]
 
 # command (as extracted: the words after `specs-rl`, joined by one space) -> why it is not parsed
 EXEMPT: dict[str, str] = {
-    "train prm|orm|draft": "names the three training subcommands at once",
     "search method=gsi": "an example of a preset applied to any search config, shown without one",
-    "search method=beam_search": "shown as refused: a strategy name is not a method preset",
     "compare --config out/chosen.yaml": "a file the tune run writes into its out directory",
+    "COMMAND --help": "a placeholder for any subcommand",
+    "serve --config ...": "a placeholder for any run config",
+    "compare --config configs/eval/math500_qwen25.yaml backend=vllm data.shard=i/k vllm.draft.url=http://HOST_i:P1 "
+    "vllm.target.url=http://HOST_i:P2 vllm.prm.url=http://HOST_i:P3 out=runs/m500-iofk": (
+        "one line per machine i of k: the shard and the URLs are that machine's"
+    ),
     "tune --config configs/tune/toymath.yaml 'tune.storage=$SPECS_TUNE_DB' out=runs/tune-$(hostname)": (
         "expanded by the shell and by the recipe on each worker of a shared study"
     ),
 }
 
-WORD = re.compile(r"(?:^|[\s;&|(`])(?:\S*/)?specs-rl\s+")
+# `specs-rl` (or `.venv/bin/specs-rl`) where a shell command starts: at the start of the text or after `&&`, `;`,
+# `||`, `$(`, with environment assignments before it (`SPECS_RL_X=1 specs-rl ...`); not `specs-rl` in prose
+WORD = re.compile(r"(?:^|&&|;|\|\||\$\()\s*(?:[A-Za-z_][A-Za-z0-9_]*=\S*\s+)*(?:\S*/)?specs-rl(?:\s+|$)")
 
 
 def _join_continued(text: str) -> list[str]:
@@ -69,23 +77,26 @@ def _command(text: str) -> str | None:
     return " ".join(words).strip() or None
 
 
-def commands() -> list[tuple[str, str]]:
-    """(where, command) of every ``specs-rl`` command in the pages, in order."""
+FENCE = re.compile(r"^[ \t]*```[^\n]*\n(.*?)^[ \t]*```", flags=re.S | re.M)  # a fenced block, indented or not
+
+
+def commands() -> list[tuple[str, str, str]]:
+    """(page, command, ``block`` or ``inline``) of every ``specs-rl`` command in the pages, in order."""
     found = []
     for page in PAGES:
         text = page.read_text()
         name = page.relative_to(REPO).as_posix()
-        blocks = re.findall(r"^```[^\n]*\n(.*?)^```", text, flags=re.S | re.M)
+        blocks = FENCE.findall(text)
         for block in blocks:
             for line in _join_continued(block):
                 cmd = _command(line)
                 if cmd:
-                    found.append((name, cmd))
-        prose = re.sub(r"^```[^\n]*\n.*?^```", "", text, flags=re.S | re.M)
-        for code in re.findall(r"`([^`\n]+)`", prose):
-            cmd = _command(code)
+                    found.append((name, cmd, "block"))
+        prose = FENCE.sub("", text)
+        for code in re.findall(r"`([^`]+)`", prose):  # inline code may wrap onto the next line
+            cmd = _command(" ".join(code.split()))
             if cmd:
-                found.append((name, cmd))
+                found.append((name, cmd, "inline"))
     return found
 
 
@@ -102,19 +113,21 @@ ALL = commands()
 
 
 def test_the_docs_hold_commands_and_every_exemption_is_used():
-    cmds = {c for _, c in ALL}
+    cmds = {c for _, c, _ in ALL}
     assert len(cmds) >= 30, sorted(cmds)
     assert {"demo", "demo full"} <= cmds  # the README's first command and the full table
     stale = sorted(set(EXEMPT) - cmds)
     assert not stale, f"exemptions no command in the docs uses any more: {stale}"
 
 
-@pytest.mark.parametrize(("where", "cmd"), sorted(set(ALL)), ids=lambda x: x)
-def test_command_parses(where, cmd, monkeypatch):
+@pytest.mark.parametrize(("where", "cmd", "kind"), sorted(set(ALL)), ids=lambda x: x)
+def test_command_parses(where, cmd, kind, monkeypatch):
     if cmd in EXEMPT:
         pytest.skip(EXEMPT[cmd])
     monkeypatch.chdir(REPO)  # the docs' paths are the repository's
     sub, argv = _split(cmd)
+    if kind == "inline" and not argv:
+        return  # `specs-rl tune` in a sentence names the command (it exists); a code block's is parsed
     if "--help" in argv or "-h" in argv:
         return  # the subcommand exists; --help takes no config
     if "--config" in argv:
@@ -148,3 +161,14 @@ def test_the_extractor_finds_what_a_reader_would_run():
     assert _command("no command here") is None
     joined = _join_continued("specs-rl compare --config c.yaml \\\n    out=x\n")
     assert _command(joined[0]) == "compare --config c.yaml out=x"
+
+
+def test_ci_runs_the_readmes_first_two_commands():
+    """.ci/run is the README's first command (set up and run the demo) and its second (the tests), word for word."""
+    blocks = [b.strip() for b in FENCE.findall((REPO / "README.md").read_text())]
+    ci = [
+        line
+        for line in (REPO / ".ci" / "run").read_text().splitlines()
+        if line and not line.startswith(("#", "set ", "cd ", "export "))
+    ]
+    assert ci == blocks[:2]
