@@ -172,3 +172,24 @@ def test_ci_runs_the_readmes_first_two_commands():
         if line and not line.startswith(("#", "set ", "cd ", "export "))
     ]
     assert ci == blocks[:2]
+
+
+def _anchor(heading: str) -> str:
+    """GitHub's anchor of a heading: lower case, punctuation other than - and _ dropped, spaces to -."""
+    return re.sub(r"[^\w\- ]", "", heading.strip().lower()).replace(" ", "-")
+
+
+@pytest.mark.parametrize("page", PAGES, ids=lambda p: p.name)
+def test_relative_links_point_at_files_and_headings(page):
+    text = FENCE.sub("", page.read_text())
+    for target in re.findall(r"\]\(([^)\s]+)\)", text):
+        if target.startswith(("http://", "https://", "mailto:")):
+            continue
+        path, _, anchor = target.partition("#")
+        dest = (page.parent / path).resolve() if path else page
+        assert dest.exists(), f"{page.name}: link to {target}: no such file"
+        if anchor and dest.suffix == ".md":
+            heads = {
+                _anchor(h) for h in re.findall(r"^#+ (.+)$", FENCE.sub("", dest.read_text()), flags=re.M)
+            }
+            assert anchor in heads, f"{page.name}: link to {target}: no such heading in {dest.name}"
