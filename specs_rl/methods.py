@@ -125,15 +125,22 @@ for _base in SPECULATIVE_BASES:
     METHOD_PRESETS[f"{_base}_sd"] = {**METHOD_PRESETS[_base], "speculative_tokens": SPECULATIVE_TOKENS}
 
 
+def speculative_base(name: str) -> str | None:
+    """The method a speculative variant writes the target's steps of without speculation (``target_sd`` ->
+    ``target_only``, ``<base>_sd`` -> ``<base>``), else None."""
+    if name == "target_sd":
+        return "target_only"
+    base = name.removesuffix("_sd")
+    return base if base != name and base in SPECULATIVE_BASES else None
+
+
 def own_settings(name: str, settings: Mapping[str, Any]) -> Mapping[str, Any] | None:
     """The own settings method ``name`` runs with, from a ``method_settings`` mapping: its entry, else (a
     ``<base>_sd`` variant) its base's, else None."""
     if name in settings:
         return settings[name]
-    base = name.removesuffix("_sd")
-    if base != name and base in SPECULATIVE_BASES:
-        return settings.get(base)
-    return None
+    base = speculative_base(name)
+    return settings.get(base) if base is not None else None
 
 
 # Presets whose ``random_switch`` is the target-step fraction another method measured for the same n, seed and

@@ -13,6 +13,7 @@ from specs_rl.run.summary import (
     LATENCY_RATIOS,
     REFERENCE,
     REPEAT_RATIO,
+    SPECULATIVE_RATIO,
     aggregate_rows,
     summary_rows,
     wilson_interval,
@@ -133,3 +134,25 @@ def test_repeat_ratio_across_n_and_the_demo_headline_and_reading():
         "SPECS took less time than beam search in each of the 3 repeats; "
         "its accuracy is lower by 60.0 points, outside both intervals."
     )
+
+
+def test_a_speculative_variant_is_paired_with_its_base_seed_by_seed():
+    """specs_sd's per-repeat ratio is to specs at the same n and seed; target_sd's to target_only (n-free); a
+    method without a base has none, and the table's column shows the ratio and the acceptance length."""
+    recs = []
+    for seed, (ref, spec) in LATENCIES.items():  # specs_sd takes the reference's latencies: specs is the base
+        recs += [_rec("specs", seed, i, t, correct=True) for i, t in enumerate(ref)]
+        recs += [_rec("specs_sd", seed, i, t, correct=True) for i, t in enumerate(spec)]
+        recs += [{**_rec("target_only", seed, 0, 2.0, True), "n": None}]
+        recs += [{**_rec("target_sd", seed, 0, 1.0 + seed / 10, True), "n": None}]
+    for r in recs:
+        if r["method"].endswith("_sd"):
+            r["tokens"] = {**r["tokens"], "target_accepted": 6, "target_rounds": 4}
+    agg = {a["method"]: a for a in aggregate_rows(recs, summary_rows(recs))}
+    assert agg["specs_sd"][SPECULATIVE_RATIO]["values"] == pytest.approx([0.5, 0.75, 1.0])
+    assert agg["target_sd"][SPECULATIVE_RATIO]["values"] == pytest.approx([0.55, 0.6, 0.65])
+    assert agg["specs"][SPECULATIVE_RATIO] is None and agg["target_only"][SPECULATIVE_RATIO] is None
+    assert agg["specs_sd"]["acceptance_length_mean"] == pytest.approx(2.5)  # 1 + 6 / 4
+    table = format_table([agg["specs_sd"], agg["specs"]], aggregate=True)
+    assert "vs no spec. decoding" in table and "0.75x [0.50,1.00] k=3, acc len 2.50" in table
+    assert "vs no spec. decoding" not in format_table([agg["specs"]], aggregate=True)

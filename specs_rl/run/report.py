@@ -17,7 +17,7 @@ from typing import Any, TextIO
 
 from specs_rl.config import ConfigError, to_dict
 from specs_rl.run.records import write_json
-from specs_rl.run.summary import LATENCY_RATIOS, REPEAT_RATIO, aggregate_rows, summary_rows
+from specs_rl.run.summary import LATENCY_RATIOS, REPEAT_RATIO, SPECULATIVE_RATIO, aggregate_rows, summary_rows
 from specs_rl.types import STAGES, TOKEN_KINDS
 
 
@@ -72,6 +72,15 @@ def _ratio(row: dict[str, Any]) -> str:
     return f"{pooled:.2f}x"
 
 
+def _speculative(row: dict[str, Any]) -> str:
+    """A speculative variant's acceptance length and its latency ratio to its base (median [range] over repeats)."""
+    rep, length = row.get(SPECULATIVE_RATIO), row.get("acceptance_length_mean")
+    if not rep:
+        return "-" if length is None else f"acc len {length:.2f}"
+    ratio = f"{rep['median']:.2f}x [{rep['min']:.2f},{rep['max']:.2f}] k={rep['repeats']}"
+    return ratio if length is None else f"{ratio}, acc len {length:.2f}"
+
+
 TOKEN_HEADS = {
     "draft": "tok draft",
     "target_generate": "tok tgt gen",
@@ -88,8 +97,9 @@ def format_table(rows: Sequence[dict[str, Any]], aggregate: bool = False) -> str
         head += ["acc std"]
     head += ["lat mean s", "p50", "p90"]
     head += [f"{s} s" for s in STAGES] + ["draft frac", "defer/pb"] + [TOKEN_HEADS[k] for k in TOKEN_KINDS]
+    speculative = aggregate and any(r.get(SPECULATIVE_RATIO) for r in rows)
     if aggregate:
-        head += ["vs BS(target)"]
+        head += ["vs BS(target)"] + (["vs no spec. decoding"] if speculative else [])
     lines = []
     for r in rows:
         cells = [
@@ -107,6 +117,8 @@ def format_table(rows: Sequence[dict[str, Any]], aggregate: bool = False) -> str
         cells += [_fmt(r["tokens_mean"][k], ".1f") for k in TOKEN_KINDS]
         if aggregate:
             cells.append(_ratio(r))
+        if speculative:
+            cells.append(_speculative(r))
         lines.append(cells)
     widths = [max(len(h), *(len(c[i]) for c in lines)) if lines else len(h) for i, h in enumerate(head)]
     fmt = "  ".join(f"{{:<{w}}}" if i < 3 else f"{{:>{w}}}" for i, w in enumerate(widths))
@@ -246,9 +258,12 @@ def wandb_metrics(rows: Sequence[dict[str, Any]], aggregate: Sequence[dict[str, 
             out[f"{base}/{k}"] = a.get(k)
         if a.get("accuracy_ci"):
             out[f"{base}/accuracy_ci_lo"], out[f"{base}/accuracy_ci_hi"] = a["accuracy_ci"]
-        if a.get(REPEAT_RATIO):
-            for k in ("median", "min", "max", "repeats"):
-                out[f"{base}/{REPEAT_RATIO}_{k}"] = a[REPEAT_RATIO][k]
+        for ratio in (REPEAT_RATIO, SPECULATIVE_RATIO):
+            if a.get(ratio):
+                for k in ("median", "min", "max", "repeats"):
+                    out[f"{base}/{ratio}_{k}"] = a[ratio][k]
+        if a.get("acceptance_length_mean") is not None:
+            out[f"{base}/acceptance_length_mean"] = a["acceptance_length_mean"]
         for s in STAGES:
             out[f"{base}/latency_{s}_s"] = a["latency_stage_mean_s"][s]
         for k in TOKEN_KINDS:

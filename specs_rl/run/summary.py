@@ -14,6 +14,7 @@ from collections import defaultdict
 from collections.abc import Iterable, Sequence
 from typing import Any
 
+from specs_rl.methods import speculative_base
 from specs_rl.types import STAGES, TOKEN_KINDS, acceptance_length
 
 REFERENCE = "beam_search_target"  # the method latencies are compared with (the paper's beam search, BS(B))
@@ -25,6 +26,9 @@ LATENCY_RATIOS = {
 REPEAT_RATIO = (
     "latency_ratio_repeats"  # {"median", "min", "max", "repeats", "values"} of the mean-latency ratio
 )
+# a speculative variant's (target_sd, <base>_sd) per-repeat ratio of mean latencies to its base at the same n and
+# seed, as REPEAT_RATIO (< 1: speculative target steps made it faster)
+SPECULATIVE_RATIO = "latency_vs_base_repeats"
 
 
 def wilson_interval(k: int, n: int, z: float = 1.959964) -> tuple[float, float]:
@@ -153,6 +157,11 @@ def aggregate_rows(
     for a in out:
         same = (reference, a["n"])
         a[REPEAT_RATIO] = repeat_ratio(rows, (a["method"], a["n"]), same) if a["n"] is not None else None
+    for a in out:
+        base_name = speculative_base(a["method"])
+        a[SPECULATIVE_RATIO] = (
+            repeat_ratio(rows, (a["method"], a["n"]), (base_name, a["n"])) if base_name else None
+        )
     return out
 
 
@@ -166,6 +175,6 @@ def repeat_ratio(
     per_seed = []
     for (method, n, seed), row in by_seed.items():
         base = by_seed.get((*reference, seed))
-        if (method, n) == run and base and base["latency_mean_s"] > 0:
+        if (method, n) == run and base and (base["latency_mean_s"] or 0) > 0:
             per_seed.append(row["latency_mean_s"] / base["latency_mean_s"])
     return spread(per_seed) if per_seed else None
