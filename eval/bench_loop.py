@@ -432,9 +432,14 @@ def table(report: dict[str, Any]) -> str:
     return "\n".join(lines)
 
 
+def parse(argv: Sequence[str]) -> BenchConfig:
+    """The command line's config, checked, without loading a model or writing a file (what the docs test calls)."""
+    return config_from_argv(BenchConfig, argv, "specs-rl bench")
+
+
 @entry_point
 def main(argv: Sequence[str] | None = None) -> int:
-    cfg = config_from_argv(BenchConfig, sys.argv[1:] if argv is None else argv, "specs-rl bench")
+    cfg = parse(sys.argv[1:] if argv is None else argv)
     if cfg.quick:
         cfg = _quick(cfg)
     out = Path(cfg.out)

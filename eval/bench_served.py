@@ -1,16 +1,17 @@
 """``specs-rl bench backend=vllm``: SPECS through vLLM servers against the in-process Hugging Face backend, on the
-toy-math world at n = 4, measured in one run through the run path ``specs-rl compare`` / ``demo`` take.
+toy-math world, measured in one run through the run path ``specs-rl compare`` / ``demo`` take.
 
     specs-rl bench backend=vllm out=runs/bench-vllm                  # starts a draft and a target server (CPU venv)
     specs-rl bench backend=vllm vllm.draft.url=http://... vllm.target.url=http://...   # servers already running
 
-Both backends are built from the same run config (``configs/demo/toymath.yaml``, as ``specs-rl demo`` reads it) by
-the run layer's task builder, with compare's defaults: the core layout of a served run (the servers pinned where
+Both backends are built from the same run config (``configs/demo/toymath_short.yaml``, as ``specs-rl demo`` reads
+it) by the run layer's task builder, with compare's defaults: the core layout of a served run (the servers pinned where
 :mod:`specs_rl.vllm.layout` puts them, the in-process PRM at the layout's torch threads, ``vllm.client_threads``
 overrides it), torch's own thread count for the in-process backend, SPECS at ``n`` with the config's settings, one
 problem at a time, the world's own PRM in-process in both (vLLM cannot serve a token-label Llama PRM). So its
-per-problem figure is the ``lat mean s`` that ``specs-rl demo backend=vllm methods=[specs] n_grid=[4]
-seeds=[0,1,2] data.limit=<problems>`` prints for SPECS. The figures:
+served per-problem figure is the SPECS ``lat mean s`` that ``specs-rl demo backend=vllm data.limit=<problems>``
+prints (SPECS at the demo's n = 8; ``n=4 config=configs/demo/toymath.yaml`` is the full demo's SPECS at n = 4). The
+figures:
 
 - **latency**: SPECS per problem (the search's own ledger total, as compare records it) of each backend, the
   backends taking turns problem by problem (the order rotating) so a change of the machine's load hits both; per
@@ -71,10 +72,18 @@ class BenchServedConfig:
     )
     out: str = field(default="runs/bench-vllm", metadata={"help": "directory for bench.json"})
     config: str = field(
-        default=str(REPO / "configs" / "demo" / "toymath.yaml"),
-        metadata={"help": "the run config whose world, models and SPECS settings are measured (the demo's)"},
+        default=str(REPO / "configs" / "demo" / "toymath_short.yaml"),
+        metadata={
+            "help": "the run config whose world, models and SPECS settings are measured (specs-rl demo's; the demo "
+            "configs are read as specs-rl demo reads them)"
+        },
     )
-    n: int = field(default=4, metadata={"help": "candidates per step (issue: 4)"})
+    n: int = field(
+        default=0,
+        metadata={
+            "help": "candidates per step; 0 = SPECS' n in the config (method_n.specs, else n_grid's first)"
+        },
+    )
     repeats: int = field(
         default=3,
         metadata={"help": "repeats (seeds seed, seed+1, ...) of every measurement; figures are medians"},
@@ -104,13 +113,13 @@ class BenchServedConfig:
     )
 
     def validate(self) -> None:
-        for name in ("n", "repeats", "problems", "throughput_problems"):
+        for name in ("repeats", "problems", "throughput_problems"):
             if getattr(self, name) < 1:
                 raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}")
         if not self.in_flight or min(self.in_flight) < 1:
             raise ValueError(f"in_flight must be a non-empty list of integers >= 1, got {self.in_flight}")
-        if self.warmup < 0:
-            raise ValueError(f"warmup must be >= 0, got {self.warmup}")
+        if self.warmup < 0 or self.n < 0:
+            raise ValueError(f"warmup and n must be >= 0, got {self.warmup} and {self.n}")
         self.vllm.validate()
 
 
@@ -118,10 +127,15 @@ def world(cfg: BenchServedConfig) -> tuple[Any, Any, list[PlannedRun]]:
     """The run configs of both backends (the config's run, for the demo config as ``specs-rl demo`` reads it, with
     enough of its problems; the served one with this bench's ``vllm:`` section) and the planned SPECS runs at ``n``,
     one per repeat, as compare plans them."""
-    from eval.demo import TOYMATH_CONFIG, demo_config
+    from eval.demo import SHORT_CONFIG, TOYMATH_CONFIG, demo_config
 
-    demo = Path(cfg.config).resolve() == TOYMATH_CONFIG.resolve()
-    compare = demo_config([]) if demo else load_config(CompareConfig, cfg.config)
+    path = Path(cfg.config).resolve()
+    if path == SHORT_CONFIG.resolve():
+        compare = demo_config([])
+    elif path == TOYMATH_CONFIG.resolve():
+        compare = demo_config(["full"])
+    else:
+        compare = load_config(CompareConfig, cfg.config)
     run = compare.run
     need = max(cfg.problems, cfg.warmup, cfg.throughput_problems)
     toy = dataclasses.replace(run.data.toymath, problems=max(need, run.data.toymath.problems))
@@ -129,9 +143,8 @@ def world(cfg: BenchServedConfig) -> tuple[Any, Any, list[PlannedRun]]:
     hf_run = dataclasses.replace(run, backend="hf", data=data)
     served_run = dataclasses.replace(run, backend="vllm", data=data, vllm=cfg.vllm)
     own = own_settings("specs", compare.grid.method_settings)
-    planned = [
-        plan_run(run.search, "specs", cfg.n, cfg.seed + r, own, n_free=cfg.n) for r in range(cfg.repeats)
-    ]
+    n = cfg.n or compare.grid.n_values("specs")[0]
+    planned = [plan_run(run.search, "specs", n, cfg.seed + r, own, n_free=n) for r in range(cfg.repeats)]
     return hf_run, served_run, planned
 
 
@@ -259,11 +272,14 @@ def table(report: dict[str, Any]) -> str:
     return "\n".join(lines)
 
 
+def parse(argv: Sequence[str]) -> BenchServedConfig:
+    """The command line's config, checked, without loading a model or writing a file (what the docs test calls)."""
+    return config_from_argv(BenchServedConfig, argv, "specs-rl bench backend=vllm")
+
+
 @entry_point
 def main(argv: Sequence[str] | None = None) -> int:
-    cfg = config_from_argv(
-        BenchServedConfig, sys.argv[1:] if argv is None else argv, "specs-rl bench backend=vllm"
-    )
+    cfg = parse(sys.argv[1:] if argv is None else argv)
     hf_run, served_run, planned = world(cfg)
     with threads_restored():
         return run(cfg, hf_run, served_run, planned, argv)

@@ -56,10 +56,16 @@ def title(cfg: CompareConfig, task: Task) -> str:
     return f"{data.dataset}{part}" + (f" shard {data.shard}" if data.shard else "")
 
 
+def parse(argv: Sequence[str]) -> CompareConfig:
+    """The command line's config, checked, without loading a model or writing a file (what the docs test calls)."""
+    cfg = config_from_argv(CompareConfig, argv, "specs-rl compare")
+    plan_runs(cfg)  # every (method, n, seed) of the grid validated
+    return cfg
+
+
 @entry_point
 def main(argv: Sequence[str] | None = None) -> int:
-    cfg = config_from_argv(CompareConfig, sys.argv[1:] if argv is None else argv, "specs-rl compare")
-    return run(cfg)
+    return run(parse(sys.argv[1:] if argv is None else argv))
 
 
 def run(cfg: CompareConfig) -> int:

@@ -176,6 +176,12 @@ def merge_records(sources: Sequence[Source]) -> list[dict[str, Any]]:
     return out
 
 
+def parse(argv: Sequence[str]) -> tuple[list[Path], dict[str, str]]:
+    """The run directories and the options of the command line, checked, without reading the directories (what the
+    docs test calls)."""
+    return _parse_argv(argv)
+
+
 @entry_point
 def main(argv: Sequence[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)

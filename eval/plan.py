@@ -180,11 +180,10 @@ def work(cfg: Any) -> tuple[str, int | None, str]:
     run: RunConfig = cfg.run
     problems, source = _problem_count(run)
     if isinstance(cfg, CompareConfig):
-        from specs_rl.methods import uses_n
-
         g = cfg.grid
-        runs = sum((len(g.n_grid) if uses_n(m) else 1) for m in g.methods) * len(g.seeds)
-        what = f"{len(g.methods)} methods x n {g.n_grid} x seeds {g.seeds}: {runs} runs"
+        runs = sum(len(g.n_values(m)) for m in g.methods) * len(g.seeds)
+        own = "".join(f", {m} at n {ns}" for m, ns in g.method_n.items() if m in g.methods)
+        what = f"{len(g.methods)} methods x n {g.n_grid}{own} x seeds {g.seeds}: {runs} runs"
     elif isinstance(cfg, SearchRunConfig):
         runs, what = 1, f"method {cfg.method}, n {run.search.n}, seed {cfg.seed}: 1 run"
     else:
@@ -327,6 +326,11 @@ def check_serve(run: RunConfig, parts: Sequence[str] = ()) -> None:
     uses = [u for u in model_uses(run, gpus) if u.server and (not parts or u.facts.role in parts)]
     for need in device_needs(run, uses, gpus, None):
         need.check()
+
+
+def parse(argv: Sequence[str]) -> tuple[Any, float | None]:
+    """The command line's config, checked, without loading a model or writing a file (what the docs test calls)."""
+    return load_any(argv)
 
 
 @entry_point

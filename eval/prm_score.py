@@ -188,10 +188,14 @@ def build_reader(cfg: PrmScoreConfig) -> Any:
         raise SpecsError(f"model: {e}") from None
 
 
+def parse(argv: Sequence[str]) -> PrmScoreConfig:
+    """The command line's config, checked, without loading a model or writing a file (what the docs test calls)."""
+    return config_from_argv(PrmScoreConfig, argv, "specs-rl prm score")
+
+
 @entry_point
 def main(argv: Sequence[str] | None = None) -> int:
-    argv = list(sys.argv[1:] if argv is None else argv)
-    cfg = config_from_argv(PrmScoreConfig, argv, "specs-rl prm score")
+    cfg = parse(list(sys.argv[1:] if argv is None else argv))
     rows = read_rows(cfg.input)  # every line checked before any model loads
     from specs_rl.models.prm_kinds import whole_text_mismatch
 

@@ -31,9 +31,16 @@ from specs_rl.run import (
 from specs_rl.run.backends import threads_restored
 
 
+def parse(argv: Sequence[str]) -> SearchRunConfig:
+    """The command line's config, checked, without loading a model or writing a file (what the docs test calls)."""
+    cfg = config_from_argv(SearchRunConfig, argv, "specs-rl search")
+    cfg.search_config()  # the method preset applies to the run's settings
+    return cfg
+
+
 @entry_point
 def main(argv: Sequence[str] | None = None) -> int:
-    cfg = config_from_argv(SearchRunConfig, sys.argv[1:] if argv is None else argv, "specs-rl search")
+    cfg = parse(sys.argv[1:] if argv is None else argv)
     with threads_restored():  # a served run sets its in-process parts' threads (the core layout)
         return _search(cfg)
 

@@ -41,6 +41,11 @@ class ServeConfig:
     )
 
 
+def parse(argv: Sequence[str]) -> ServeConfig:
+    """The command line's config, checked, without starting a server (what the docs test calls)."""
+    return serve_config(argv)
+
+
 def serve_config(argv: Sequence[str]) -> ServeConfig:
     """The command line's config: the file's keys of other recipes (``methods``, ``seed``, ``tune``, ...) are
     skipped; any other unknown key is refused."""

@@ -76,9 +76,16 @@ from specs_rl.run.tune.trials import TaskCache, TrialRunner, run_result
 NO_CHOICE = 3  # exit status: the study ran, but no completed trial of the first method meets the rule
 
 
+def parse(argv: Sequence[str]) -> TuneConfig:
+    """The command line's config, checked, without loading a model or writing a file (what the docs test calls)."""
+    cfg = config_from_argv(TuneConfig, argv, "specs-rl tune")
+    plan_study(cfg)
+    return cfg
+
+
 @entry_point
 def main(argv: Sequence[str] | None = None) -> int:
-    cfg = config_from_argv(TuneConfig, sys.argv[1:] if argv is None else argv, "specs-rl tune")
+    cfg = parse(sys.argv[1:] if argv is None else argv)
     with threads_restored():  # a served run sets its in-process parts' threads (the core layout)
         return run(cfg)
 

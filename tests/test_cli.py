@@ -11,6 +11,7 @@ import pytest
 from eval import demo, search
 from specs_rl import cli
 from specs_rl.config import ConfigError, load_config
+from specs_rl.errors import SpecsError
 from specs_rl.run import SearchRunConfig, read_results
 from tests.conftest import REPO
 
@@ -258,3 +259,30 @@ def test_a_tree_whose_target_gives_a_draft_probability_zero_runs(tmp_path):
     recs = read_results(out / "results.jsonl")
     assert len(recs) == 40 and all(r["answer"].startswith("a.") for r in recs)
     assert sum(r["deferrals"] for r in recs) > 0  # both drafts were b on some problems: deferred
+
+
+def test_demo_runs_the_short_config_by_default_and_full_the_published_table():
+    """`specs-rl demo` is the short run (tuned SPECS at n = 8 against beam search at n = 4, three repeats), `specs-rl
+    demo full` the full table; both on the same task (only the grid differs), parsed without running."""
+    if demo.toymath_assets() is None:
+        pytest.skip("the toy-math world is not in specs_rl/assets/toymath")
+    short, full = demo.parse([]), demo.parse(["full"])
+    assert demo.demo_source([])[0] == str(demo.SHORT_CONFIG)
+    assert demo.demo_source(["full", "out=x"]) == (str(demo.TOYMATH_CONFIG), demo.demo_source(["out=x"])[1])
+    runs = {(r.method, r.n) for r in run_plan(short)}
+    assert runs == {("specs", 8), ("beam_search_target", 4)} and short.grid.seeds == [0, 1, 2]
+    assert {(r.method, r.n) for r in run_plan(full)} >= {("specs", 4), ("specs", 8), ("draft_only", None)}
+    assert len(full.grid.seeds) == 3 and full.grid.n_grid == [4, 8]
+    assert short.run == full.run  # the same task, models and SPECS settings: each record is the full run's
+    assert short.grid.method_settings == full.grid.method_settings
+    with pytest.raises(SpecsError, match="`full` is the toy-math world's full table"):
+        demo.parse(["full", "world=tabular"])
+    assert demo.main(["full", "world=tabular"]) == 2
+    assert demo.main(["out=x", "full"]) == 2  # `full` comes first, as a subcommand's word
+    assert demo.parse(["full", "n_grid=[8]", "data.limit=5"]).run.data.limit == 5
+
+
+def run_plan(cfg):
+    from specs_rl.run import plan_runs
+
+    return plan_runs(cfg)

@@ -8,6 +8,7 @@ import doctest
 import json
 import math
 import os
+import re
 import struct
 import subprocess
 import sys
@@ -21,7 +22,7 @@ import eval.compare as compare
 import specs_rl.run as run
 import specs_rl.run.grid as grid
 import specs_rl.run.report as report
-from specs_rl.config import given_keys, load_config
+from specs_rl.config import ConfigError, given_keys, load_config
 from specs_rl.settings import SearchConfig
 from specs_rl.tracking import find_offline_runs, read_offline_run
 
@@ -643,10 +644,10 @@ def test_the_peers_config_plans_the_head_to_head_and_runs_on_a_tiny_world(tmp_pa
     )
     assert set(cfg.grid.methods) == {
         *("specs", "specs_paper", "gsi", "rsd", "rsd_bon", "specreason"),
-        *("beam_search_target", "beam_search_draft", "best_of_n", "target_only"),
+        *("beam_search_target", "beam_search_draft", "best_of_n", "target_only", "target_sd"),
     }
     runs = run.plan_runs(cfg)
-    assert len(runs) == (7 * 2 + 3) * 3  # rsd, specreason and target_only do not depend on n
+    assert len(runs) == (7 * 2 + 4) * 3  # rsd, specreason, target_only and target_sd do not depend on n
     # every method that has thresholds or a beta runs at its own settings, nothing of them is shared
     assert set(cfg.grid.method_settings) == {"specs", "specs_paper", "gsi", "rsd", "rsd_bon", "specreason"}
     assert not given_keys(cfg, "run.search") & {
@@ -670,12 +671,44 @@ def test_the_peers_config_plans_the_head_to_head_and_runs_on_a_tiny_world(tmp_pa
     assert (by["specreason"].strategy, by["specreason"].judge) == ("specreason", "prm")
 
     out = tmp_path / "peers"
+    # target_sd speculates token by token: a tabular world has no tokens (refused there), so it is left out
+    step_level = [m for m in cfg.grid.methods if m != "target_sd"]
     tiny = ["backend=tabular", "tabular.problems=3", "seeds=[0]", *QUIET, f"out={out}"]
-    assert compare.main(["--config", PEERS, *tiny]) == 0
+    assert compare.main(["--config", PEERS, *tiny, f"methods=[{','.join(step_level)}]"]) == 0
     records = [json.loads(x) for x in _lines(out / "results.jsonl")]
     assert len(records) == (7 * 2 + 3) * 3
     for r in records:
         assert r.get("settings", {}) == cfg.grid.method_settings.get(r["method"], {})
     assert {r["strategy"] for r in records if r["method"] in ("gsi", "rsd_bon", "specs_paper")} == {"specs"}
     summary = json.loads((out / "summary.json").read_text())
-    assert summary["complete"] and {a["method"] for a in summary["aggregate"]} == set(cfg.grid.methods)
+    assert summary["complete"] and {a["method"] for a in summary["aggregate"]} == set(step_level)
+
+
+def test_method_n_runs_a_method_at_its_own_n():
+    """method_n: the short demo's SPECS at its tuned n = 8 beside beam search at n_grid's n = 4; n-free methods and
+    bad values are refused in one line."""
+    runs = run.plan_runs(
+        _tab_cfg(
+            "methods=[specs,beam_search_target,target_only]",
+            "n_grid=[4]",
+            "method_n.specs=[8]",
+            "seeds=[0,1]",
+        )
+    )
+    assert [(r.method, r.n, r.seed) for r in runs] == [
+        ("specs", 8, 0),
+        ("specs", 8, 1),
+        ("beam_search_target", 4, 0),
+        ("beam_search_target", 4, 1),
+        ("target_only", None, 0),
+        ("target_only", None, 1),
+    ]
+    assert [r.config.n for r in runs[:3]] == [8, 8, 4] and runs[2].config.beam_width == 4
+    for override, message in [
+        ("method_n.target_only=[4]", "method_n.target_only: target_only does not depend on n"),
+        ("method_n.spec=[4]", "method_n.spec: spec is not a method preset"),
+        ("method_n.specs=[0]", "method_n.specs must be distinct values >= 1, got [0]"),
+        ("method_n.specs=[8,8]", "method_n.specs must be distinct values >= 1"),
+    ]:
+        with pytest.raises(ConfigError, match=re.escape(message)):
+            _tab_cfg(override)

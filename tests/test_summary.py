@@ -99,6 +99,43 @@ def test_per_repeat_ratio_pairs_each_seed_with_the_same_seed_of_the_reference():
     )
 
 
+def test_repeat_ratio_across_n_and_the_demo_headline_and_reading():
+    """A tuned SPECS at n = 8 against beam search at n = 4 (the short demo's pair): the per-seed ratios pair
+    different n, and the demo prints them with both accuracies' intervals and a one-line reading."""
+    from eval import demo
+    from specs_rl.run.summary import repeat_ratio
+
+    recs = _records()
+    for r in recs:
+        r["n"] = 8 if r["method"] == "specs" else 4
+    rows = summary_rows(recs)
+    agg = aggregate_rows(recs, rows)
+    spec = next(a for a in agg if a["method"] == "specs")
+    assert spec[REPEAT_RATIO] is None  # no beam search at n = 8: no same-n ratio
+    rep = repeat_ratio(rows, ("specs", 8), (REFERENCE, 4))
+    assert rep["values"] == pytest.approx([0.5, 0.75, 1.0])
+    assert repeat_ratio(rows, ("specs", 8), (REFERENCE, 8)) is None
+    [(s, b)] = demo.pairs(agg)
+    assert (s["n"], b["n"]) == (8, 4)
+    head, read = demo.headlines(rows, agg)
+    assert head.startswith(
+        "SPECS n=8 / beam search (target) n=4: latency x0.75 (median of 3 repeats, range x0.50-x1.00"
+    )
+    assert "accuracy -33.3 points (0.667 [" in head and "vs 1.000 [" in head
+    # the slowest repeat ties beam search: not "faster in every repeat"; 4/6 vs 6/6 on 6 runs: intervals overlap
+    assert read == (
+        "  reading: SPECS and beam search are not separated in time (ratios x0.50-x1.00); "
+        "the accuracy gap (-33.3 points) is within the 95% intervals: not resolved at this size."
+    )
+    faster = dict(rep, min=0.5, max=0.9)
+    apart = dict(spec, accuracy=0.2, accuracy_ci=[0.1, 0.3])
+    base = dict(next(a for a in agg if a["method"] == REFERENCE), accuracy=0.8, accuracy_ci=[0.7, 0.9])
+    assert demo.reading(apart, base, faster) == (
+        "SPECS took less time than beam search in each of the 3 repeats; "
+        "its accuracy is lower by 60.0 points, outside both intervals."
+    )
+
+
 def test_a_speculative_variant_is_paired_with_its_base_seed_by_seed():
     """specs_sd's per-repeat ratio is to specs at the same n and seed; target_sd's to target_only (n-free); a
     method without a base has none, and the table's column shows the ratio and the acceptance length."""

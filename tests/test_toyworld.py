@@ -141,7 +141,7 @@ def test_demo_world_choice(tmp_path):
     if demo.toymath_assets() is None:
         assert (path, overrides) == (str(demo.DEFAULT_CONFIG), [])
     else:
-        assert path == str(demo.TOYMATH_CONFIG)
+        assert path == str(demo.SHORT_CONFIG)
         assert {a.split("=")[0] for a in overrides} == {"hf.draft.name", "hf.target.name", "hf.prm.name"}
         assert demo.demo_source(["hf.prm.name=/p"])[1][-1] == "hf.prm.name=/p"  # the user's choice is kept
         # parsed once: the config the demo runs, its backend read from the parsed config, not the raw argv
@@ -347,7 +347,7 @@ def test_demo_runs_on_the_committed_world(tmp_path, capsys):
     out = tmp_path / "demo"
     argv = [
         *(f"out={out}", "data.limit=3", "methods=[specs,beam_search_target]"),
-        *("n_grid=[2]", "seeds=[0]", "wandb=false"),
+        *("n_grid=[2]", "method_n.specs=[2]", "seeds=[0]", "wandb=false"),  # the short demo, SPECS at n = 2
     ]
     assert demo.main([*argv, "progress=false"]) == 0
     assert "SPECS / beam search (target), n=2: latency x" in capsys.readouterr().out

@@ -138,16 +138,21 @@ def test_the_in_process_prm_runs_at_the_layouts_threads_and_the_run_restores_tor
 
 
 def test_the_served_bench_measures_the_demos_specs_run():
-    """``specs-rl bench backend=vllm`` plans SPECS as ``specs-rl demo methods=[specs] n_grid=[4]`` does (the same
-    settings and seeds), on the demo's problems, with the run layer's defaults (no thread key of its own)."""
+    """``specs-rl bench backend=vllm`` plans SPECS as ``specs-rl demo`` does (the same n, settings and seeds), on the
+    demo's problems, with the run layer's defaults (no thread key of its own); ``n=4`` with the full demo's config
+    is the full demo's SPECS at n = 4."""
     from eval.bench_served import BenchServedConfig, world
-    from eval.demo import demo_config
+    from eval.demo import TOYMATH_CONFIG, demo_config
     from specs_rl.datasets import load_problems
     from specs_rl.run import plan_runs
 
     hf_run, served_run, planned = world(BenchServedConfig(problems=5, throughput_problems=4, repeats=3))
-    demo = demo_config(["methods=[specs]", "n_grid=[4]", "seeds=[0,1,2]", "data.limit=5"])
+    demo = demo_config(["methods=[specs]", "seeds=[0,1,2]", "data.limit=5"])
     assert [(r.seed, r.config) for r in planned] == [(r.seed, r.config) for r in plan_runs(demo)]
+    assert planned[0].config.n == 8  # the demo's tuned SPECS
+    full = world(BenchServedConfig(problems=5, n=4, config=str(TOYMATH_CONFIG)))[2]
+    full_demo = demo_config(["full", "methods=[specs]", "n_grid=[4]", "seeds=[0,1,2]"])
+    assert [(r.seed, r.config) for r in full] == [(r.seed, r.config) for r in plan_runs(full_demo)]
     assert (hf_run.backend, served_run.backend) == ("hf", "vllm")
     assert hf_run.hf == served_run.hf == demo.run.hf
     ids = [p.id for p in load_problems(hf_run.data)]

@@ -452,10 +452,14 @@ def _table(result: dict[str, Any]) -> str:
     return "\n".join(lines)
 
 
+def parse(argv: Sequence[str]) -> ConvergeConfig:
+    """The command line's config, checked, without loading a model or writing a file (what the docs test calls)."""
+    return config_from_argv(ConvergeConfig, renamed_argv(argv, "theory converge"), "specs-rl theory converge")
+
+
 @entry_point
 def main(argv: Sequence[str] | None = None) -> int:
-    argv = renamed_argv(sys.argv[1:] if argv is None else argv, "theory converge")
-    cfg = config_from_argv(ConvergeConfig, argv, "specs-rl theory converge")
+    cfg = parse(sys.argv[1:] if argv is None else argv)
     tree = build_tree(cfg)  # every input error (TreeError) surfaces here, before a file is written
     t0 = time.perf_counter()
     curves = convergence_curves(tree, cfg)

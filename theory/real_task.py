@@ -277,10 +277,14 @@ def scan_problems(
     return rows
 
 
+def parse(argv: Sequence[str]) -> RealConfig:
+    """The command line's config, checked, without loading a model or writing a file (what the docs test calls)."""
+    return config_from_argv(RealConfig, renamed_argv(argv, "theory real"), "specs-rl theory real")
+
+
 @entry_point
 def main(argv: Sequence[str] | None = None) -> int:
-    argv = renamed_argv(sys.argv[1:] if argv is None else argv, "theory real")
-    cfg = config_from_argv(RealConfig, argv, "specs-rl theory real")
+    cfg = parse(sys.argv[1:] if argv is None else argv)
     parts, problems, trees = build_parts(cfg)  # input errors surface here, before a file is written
     generator = torch.Generator().manual_seed(cfg.seed)
     out = Path(cfg.out)

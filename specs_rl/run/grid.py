@@ -17,6 +17,7 @@ from pathlib import Path
 from typing import Any
 
 import torch
+import yaml
 
 from specs_rl.config import PART, ConfigError, given_keys, typed_fields
 from specs_rl.errors import SpecsError
@@ -92,6 +93,14 @@ class GridConfig:
             "not pay the models' warm-up (not on the tabular backend, whose clock is simulated)"
         },
     )
+    method_n: dict[str, list[int]] = field(
+        default_factory=dict,
+        metadata={
+            "help": "the n values of some methods in place of n_grid, e.g. {specs: [8], beam_search_target: [4]} "
+            "(a tuned setting against the reference its tuning rule named); the methods not named run at each n "
+            "of n_grid; names of methods not in methods are not used"
+        },
+    )
     method_settings: dict[str, dict[str, Any]] = field(
         default_factory=dict,
         metadata={
@@ -140,11 +149,33 @@ class GridConfig:
             m: typed_fields(SearchConfig, own, f"method_settings.{m}.")
             for m, own in self.method_settings.items()
         }
+        for m, ns in self.method_n.items():
+            if m not in METHOD_PRESETS:
+                raise ValueError(
+                    f"method_n.{m}: {m} is not a method preset; known: {', '.join(METHOD_PRESETS)}"
+                )
+            if not uses_n(m):
+                raise ValueError(f"method_n.{m}: {m} does not depend on n (it runs once per seed)")
+            ns = (
+                yaml.safe_load(ns) if isinstance(ns, str) else ns
+            )  # from the command line: method_n.specs=[8]
+            ns = [ns] if isinstance(ns, int) else ns  # one value given as a scalar: {specs: 8}
+            ints = isinstance(ns, list) and all(isinstance(n, int) and not isinstance(n, bool) for n in ns)
+            if not ints or not ns or len(set(ns)) != len(ns) or min(ns) < 1:
+                raise ValueError(f"method_n.{m} must be distinct values >= 1, got {ns}")
+            self.method_n[m] = ns
         if self.warmup < 0:
             raise ValueError(f"warmup must be >= 0, got {self.warmup}")
         bad = [n for n in self.n_grid if n < 1]
         if bad:
             raise ValueError(f"n_grid values must be >= 1, got {bad[0]}")
+
+    def n_values(self, method: str) -> list[int | None]:
+        """The n values ``method`` runs at: its ``method_n`` entry, else ``n_grid``; ``[None]`` for a method that
+        does not depend on n."""
+        if not uses_n(method):
+            return [None]
+        return list(self.method_n.get(method, self.n_grid))
 
 
 @dataclass
@@ -201,7 +232,9 @@ def plan_runs(cfg: CompareConfig) -> list[PlannedRun]:
     grid = cfg.grid
     shared_values = {k: getattr(search, k) for k in sorted(shared)}
     for name in grid.methods:
-        clash = shared_clash(name, shared_values, grid.n_grid)
+        clash = shared_clash(
+            name, shared_values, [n for n in grid.n_values(name) if n is not None] or grid.n_grid
+        )
         if clash:
             raise ConfigError(clash)
     for name in grid.methods:
@@ -215,8 +248,7 @@ def plan_runs(cfg: CompareConfig) -> list[PlannedRun]:
             )
     runs = []
     for name in grid.methods:
-        ns: list[int | None] = list(grid.n_grid) if uses_n(name) else [None]
-        for n in ns:
+        for n in grid.n_values(name):
             for seed in grid.seeds:
                 runs.append(
                     plan_run(

@@ -148,7 +148,6 @@ def aggregate_rows(
                 "accuracy_seed_std": statistics.stdev(accs) if len(accs) > 1 else (0.0 if accs else None),
             }
         )
-    by_seed = {(r["method"], r["n"], r["seed"]): r for r in rows}
     for stat, ratio in LATENCY_RATIOS.items():
         ref = {a["n"]: a[stat] for a in out if a["method"] == reference}
         for a in out:
@@ -156,22 +155,26 @@ def aggregate_rows(
             ok = base and a["n"] is not None and base > 0 and a[stat] is not None
             a[ratio] = a[stat] / base if ok else None
     for a in out:
-        per_seed = []
-        for seed in a["seeds"]:
-            base = by_seed.get((reference, a["n"], seed))
-            if a["n"] is not None and base and base["latency_mean_s"] > 0:
-                per_seed.append(
-                    by_seed[(a["method"], a["n"], seed)]["latency_mean_s"] / base["latency_mean_s"]
-                )
-        a[REPEAT_RATIO] = spread(per_seed) if per_seed else None
+        same = (reference, a["n"])
+        a[REPEAT_RATIO] = repeat_ratio(rows, (a["method"], a["n"]), same) if a["n"] is not None else None
     for a in out:
         base_name = speculative_base(a["method"])
-        per_seed = []
-        for seed in a["seeds"]:
-            base = by_seed.get((base_name, a["n"], seed))
-            if base and base["latency_mean_s"] and base["latency_mean_s"] > 0:
-                per_seed.append(
-                    by_seed[(a["method"], a["n"], seed)]["latency_mean_s"] / base["latency_mean_s"]
-                )
-        a[SPECULATIVE_RATIO] = spread(per_seed) if per_seed else None
+        a[SPECULATIVE_RATIO] = (
+            repeat_ratio(rows, (a["method"], a["n"]), (base_name, a["n"])) if base_name else None
+        )
     return out
+
+
+def repeat_ratio(
+    rows: Sequence[dict[str, Any]], run: tuple[str, int | None], reference: tuple[str, int | None]
+) -> dict[str, Any] | None:
+    """The per-repeat ratio of mean latencies of ``run`` (method, n) to ``reference`` (method, n), over the seeds
+    both ran: each seed's mean over the reference's mean for the same seed (measured in the same interleaved run),
+    as :func:`spread` (median, range, count); None when no seed has both."""
+    by_seed = {(r["method"], r["n"], r["seed"]): r for r in rows}
+    per_seed = []
+    for (method, n, seed), row in by_seed.items():
+        base = by_seed.get((*reference, seed))
+        if (method, n) == run and base and (base["latency_mean_s"] or 0) > 0:
+            per_seed.append(row["latency_mean_s"] / base["latency_mean_s"])
+    return spread(per_seed) if per_seed else None
