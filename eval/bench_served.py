@@ -239,7 +239,7 @@ def table(report: dict[str, Any]) -> str:
         f"machine: {m['cpu']} | {m['cores']} cores | load {m.get('load_avg_1m', float('nan')):.1f} -> "
         f"{report['load_avg_1m_end']:.1f} | vLLM servers: {report['servers']}",
         f"layout: {report['layout']}",
-        f"SPECS on the toy-math world, n={report['settings']['n']}, the world's PRM in-process in both; "
+        f"SPECS on the toy-math world, n={report['settings']['search']['n']}, the world's PRM in-process in both; "
         f"medians over {k} repeats [range]",
         "",
         f"{'figure':<44}{'median':>10}  range",

@@ -335,3 +335,4 @@ def test_bench_backend_vllm_writes_its_figures(tmp_path, capsys):
     assert report["layout_detail"]["client_threads"] is not None  # the servers are on this machine
     out = capsys.readouterr().out
     assert "client share" in out and "per-stage split" in out
+    assert f"n={report['settings']['search']['n']}," in out and report["settings"]["search"]["n"] == 8
