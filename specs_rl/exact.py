@@ -1,4 +1,4 @@
-"""Exact laws of SPECS on a tabular tree, and of the KL-regularized optimum it approximates (ALGORITHM.md §2, §5).
+"""Exact laws of SPECS on a tabular tree, and of the KL-regularized optimum it approximates (docs/algorithm.md §2, theory/README.md §2).
 
 Everything is numpy/scipy, in log space, vectorized over the rows (prefixes) of a tree level. Besides numpy and scipy
 this module imports only plain data: the settings a search reads (:class:`specs_rl.settings.SearchConfig`, so a law
@@ -237,7 +237,7 @@ def draft_step_law(
     search defers when every draw is such a draft. With ``D`` the symbols that can be kept and
     ``P_n^sel`` the selection law over ``D`` (:func:`selection_log_law`, or :func:`argmax_log_law` at ``T = 0``):
 
-    - ``filter`` (ALGORITHM.md §3): ``D = {z: score(z) > τ_reject, w(z) > 0}``; ``P(accept, y) = P_n^sel(y)``,
+    - ``filter`` (docs/algorithm.md §3): ``D = {z: score(z) > τ_reject, w(z) > 0}``; ``P(accept, y) = P_n^sel(y)``,
       ``P(defer) = (Σ_{z ∉ D} π_d(z))^n``.
     - ``select_test`` (GSI): ``D = {z: w(z) > 0}``: the choice is over ALL drafts, then the chosen one is tested
       (``score > τ_reject`` or ``r >= rsd_delta``). The test of candidate ``i`` is a function of its symbol ``y_i``
@@ -326,7 +326,7 @@ def sequence_log_law(tree: TabularTree, levels: list[np.ndarray]) -> np.ndarray:
 
 
 def optimal_conditionals(tree: TabularTree, beta: float) -> list[np.ndarray]:
-    """``π*(a | s) = π_t(a|s) exp(β (V(s∘a) - V(s)))`` per level, ``[K**h, K]`` (ALGORITHM.md §2)."""
+    """``π*(a | s) = π_t(a|s) exp(β (V(s∘a) - V(s)))`` per level, ``[K**h, K]`` (docs/algorithm.md §2)."""
     values = tree.soft_values(beta)
     out = []
     for h in range(tree.horizon):

@@ -25,11 +25,11 @@ from specs_rl.settings import SearchConfig
 
 C = TypeVar("C", bound=SearchConfig)
 
-# The forms of speculative soft verification compared here (issue 17). Each pins what makes it that method; its
+# The forms of speculative soft verification compared head to head (configs/eval/peers_toymath.yaml). Each pins what makes it that method; its
 # thresholds, beta and temperatures are its own settings (method_settings.<name>), so each runs at its own tuned
 # values.
 #
-# specs: this project's exact form (ALGORITHM.md §3 "exact (theory) form", §5): summed log ratio + beta r, T = 1,
+# specs: this project's exact form (docs/algorithm.md §3 "exact (theory) form", §5): summed log ratio + beta r, T = 1,
 # filter-then-select (drop drafts scoring <= tau_reject, select among the rest by softmax(score), defer when none
 # survives). Its n -> inf law is the tilted target pi* (theory/README.md §3). Own: beta, tau_reject, tau_switch,
 # start_mode, target_select.
@@ -39,7 +39,7 @@ SPECS: dict[str, Any] = {
     "temperature": 1.0,
     "acceptance": "filter",
 }
-# specs_paper: the authors' code (ALGORITHM.md §3 [code], §6): per-token mean of the log ratio + beta r, selection
+# specs_paper: the authors' code (docs/algorithm.md §3 [code], §6): per-token mean of the log ratio + beta r, selection
 # temperature T (their recipes: 0.2-0.3), start in target mode, the target keeps its best-reward step, back to the
 # draft above tau_switch (0.7). Own: beta (1 or 10), temperature, tau_reject (5-7), tau_switch (0.7).
 SPECS_PAPER: dict[str, Any] = {
@@ -49,7 +49,7 @@ SPECS_PAPER: dict[str, Any] = {
     "target_select": "argmax",
     "acceptance": "filter",
 }
-# gsi: GSI (Geuter, Mroueh, Alvarez-Melis 2025; code j-geuter/GSI, inference/speculative.py, as issue 17 reads it):
+# gsi: GSI (Geuter, Mroueh, Alvarez-Melis 2025; code j-geuter/GSI, inference/speculative.py, as read here):
 # score = beta r + log pi_t - log pi_d summed over the step's tokens, one draft chosen by softmax(score) (T = 1) over
 # all n drafts, kept iff its tilted score is > the threshold (threshold_on_tilted; here tau_reject), else the target
 # draws n samples and keeps one by soft best-of-n on beta r (softmax(beta r)); every step starts from the draft:
@@ -83,7 +83,7 @@ SPECREASON: dict[str, Any] = {"strategy": "specreason"}
 
 
 def _ablation(base: dict[str, Any], **changes: Any) -> dict[str, Any]:
-    """An ablation of ``base`` (ALGORITHM.md §4): the base's pinned values with one thing changed."""
+    """An ablation of ``base`` (docs/algorithm.md §4): the base's pinned values with one thing changed."""
     return {**base, **changes}
 
 
@@ -144,7 +144,7 @@ def own_settings(name: str, settings: Mapping[str, Any]) -> Mapping[str, Any] | 
 
 
 # Presets whose ``random_switch`` is the target-step fraction another method measured for the same n, seed and
-# problems (ALGORITHM.md §4: "random switching at the same target-step fraction"): ``compare`` runs that method
+# problems (docs/algorithm.md §4: "random switching at the same target-step fraction"): ``compare`` runs that method
 # first, reads the fraction from its records and runs the ablation at it.
 MATCHED_FRACTION: dict[str, str] = {
     "specs_random_switch": "specs",

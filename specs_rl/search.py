@@ -142,7 +142,7 @@ def _target_step(
 def specs(
     problems: Sequence[Problem], config: SearchConfig, parts: SearchParts, generators: Generators
 ) -> list[SearchResult]:
-    """SPECS (ALGORITHM.md §3): draft n steps, score them with one target pass and the PRM, keep one by soft
+    """SPECS (docs/algorithm.md §3): draft n steps, score them with one target pass and the PRM, keep one by soft
     verification, defer to the target when every draft is rejected, switch back when the target's best reward
     exceeds ``tau_switch``.
 

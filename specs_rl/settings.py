@@ -28,7 +28,7 @@ ACCEPT_TESTS = ("score", "reward")
 
 @dataclass
 class SearchConfig:
-    """Algorithm settings shared by every strategy (names follow ALGORITHM.md; sources in each help text)."""
+    """Algorithm settings shared by every strategy (names follow docs/algorithm.md; sources in each help text)."""
 
     strategy: str = field(
         default="specs",
@@ -70,7 +70,7 @@ class SearchConfig:
         default="filter",
         metadata={
             "help": "draft-mode acceptance: filter (drop drafts scoring <= tau_reject, select among the rest, "
-            "defer when none is left: ALGORITHM.md §3, authors' code) | select_test (select one of ALL drafts by "
+            "defer when none is left: docs/algorithm.md §3, authors' code) | select_test (select one of ALL drafts by "
             "softmax(score / T), keep it iff it passes accept_test, else defer: GSI, Geuter et al. 2025, "
             "j-geuter/GSI inference/speculative.py)"
         },
@@ -104,7 +104,7 @@ class SearchConfig:
         default=True,
         metadata={
             "help": "beam_search: when beams finish, copy the active ones back up to n // M so every step "
-            "expands n candidates (search-and-learn; ALGORITHM.md §4 'keep N active beams')"
+            "expands n candidates (search-and-learn; docs/algorithm.md §4 'keep N active beams')"
         },
     )
     sampler: str = field(

@@ -1,7 +1,7 @@
 """Toy math: multi-step arithmetic problems written like real solutions, with exact step labels.
 
 A problem applies ``k`` operations left to right to a start value; the solution writes one operation per step,
-steps separated by ``"\\n\\n"``, and ends with a ``\\boxed{}`` answer (ALGORITHM.md §1, TOY-WORLD-NOTES.md)::
+steps separated by ``"\\n\\n"``, and ends with a ``\\boxed{}`` answer (docs/algorithm.md §1, TOY-WORLD-NOTES.md)::
 
     Compute ((((4*4)-3)+5)*4).
     4*4=16\\n\\n16-3=13\\n\\n13+5=18\\n\\n18*4=72\\n\\nThe answer is \\boxed{72}.

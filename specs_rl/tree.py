@@ -68,7 +68,7 @@ class TabularTree:
 
     # -- exact quantities -----------------------------------------------------------------------------------
     def soft_values(self, beta: float) -> list[np.ndarray]:
-        """Soft values under the target, ``V[h]`` of shape ``[K**h]`` for h = 0..H (ALGORITHM.md §2).
+        """Soft values under the target, ``V[h]`` of shape ``[K**h]`` for h = 0..H (docs/algorithm.md §2).
 
         ``V_H = r`` and ``V_h(s) = (1/β) log Σ_a π_t(a|s) exp(β V_{h+1}(s∘a))``, computed in log space;
         ``β = 0`` gives the plain expectation (the limit).

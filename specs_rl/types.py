@@ -1,6 +1,6 @@
 """Plain data types shared by the search loop, the backends, the theory and the workbenches.
 
-A response is a sequence of steps; a step is a token sequence (ALGORITHM.md §1). A ``Trace`` is a partial
+A response is a sequence of steps; a step is a token sequence (docs/algorithm.md §1). A ``Trace`` is a partial
 response, the state ``s_h = (x, y^1..y^h)`` the search carries; a ``Candidate`` is one proposed next step.
 """
 
@@ -13,7 +13,7 @@ from typing import Any
 
 
 class Mode(enum.StrEnum):
-    """Who writes the next step in SPECS (ALGORITHM.md §3)."""
+    """Who writes the next step in SPECS (docs/algorithm.md §3)."""
 
     DRAFT = "draft"
     TARGET = "target"

@@ -1,6 +1,6 @@
 """Soft verification, rejection, selection and the draft/target mode switch: pure functions of tensors.
 
-The search loop, the tests and the theory workbench all call these same functions (ALGORITHM.md §3).
+The search loop, the tests and the theory workbench all call these same functions (docs/algorithm.md §3).
 No model is touched here.
 """
 

@@ -440,7 +440,7 @@ def test_progress_bar_and_pareto(tmp_path, capsys):
 
 
 def test_random_switch_ablation_runs_at_the_target_fraction_specs_measured(tmp_path, capsys):
-    """ALGORITHM.md §4: the random-switch ablation runs at SPECS' measured target-step fraction for the same n,
+    """docs/algorithm.md §4: the random-switch ablation runs at SPECS' measured target-step fraction for the same n,
     seed and problems (compare runs SPECS first and passes the fraction on), not at a fixed 0.5."""
     out = tmp_path / "switch"
     args = ["--config", TAB, *QUIET, "tabular.problems=60", "methods=[specs_random_switch,specs]"]
@@ -545,7 +545,8 @@ def test_every_eval_config_loads_and_plans(path):
     cfg = load_config(run.CompareConfig, path)
     runs = run.plan_runs(cfg)  # every (method, n, seed) valid
     assert len(runs) >= len(cfg.grid.methods) * len(cfg.grid.seeds)
-    if path.name.endswith("_qwen25.yaml"):  # the paper's settings (ALGORITHM.md §6), run by the authors' form
+    # the paper's settings (docs/algorithm.md §6), run by the authors' form
+    if path.name.endswith("_qwen25.yaml"):
         assert cfg.grid.n_grid == [4, 8, 16] and cfg.grid.seeds == [42, 43, 45]
         paper = {r.method: r.config for r in runs if (r.n, r.seed) == (4, 42)}
         spec = paper["specs_paper"]  # pinned: the authors' code form
@@ -629,7 +630,7 @@ def test_each_method_may_run_at_its_own_settings(tmp_path, capsys):
         assert not never.exists()
 
 
-PEERS = str(REPO / "configs" / "eval" / "peers_toymath.yaml")  # issue 17, part 3: the head-to-head
+PEERS = str(REPO / "configs" / "eval" / "peers_toymath.yaml")  # the peers' head-to-head
 
 
 def test_the_peers_config_plans_the_head_to_head_and_runs_on_a_tiny_world(tmp_path):

@@ -304,7 +304,7 @@ def test_large_n_limit_is_the_optimum_under_the_idealized_prm():
 
 
 def test_limits_of_the_variants_that_do_not_converge():
-    """n -> ∞ limits (ALGORITHM.md §5), per step: no_target ∝ π_d e^{βV}; code (T = 0.3) ∝ π_d w^{1/T} with
+    """n -> ∞ limits (theory/README.md §2), per step: no_target ∝ π_d e^{βV}; code (T = 0.3) ∝ π_d w^{1/T} with
     w = π_t/π_d e^{βV}; argmax -> the top-scored symbol; threshold -> π*(.|s) truncated to the kept set."""
     tree = random_tree(3, 2, seed=9)
     beta, temp = 2.0, 0.3
@@ -416,7 +416,7 @@ def sir_sequence_law(tree: TabularTree, beta: float, n: int) -> np.ndarray:
 @pytest.mark.parametrize("n", [1, 2, 4])
 def test_gsi_without_threshold_is_sir_of_the_tilted_target_and_equals_specs(n):
     """Threshold -inf: GSI never tests a draft away, so it is SIR of π_t e^{β r}; that is also SPECS' exact form
-    started in draft mode with tau_reject = -inf and T = 1 (ALGORITHM.md §5)."""
+    started in draft mode with tau_reject = -inf and T = 1 (theory/README.md §2)."""
     tree = random_tree(3, 2, seed=13)
     gsi, filt = _gsi_and_filter(-math.inf)
     gsi = dataclasses.replace(gsi, n=n)

@@ -13,9 +13,9 @@ from specs_rl.settings import SearchConfig
 
 def test_the_three_forms_and_gsi_pin_what_makes_them_that_method():
     base = SearchConfig(n=16)
-    spec = preset(base, "specs")  # this project's exact form (ALGORITHM.md §3, §5)
+    spec = preset(base, "specs")  # this project's exact form (docs/algorithm.md §3; theory/README.md §2)
     assert (spec.score_form, spec.temperature, spec.acceptance) == ("exact", 1.0, "filter")
-    paper = preset(base, "specs_paper")  # the authors' code (ALGORITHM.md §3 [code], §6)
+    paper = preset(base, "specs_paper")  # the authors' code (docs/algorithm.md §3 [code], §6)
     assert (paper.score_form, paper.start_mode, paper.target_select, paper.acceptance) == (
         "mean",
         "target",

@@ -1,4 +1,4 @@
-"""Search strategies on the exact tabular backend: the special-case equivalences of ALGORITHM.md §3, the
+"""Search strategies on the exact tabular backend: the special-case equivalences of docs/algorithm.md §3, the
 fixed-n selection law, and the behaviour of every baseline."""
 
 from __future__ import annotations

@@ -35,7 +35,7 @@ def test_converge_writes_json_and_plot_with_the_measured_rates(tmp_path):
             assert len(curve[key]) == len(GRID)
         assert {"slope", "tv_slope"} <= set(curve)
     exact = res["variants"]["specs"]
-    # ALGORITHM.md §5: TV ~ 1/n and KL ~ 1/n² for the exact variant (fit over n = 16..256).
+    # theory/README.md §2: TV ~ 1/n and KL ~ 1/n² for the exact variant (fit over n = 16..256).
     assert exact["slope"] == pytest.approx(-2.0, abs=0.15)
     assert exact["tv_slope"] == pytest.approx(-1.0, abs=0.08)
     assert exact["kl_q_star"][-1] < 1e-4 and max(exact["defer_rate"]) == 0.0
@@ -58,7 +58,7 @@ def test_converge_writes_json_and_plot_with_the_measured_rates(tmp_path):
 
 
 def test_the_presets_side_by_side_with_their_limits(tmp_path, capsys):
-    """`--variants specs,specs_paper,gsi` (issue 17): TV and KL to π* against n for the three on the same tree, each
+    """`--variants specs,specs_paper,gsi`: TV and KL to π* against n for the three on the same tree, each
     with its n -> ∞ limit; specs converges to π*, specs_paper and GSI at a finite threshold do not, GSI at threshold
     -inf is the law of specs, and the real search runs GSI's rule as its law says."""
     out = tmp_path / "run"

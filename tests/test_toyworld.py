@@ -272,7 +272,7 @@ def test_committed_world_is_small_bf16_and_meets_the_issue_targets():
     assert world["latency_ratio_draft_over_target"] <= 1 / 3  # measured at training time, not here
     assert world["latency_repeats"] >= 5 and len(world["latency_ratio_range"]) == 2
     acc = world["accuracy_greedy"]
-    # issue 15: a target often wrong (so search has something to add), a draft clearly weaker
+    # the toy world's design: a target often wrong (so search has something to add), a draft clearly weaker
     assert 0.55 <= acc["target"] <= 0.80 and acc["test_problems"] >= 500
     assert acc["draft"] <= acc["target"] - 0.15
     # the PRM separates right from wrong steps of each model's own samples on held-out problems

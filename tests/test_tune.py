@@ -197,7 +197,7 @@ def test_start_points_are_tried_first(fast_dir):
     assert len(trials) == 2 and trials[0]["params"] == hand and trials[1]["params"] != hand
 
 
-# The peer methods (issue 17) tuned together, each over its own settings: the tabular study without its shared
+# The peer methods tuned together, each over its own settings: the tabular study without its shared
 # score_form/start_mode (specs_paper pins the mean form and the target start, gsi the draft start)
 PEERS = {
     "gsi": {"beta": {"low": 1.0, "high": 30.0, "log": True}, "tau_reject": {"low": -2.0, "high": 6.0}},

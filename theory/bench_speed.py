@@ -1,4 +1,4 @@
-"""Speed of the exact curves (issue 4, item 5): every variant, an n grid, one random tree.
+"""Speed of the exact curves : every variant, an n grid, one random tree.
 
     python -m theory.bench_speed                      # K=6, H=4, n = 1, 2, 4, ..., 1024, all variants
     python -m theory.bench_speed K=8 H=4 out=runs/theory/bench

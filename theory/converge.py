@@ -19,7 +19,7 @@ and tests its answer frequencies against the exact law (chi-square).
 Writes into ``out``: ``converge.json`` (curves, slopes, the exact laws, the empirical check), ``converge.png``
 (KL and TV against n on log-log axes, one line per variant, 1/n reference) and the resolved ``config.yaml``.
 
-Variants (ALGORITHM.md §5), named by the method presets (:mod:`specs_rl.methods`) where one exists; the names used
+Variants (theory/README.md §2), named by the method presets (:mod:`specs_rl.methods`) where one exists; the names used
 before (``exact``, ``code``, ``no_target``, ``gsi_threshold``, ``code_temperature``) are accepted with a notice
 (:mod:`theory.names`). At the theorem's settings (draft mode throughout, no rejection, fixed n):
 

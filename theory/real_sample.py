@@ -26,7 +26,7 @@ from specs_rl.settings import SearchConfig
 from specs_rl.types import Problem, Trace
 
 # Variant -> the method preset whose score form (and, where it pins one, selection temperature) it runs.
-# ``specs_paper_form`` (specs_paper) leaves the temperature to the run. ALGORITHM.md §5 lists why the last two do not
+# ``specs_paper_form`` (specs_paper) leaves the temperature to the run. theory/README.md §2 lists why the last two do not
 # converge to π*.
 VARIANTS: dict[str, str] = {
     "specs": "specs",

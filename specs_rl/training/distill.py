@@ -7,7 +7,7 @@ produced by it. :func:`shared_vocab_size` checks the tokenizers are really the s
 embedding and output rows to that size, so a trainer that compares full heads (TRL's ``DistillationTrainer``)
 sees ``target_logits[..., :V]``, identical to slicing.
 
-**Acceptance proxy.** SPECS keeps a draft step when the target finds it likely (ALGORITHM.md §3). The proxy is
+**Acceptance proxy.** SPECS keeps a draft step when the target finds it likely (docs/algorithm.md §3). The proxy is
 the mean per-token log-probability of draft samples under the target,
 
     A = (1 / Σ_i |y_i|) Σ_i Σ_t log π_t(y_{i,t} | x_i, y_{i,<t}),   y_i ~ π_d(· | x_i),

@@ -51,7 +51,7 @@ class PRMConfig(TrainingArguments):
         max_length (`int` or `None`, defaults to `1024`): longest tokenized solution (prompt + steps); longer ones
             are cut, keeping the labels of the steps that end inside the window (a row with none left is dropped).
         step_separator (`str`, defaults to `"\n\n"`): text appended after every step; its last token carries the
-            step's label. The project's step delimiter (ALGORITHM.md §1); TRL's removed trainer used `"\n"`.
+            step's label. The project's step delimiter (docs/algorithm.md §1); TRL's removed trainer used `"\n"`.
         train_on_last_step_only (`bool`, defaults to `False`): label only the last step of each training solution
             (held-out metrics still use every step).
         token_labels (`bool`, defaults to `False`): label every token up to the first error and read a step as the
