@@ -52,3 +52,17 @@ def _stop_vllm_servers():
 
 REPO = Path(__file__).resolve().parents[1]
 DATA = REPO / "specs_rl" / "assets" / "data"  # the evaluation sets shipped with the package
+
+
+def cuda_tiny_parts(dtype: str, **kw):
+    """The GPU tests' HF parts: tiny draft (Llama, 64), target (Qwen2, 128) and PRM (Llama, 64) on CUDA in
+    ``dtype``, the other ``tiny_parts`` arguments from ``kw``."""
+    from specs_rl.hf import tiny_parts
+    from specs_rl.models import ModelSpec, PrmSpec, TinySpec
+
+    def spec(name: str, hidden: int, seed: int) -> ModelSpec:
+        tiny = TinySpec(hidden_size=hidden, seed=seed)
+        return ModelSpec(name=name, device="cuda", dtype=dtype, temperature=1.0, tiny=tiny)
+
+    prm = PrmSpec(name="tiny:llama", device="cuda", dtype=dtype, tiny=TinySpec(hidden_size=64, seed=3))
+    return tiny_parts(draft=spec("tiny:llama", 64, 1), target=spec("tiny:qwen2", 128, 2), prm=prm, **kw)

@@ -18,6 +18,8 @@ from specs_rl.models.text import StepStop, TokenText, stop_index
 from specs_rl.tiny import CHAT_TEMPLATE, SPECIALS, tiny_causal_lm
 from specs_rl.types import Candidate, Problem, Trace
 
+from .conftest import cuda_tiny_parts
+
 
 @pytest.fixture(scope="module")
 def parts():
@@ -84,22 +86,7 @@ def test_cached_path_on_cuda_matches_a_full_recompute(dtype, tol):
         pytest.skip("needs a CUDA device")
     from specs_rl.hf import cascade
 
-    def spec(name, hidden, seed):
-        return ModelSpec(
-            name=name,
-            device="cuda",
-            dtype=dtype,
-            temperature=1.0,
-            tiny=TinySpec(hidden_size=hidden, seed=seed),
-        )
-
-    p = tiny_parts(
-        draft=spec("tiny:llama", 64, 1),
-        target=spec("tiny:qwen2", 128, 2),
-        prm=PrmSpec(name="tiny:llama", device="cuda", dtype=dtype, tiny=TinySpec(hidden_size=64, seed=3)),
-        max_step_tokens=10,
-        max_tokens=80,
-    )
+    p = cuda_tiny_parts(dtype, max_step_tokens=10, max_tokens=80)
     traces = [Trace(PA), Trace(PB)]
     worst = 0.0
     for step in range(3):

@@ -17,9 +17,10 @@ import torch
 from specs_rl.hf import tiny_parts
 from specs_rl.hf.streams import StreamClock, cuda_devices, scoring_clock
 from specs_rl.interfaces import WallClock
-from specs_rl.models import ModelSpec, PrmSpec, TinySpec
 from specs_rl.search import SearchConfig, specs
 from specs_rl.types import Problem
+
+from .conftest import cuda_tiny_parts
 
 DEVICES = [torch.device("cuda", 0), torch.device("cuda", 1)]
 
@@ -174,27 +175,10 @@ def test_concurrent_scoring_on_cuda_gives_the_serial_search() -> None:
     """The HF parts on CUDA get a StreamClock; a SPECS search with concurrent scoring (target and PRM on their own
     streams) takes the same steps as the serial one, scores and rewards within 1e-5 (float32)."""
     _cuda()
-    dtype = "float32"
-
-    def spec(name: str, hidden: int, seed: int) -> ModelSpec:
-        return ModelSpec(
-            name=name,
-            device="cuda",
-            dtype=dtype,
-            temperature=1.0,
-            tiny=TinySpec(hidden_size=hidden, seed=seed),
-        )
-
     problems = [Problem("a", "What is 2 + 3?"), Problem("b", "Compute 7 * 6.")]
     runs = []
     for concurrent in (False, True):
-        parts = tiny_parts(
-            draft=spec("tiny:llama", 64, 1),
-            target=spec("tiny:qwen2", 128, 2),
-            prm=PrmSpec(name="tiny:llama", device="cuda", dtype=dtype, tiny=TinySpec(hidden_size=64, seed=3)),
-            max_step_tokens=8,
-            max_tokens=48,
-        )
+        parts = cuda_tiny_parts("float32", max_step_tokens=8, max_tokens=48)
         assert isinstance(parts.clock, StreamClock)
         cfg = SearchConfig(n=3, max_steps=4, tau_reject=-6.0, tau_switch=0.5, concurrent_scoring=concurrent)
         runs.append(specs(problems, cfg, parts, torch.Generator().manual_seed(0)))
