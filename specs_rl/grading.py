@@ -148,13 +148,21 @@ class Grader:
         ok, timed_out = self.equal(gold, pred)
         return Grade(ok, pred, gold, timed_out)
 
-    def close(self, kill: bool = False) -> None:
-        if self._pool is not None:
-            if kill:
-                for p in list(getattr(self._pool, "_processes", {}).values()):
-                    p.kill()
-            self._pool.shutdown(wait=not kill, cancel_futures=True)
-            self._pool = None
+    def close(self, kill: bool = False, join_s: float = 10.0) -> None:
+        """Shut the pool down (``kill``: its workers killed first, for a hung call or an error path). Either way its
+        manager thread is joined here (at most ``join_s`` after a kill): a pool whose thread is still closing when
+        the interpreter's exit hook wakes it raced in CPython's ``_python_exit`` (the wake-up of a pipe being
+        closed, not under the pool's lock) and printed a traceback after a command's one error line."""
+        pool, self._pool = self._pool, None
+        if pool is None:
+            return
+        thread = getattr(pool, "_executor_manager_thread", None)  # shutdown() lets go of it
+        if kill:
+            for p in list(getattr(pool, "_processes", {}).values()):
+                p.kill()
+        pool.shutdown(wait=not kill, cancel_futures=True)
+        if thread is not None:
+            thread.join(timeout=join_s)
 
     def __enter__(self) -> Grader:
         return self

@@ -97,15 +97,20 @@ def test_a_command_closes_the_grading_pools_it_started(fails):
     if grader.info["version"] == "missing":
         pytest.skip("math-verify not installed: no pool")
 
+    threads = []
+
     @entry_point
     def command(argv):
         assert grader.equal("2", "2") == (True, False)  # the pool starts
         assert grader._pool is not None
+        threads.append(grader._pool._executor_manager_thread)
         if fails:
             raise SpecsError("the server went away")
         return 0
 
     assert command([]) == (2 if fails else 0)
     assert grader._pool is None
+    # its manager thread is done (killed workers included): the exit hook has no half-closed pool to wake
+    assert threads[0] is not None and not threads[0].is_alive()
     assert grader.equal("3", "3") == (True, False)  # a closed grader starts a fresh pool when used again
     grader.close()

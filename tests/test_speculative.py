@@ -504,3 +504,42 @@ def test_sd_variants_pin_speculative_steps_and_take_their_bases_settings() -> No
                 ["methods=[specs_sd]", "n_grid=[4]", "seeds=[0]", "method_settings.specs_sd.score_form=mean"],
             )
         )
+
+
+def test_two_chained_toy_world_steps_have_the_same_law_plain_or_speculative() -> None:
+    """On the shipped toy world (steps of 8-12 tokens: several rounds of k = 3 each, the caches rolled back and
+    continued), a step and the step after it, each written by the target plainly or by speculative sampling with the
+    draft, have the same joint law: a two-sample chi-square on (first step, second step). The prefix stops where the
+    target is unsure (21*2 is 42 only about a third of the time, 42*9 spreads over dozens of results), and the second
+    call continues 2,000 different prefixes in one batch (padding, per-row rollback)."""
+    from eval import demo
+    from specs_rl.hf.build import build_parts
+
+    parts = build_parts(demo.demo_config(["wandb=false"]).run.hf)
+    prefix = Trace(Problem("toy", "Compute ((((9*3)-6)*2)*9).\n\n9*3=27\n\n27-6=21\n\n"))
+    n = 2000
+    seen = {}
+    for name, target in (("plain", parts.target), ("speculative", parts.speculative_target(3))):
+        first = target.propose([prefix], n, [gen(1 if name == "plain" else 2)])[0]
+        second = target.propose(
+            [prefix.extend(c) for c in first], 1, [gen(10_000 * (name == "plain") + i) for i in range(n)]
+        )
+        seen[name] = [(a.text, b[0].text) for a, b in zip(first, second)]
+        # several rounds per step, some proposals rejected: both paths of the rule ran
+        if name == "speculative":
+            spec = [c.speculation for c in first] + [b[0].speculation for b in second]
+            assert sum(x.rounds for x in spec) > 2 * len(spec)
+            assert 0 < sum(x.accepted for x in spec) < sum(x.proposed for x in spec)
+    counts = {name: {} for name in seen}
+    for name, pairs in seen.items():
+        for p in pairs:
+            counts[name][p] = counts[name].get(p, 0) + 1
+    keys = {p for c in counts.values() for p in c}
+    big = [p for p in keys if counts["plain"].get(p, 0) + counts["speculative"].get(p, 0) >= 10]
+    table = [
+        [counts[name].get(p, 0) for p in big] + [n - sum(counts[name].get(p, 0) for p in big)]
+        for name in seen
+    ]
+    table = [col for col in zip(*table) if sum(col) > 0]
+    assert len(big) >= 20  # the prefix keeps the test sharp: many distinct (step, step) pairs
+    assert stats.chi2_contingency(list(zip(*table))).pvalue > ALPHA
