@@ -58,19 +58,12 @@ class Use:
 
 
 def _tiny_config(spec: Any, causal: bool) -> dict[str, Any]:
+    from specs_rl.models.config import tiny_arch
     from specs_rl.tiny import make_tokenizer, tiny_config
 
     t = spec.tiny
-    kw = dict(
-        hidden_size=t.hidden_size,
-        num_hidden_layers=t.num_hidden_layers,
-        num_attention_heads=t.num_attention_heads,
-        num_key_value_heads=t.num_key_value_heads,
-    )
-    if t.intermediate_size is not None:
-        kw["intermediate_size"] = t.intermediate_size
-    arch = spec.name.partition(":")[2] or "llama"
-    cfg = tiny_config(make_tokenizer(vocab_size=t.tokenizer_vocab), arch, getattr(t, "vocab_pad", 0), **kw)
+    arch = tiny_arch(spec.name)
+    cfg = tiny_config(make_tokenizer(vocab_size=t.tokenizer_vocab), arch, t.vocab_pad, **t.model_kwargs())
     out = cfg.to_dict()
     kind = "ForCausalLM" if causal else "ForTokenClassification"
     out["architectures"] = [f"{'Llama' if arch == 'llama' else 'Qwen2'}{kind}"]

@@ -13,7 +13,7 @@ from typing import Any
 import torch
 
 from specs_rl.errors import SpecsError
-from specs_rl.models.config import ModelSpec, PrmSpec, TinySpec
+from specs_rl.models.config import ModelSpec, PrmSpec, tiny_arch
 from specs_rl.models.prm_format import PrmFormat
 from specs_rl.models.sources import split_source
 
@@ -55,22 +55,6 @@ def tiny_tokenizer(vocab: int = 300) -> Any:
     return make_tokenizer(vocab_size=vocab)
 
 
-def _tiny_kwargs(t: TinySpec) -> dict[str, Any]:
-    kw: dict[str, Any] = dict(
-        hidden_size=t.hidden_size,
-        num_hidden_layers=t.num_hidden_layers,
-        num_attention_heads=t.num_attention_heads,
-        num_key_value_heads=t.num_key_value_heads,
-    )
-    if t.intermediate_size is not None:
-        kw["intermediate_size"] = t.intermediate_size
-    return kw
-
-
-def _tiny_arch(name: str) -> str:
-    return name.partition(":")[2] or "llama"
-
-
 def check_sources(specs: dict[str, ModelSpec | PrmSpec]) -> None:
     """Cheap checks of every source before any model is loaded."""
     for key, spec in specs.items():
@@ -98,10 +82,10 @@ def load_causal_lm(spec: ModelSpec, key: str) -> tuple[torch.nn.Module, Any]:
         tok = tiny_tokenizer(spec.tiny.tokenizer_vocab)
         model = tiny_causal_lm(
             tok,
-            _tiny_arch(spec.name),
+            tiny_arch(spec.name),
             seed=spec.tiny.seed,
             vocab_pad=spec.tiny.vocab_pad,
-            **_tiny_kwargs(spec.tiny),
+            **spec.tiny.model_kwargs(),
         )
         return model.to(device=device, dtype=dtype).eval(), tok
     source, gguf = split_source(spec.name, spec.gguf_file, key)
@@ -147,5 +131,5 @@ def load_reward_model(spec: PrmSpec, key: str = "hf.prm") -> tuple[torch.nn.Modu
     )
     tok = tiny_tokenizer(spec.tiny.tokenizer_vocab)
     build = tiny_seq_classifier if fmt.kind == "sequence_classification" else tiny_token_classifier
-    model = build(tok, _tiny_arch(spec.name), seed=spec.tiny.seed, **_tiny_kwargs(spec.tiny))
+    model = build(tok, tiny_arch(spec.name), seed=spec.tiny.seed, **spec.tiny.model_kwargs())
     return model.to(device=device, dtype=dtype).eval(), tok, fmt

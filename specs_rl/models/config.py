@@ -19,6 +19,7 @@ from __future__ import annotations
 import math
 import re
 from dataclasses import dataclass, field
+from typing import Any
 
 from specs_rl.models.prm_format import AGGREGATES, STEP_REWARDS
 from specs_rl.models.prm_kinds import CLASSIFIER_KINDS, KINDS
@@ -51,6 +52,18 @@ class TinySpec:
     )
     seed: int = field(default=0, metadata={"help": "seed of the random weights (chosen here)"})
 
+    def model_kwargs(self) -> dict[str, Any]:
+        """The shape arguments of :func:`specs_rl.tiny.tiny_config` (``intermediate_size`` only when set)."""
+        kw: dict[str, Any] = dict(
+            hidden_size=self.hidden_size,
+            num_hidden_layers=self.num_hidden_layers,
+            num_attention_heads=self.num_attention_heads,
+            num_key_value_heads=self.num_key_value_heads,
+        )
+        if self.intermediate_size is not None:
+            kw["intermediate_size"] = self.intermediate_size
+        return kw
+
     def validate(self, key: str) -> None:
         for name in ("hidden_size", "num_hidden_layers", "num_attention_heads", "num_key_value_heads"):
             if getattr(self, name) < 1:
@@ -73,11 +86,16 @@ class TinySpec:
             )
 
 
+def tiny_arch(name: str) -> str:
+    """The architecture a ``tiny[:llama|:qwen2]`` source names (``llama`` when none)."""
+    return name.partition(":")[2] or "llama"
+
+
 def _validate_source(key: str, name: str, gguf_file: str | None, device: str, dtype: str) -> None:
     if not name or not name.strip():
         raise ValueError(f"{key}.name must be a hub id, a local path, a .gguf file or tiny[:llama|:qwen2]")
     if name.startswith("tiny"):
-        arch = name.partition(":")[2] or "llama"
+        arch = tiny_arch(name)
         if name not in ("tiny", "tiny:") and arch not in ARCHS:
             raise ValueError(f"{key}.name {name!r}: tiny architecture must be one of {ARCHS}")
         if gguf_file is not None:
