@@ -20,12 +20,7 @@ from typing import Any
 import torch
 
 from specs_rl.errors import SpecsError
-from specs_rl.models.judge import (
-    DEFAULT_JUDGE_ANSWER_PREFIX,
-    DEFAULT_JUDGE_PROMPT,
-    digit_token_ids,
-    judge_prompt_text,
-)
+from specs_rl.models.judge import DEFAULT_JUDGE_ANSWER_PREFIX, DEFAULT_JUDGE_PROMPT, JudgePrompt
 from specs_rl.types import Candidate, Trace
 
 
@@ -52,35 +47,24 @@ class HFJudge:
         system_prompt: str | None = None,
     ) -> None:
         self.lm = lm  # specs_rl.hf.sampler.HFLM: model, tokenizer, cache lock
-        self.prompt = prompt
-        self.answer_prefix = answer_prefix
-        self.chat_template = chat_template and bool(getattr(lm.tokenizer, "chat_template", None))
-        self.system_prompt = system_prompt
-        self._digits: list[int] | None = None
+        self.format = JudgePrompt(
+            lm.tokenizer,
+            prompt=prompt,
+            answer_prefix=answer_prefix,
+            chat_template=chat_template,
+            system_prompt=system_prompt,
+        )
 
     def text(self, trace: Trace, step: Candidate) -> str:
         """The scoring prompt of ``step`` after ``trace``."""
-        return judge_prompt_text(
-            self.lm.tokenizer,
-            trace,
-            step,
-            prompt=self.prompt,
-            answer_prefix=self.answer_prefix,
-            chat_template=self.chat_template,
-            system_prompt=self.system_prompt,
-        )
+        return self.format.text(trace, step)
 
     def judge(
         self, prefixes: Sequence[Trace], candidates: Sequence[Sequence[Candidate]]
     ) -> list[list[float]]:
         lm = self.lm
-        if self._digits is None:
-            self._digits = digit_token_ids(lm.tokenizer)
-        rows = [
-            lm.tokenizer(self.text(t, c), add_special_tokens=False)["input_ids"]
-            for t, cs in zip(prefixes, candidates)
-            for c in cs
-        ]
+        digits = self.format.digits
+        rows = [self.format.ids(t, c) for t, cs in zip(prefixes, candidates) for c in cs]
         if not rows:
             return [[] for _ in candidates]
         width = max(len(r) for r in rows)
@@ -101,7 +85,7 @@ class HFJudge:
                 input_ids=ids, attention_mask=mask, position_ids=pos, logits_to_keep=1, use_cache=False
             )
             logits = out.logits[:, -1].float()  # [B, rows] at the answer position
-        scores = expected_digit_score(logits, self._digits).tolist()
+        scores = expected_digit_score(logits, digits).tolist()
         out, k = [], 0
         for cs in candidates:
             out.append(scores[k : k + len(cs)])

@@ -4,6 +4,7 @@ is :mod:`specs_rl.hf.judge`, the served one :mod:`specs_rl.vllm.judge`."""
 
 from __future__ import annotations
 
+import functools
 from typing import Any
 
 from specs_rl.errors import SpecsError
@@ -55,3 +56,43 @@ def judge_prompt_text(
         {"role": "user", "content": prompt},
     ]
     return tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=True) + answer_prefix
+
+
+class JudgePrompt:
+    """How a target judge turns a step into token ids, as both backends read it: the scoring prompt
+    (:func:`judge_prompt_text`, through ``tokenizer``'s chat template when asked for and it has one) and the digit
+    tokens, read at the first judgement (a run without specreason never needs them)."""
+
+    def __init__(
+        self,
+        tokenizer: Any,
+        *,
+        prompt: str = DEFAULT_JUDGE_PROMPT,
+        answer_prefix: str = DEFAULT_JUDGE_ANSWER_PREFIX,
+        chat_template: bool = True,
+        system_prompt: str | None = None,
+    ) -> None:
+        self.tokenizer = tokenizer
+        self.prompt = prompt
+        self.answer_prefix = answer_prefix
+        self.chat_template = chat_template and bool(getattr(tokenizer, "chat_template", None))
+        self.system_prompt = system_prompt
+
+    @functools.cached_property
+    def digits(self) -> list[int]:
+        return digit_token_ids(self.tokenizer)
+
+    def text(self, trace: Trace, step: Candidate) -> str:
+        """The scoring prompt of ``step`` after ``trace``."""
+        return judge_prompt_text(
+            self.tokenizer,
+            trace,
+            step,
+            prompt=self.prompt,
+            answer_prefix=self.answer_prefix,
+            chat_template=self.chat_template,
+            system_prompt=self.system_prompt,
+        )
+
+    def ids(self, trace: Trace, step: Candidate) -> list[int]:
+        return list(self.tokenizer(self.text(trace, step), add_special_tokens=False)["input_ids"])

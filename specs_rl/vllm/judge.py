@@ -16,7 +16,7 @@ import math
 from collections.abc import Sequence
 from typing import Any
 
-from specs_rl.models.judge import digit_token_ids, judge_prompt_text
+from specs_rl.models.judge import JudgePrompt
 from specs_rl.types import Candidate, Trace
 from specs_rl.vllm.client import Endpoint, ServedClient, ServerError
 
@@ -37,32 +37,13 @@ class VLLMJudge:
     ) -> None:
         self.client = client
         self.ep = ep
-        self.tokenizer = tokenizer
-        self.prompt = prompt
-        self.answer_prefix = answer_prefix
-        self.chat_template = chat_template and bool(getattr(tokenizer, "chat_template", None))
-        self.system_prompt = system_prompt
-        self._digits: list[int] | None = (
-            None  # read at the first judgement: a run without specreason never needs them
+        self.format = JudgePrompt(
+            tokenizer,
+            prompt=prompt,
+            answer_prefix=answer_prefix,
+            chat_template=chat_template,
+            system_prompt=system_prompt,
         )
-
-    @property
-    def digits(self) -> list[int]:
-        if self._digits is None:
-            self._digits = digit_token_ids(self.tokenizer)
-        return self._digits
-
-    def ids(self, trace: Trace, step: Candidate) -> list[int]:
-        text = judge_prompt_text(
-            self.tokenizer,
-            trace,
-            step,
-            prompt=self.prompt,
-            answer_prefix=self.answer_prefix,
-            chat_template=self.chat_template,
-            system_prompt=self.system_prompt,
-        )
-        return list(self.tokenizer(text, add_special_tokens=False)["input_ids"])
 
     def judge(
         self, prefixes: Sequence[Trace], candidates: Sequence[Sequence[Candidate]]
@@ -75,7 +56,7 @@ class VLLMJudge:
             return []
         body = {
             "model": self.ep.model,
-            "prompt": [self.ids(trace, c) for c in cands],
+            "prompt": [self.format.ids(trace, c) for c in cands],
             "max_tokens": 1,
             "temperature": 1.0,
             "top_p": 1.0,
@@ -85,7 +66,7 @@ class VLLMJudge:
             "presence_penalty": 0.0,
             "frequency_penalty": 0.0,
             "logprobs": 10,
-            "allowed_token_ids": self.digits,
+            "allowed_token_ids": self.format.digits,
             "return_tokens_as_token_ids": True,
             "skip_special_tokens": False,
         }
@@ -105,7 +86,7 @@ class VLLMJudge:
             )
             top = tops[0] if isinstance(tops, list) and tops and isinstance(tops[0], dict) else {}
             lps = {}
-            for d, tok in enumerate(self.digits):
+            for d, tok in enumerate(self.format.digits):
                 x = top.get(f"token_id:{tok}")
                 if isinstance(x, (int, float)) and not isinstance(x, bool) and math.isfinite(x):
                     lps[d] = float(x)
