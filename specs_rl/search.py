@@ -253,29 +253,55 @@ def rsd(
     """Reward-guided speculative decoding (Liao et al. 2025): the draft writes one step; it is kept if its reward is
     at least ``rsd_delta``, otherwise the target writes the step (one sample)."""
     config.validate()
+    return _draft_step_or_target(
+        problems, parts, generators, config.max_steps, "rsd", parts.prm.score, "reward", config.rsd_delta
+    )
+
+
+def _draft_step_or_target(
+    problems: Sequence[Problem],
+    parts: SearchParts,
+    generators: Generators,
+    max_steps: int,
+    strategy: str,
+    test: Callable[[list[Trace], list[list[Candidate]]], list[list[float]]],
+    stage: str,
+    threshold: float,
+) -> list[SearchResult]:
+    """The loop RSD and SpecReason share: the draft writes one step, ``test`` scores it (its time charged to
+    ``stage``: ``reward``, RSD's PRM, or ``judge``, SpecReason's judge) and it is kept iff its value is
+    ``>= threshold``; otherwise the target writes the step (one sample), which the test does not read (no pass is
+    run or charged for it). A judge's values are not rewards, its read tokens are counted and its records carry
+    their stage times."""
+    judged = stage == "judge"
     gens = generator_list(generators, len(problems))
     states = [_State(Trace(p), Mode.DRAFT, g, start=parts.clock.now()) for p, g in zip(problems, gens)]
-    for step in range(config.max_steps):
+    for step in range(max_steps):
         active = [s for s in states if not s.trace.finished]
         if not active:
             break
-        last = step == config.max_steps - 1
+        last = step == max_steps - 1
         prefixes = [s.trace for s in active]
         gens = [s.generator for s in active]
         cands, dt_d = _timed(parts, parts.drafter.propose, prefixes, 1, gens, to_end=last)
-        rewards, dt_r = _timed(parts, parts.prm.score, prefixes, cands)
+        values, dt_t = _timed(parts, test, prefixes, cands)
         rejected = []
-        for st, cs, rs in zip(active, cands, rewards):
+        for st, cs, vs in zip(active, cands, values):
             st.ledger.charge("draft", dt_d)
-            st.ledger.charge("reward", dt_r)
+            st.ledger.charge(stage, dt_t)
             _charge_tokens(st.ledger, "draft", cs)
-            if rs[0] >= config.rsd_delta:
+            if judged:
+                st.ledger.count("judge", sum(c.num_tokens for c in cs))
+            if vs[0] >= threshold:
                 st.trace = st.trace.extend(cs[0])
-                st.records.append(StepRecord(cs[0].text, Mode.DRAFT, False, 1, list(rs), list(rs), 0))
+                if judged:
+                    times = {"draft": dt_d, "judge": dt_t}
+                    st.records.append(StepRecord(cs[0].text, Mode.DRAFT, False, 1, list(vs), [], 0, times))
+                else:
+                    st.records.append(StepRecord(cs[0].text, Mode.DRAFT, False, 1, list(vs), list(vs), 0))
             else:
                 rejected.append(st)
         if rejected:
-            # The target rewrites the step and RSD keeps it unread: no PRM pass is run (or charged) for it.
             prefixes = [s.trace for s in rejected]
             gens = [s.generator for s in rejected]
             cands, dt_g = _timed(parts, parts.target.propose, prefixes, 1, gens, to_end=last)
@@ -283,8 +309,9 @@ def rsd(
                 st.ledger.charge("target_generate", dt_g)
                 _charge_tokens(st.ledger, "target", cs)
                 st.trace = st.trace.extend(cs[0])
-                st.records.append(StepRecord(cs[0].text, Mode.TARGET, True, 1, [], [], 0))
-    return _finish(states, problems, "rsd", parts)
+                times = {"target_generate": dt_g} if judged else {}
+                st.records.append(StepRecord(cs[0].text, Mode.TARGET, True, 1, [], [], 0, times))
+    return _finish(states, problems, strategy, parts)
 
 
 def judge_of(config: SearchConfig, parts: SearchParts) -> StepJudge:
@@ -304,49 +331,21 @@ def specreason(
     ``>= judge_threshold`` (paper: 7), otherwise the target writes the step (one sample), unread by the judge.
 
     Per step: ``q(y | s) = π_d(y|s) 1[J(s∘y) >= t] + P_d(J < t | s) π_t(y|s)`` for a deterministic judge score
-    ``J`` (:func:`specs_rl.exact.specreason_log_law`). A function of its own rather than an option of :func:`rsd`:
-    the test reads a judge part (the target's scoring prompt) on its own 0-9 scale, and the ledger charges it to
-    ``judge``; with ``judge: prm`` it is RSD at ``rsd_delta = judge_threshold / 9`` (same law, same draws)."""
+    ``J`` (:func:`specs_rl.exact.specreason_log_law`). RSD's loop with the judge as its test, on its own 0-9 scale
+    and charged to ``judge``; with ``judge: prm`` it is RSD at ``rsd_delta = judge_threshold / 9`` (same law, same
+    draws)."""
     config.validate()
     judge = judge_of(config, parts)
-    gens = generator_list(generators, len(problems))
-    states = [_State(Trace(p), Mode.DRAFT, g, start=parts.clock.now()) for p, g in zip(problems, gens)]
-    for step in range(config.max_steps):
-        active = [s for s in states if not s.trace.finished]
-        if not active:
-            break
-        last = step == config.max_steps - 1
-        prefixes = [s.trace for s in active]
-        gens = [s.generator for s in active]
-        cands, dt_d = _timed(parts, parts.drafter.propose, prefixes, 1, gens, to_end=last)
-        scores, dt_j = _timed(parts, judge.judge, prefixes, cands)
-        rejected = []
-        for st, cs, js in zip(active, cands, scores):
-            st.ledger.charge("draft", dt_d)
-            st.ledger.charge("judge", dt_j)
-            _charge_tokens(st.ledger, "draft", cs)
-            st.ledger.count("judge", sum(c.num_tokens for c in cs))
-            if js[0] >= config.judge_threshold:
-                st.trace = st.trace.extend(cs[0])
-                st.records.append(
-                    StepRecord(
-                        cs[0].text, Mode.DRAFT, False, 1, list(js), [], 0, {"draft": dt_d, "judge": dt_j}
-                    )
-                )
-            else:
-                rejected.append(st)
-        if rejected:
-            prefixes = [s.trace for s in rejected]
-            gens = [s.generator for s in rejected]
-            cands, dt_g = _timed(parts, parts.target.propose, prefixes, 1, gens, to_end=last)
-            for st, cs in zip(rejected, cands):
-                st.ledger.charge("target_generate", dt_g)
-                _charge_tokens(st.ledger, "target", cs)
-                st.trace = st.trace.extend(cs[0])
-                st.records.append(
-                    StepRecord(cs[0].text, Mode.TARGET, True, 1, [], [], 0, {"target_generate": dt_g})
-                )
-    return _finish(states, problems, "specreason", parts)
+    return _draft_step_or_target(
+        problems,
+        parts,
+        generators,
+        config.max_steps,
+        "specreason",
+        judge.judge,
+        "judge",
+        config.judge_threshold,
+    )
 
 
 def _sample_only(which: str, method: str):
