@@ -25,11 +25,11 @@ from specs_rl.settings import SearchConfig
 
 C = TypeVar("C", bound=SearchConfig)
 
-# The forms of speculative soft verification compared head to head (configs/eval/peers_toymath.yaml). Each pins what makes it that method; its
-# thresholds, beta and temperatures are its own settings (method_settings.<name>), so each runs at its own tuned
-# values.
+# The forms of speculative soft verification compared head to head (configs/eval/peers_toymath.yaml). Each pins
+# what makes it that method; its thresholds, beta and temperatures are its own settings (method_settings.<name>), so
+# each runs at its own tuned values.
 #
-# specs: this project's exact form (docs/algorithm.md §3 "exact (theory) form", §5): summed log ratio + beta r, T = 1,
+# specs: this project's exact form (docs/algorithm.md §3 "exact (theory) form"): summed log ratio + beta r, T = 1,
 # filter-then-select (drop drafts scoring <= tau_reject, select among the rest by softmax(score), defer when none
 # survives). Its n -> inf law is the tilted target pi* (theory/README.md §3). Own: beta, tau_reject, tau_switch,
 # start_mode, target_select.
@@ -119,8 +119,17 @@ METHOD_PRESETS: dict[str, dict[str, Any]] = {
 # target step has the target's law, so a variant searches as its base does, only the target's generation costs
 # less. A variant takes its base's own settings (method_settings.<base>) unless it has its own.
 SPECULATIVE_TOKENS = METHOD_PRESETS["target_sd"]["speculative_tokens"]
-SPECULATIVE_BASES = ("specs", "specs_paper", "gsi", "rsd_bon", "rsd", "specreason", "dvts")
-SPECULATIVE_BASES += ("beam_search_target", "best_of_n")
+SPECULATIVE_BASES = (
+    "specs",
+    "specs_paper",
+    "gsi",
+    "rsd_bon",
+    "rsd",
+    "specreason",
+    "dvts",
+    "beam_search_target",
+    "best_of_n",
+)
 for _base in SPECULATIVE_BASES:
     METHOD_PRESETS[f"{_base}_sd"] = {**METHOD_PRESETS[_base], "speculative_tokens": SPECULATIVE_TOKENS}
 
